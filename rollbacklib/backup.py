@@ -1,0 +1,306 @@
+"""Backups: take one with its manifest, verify one before trusting it, restore one.
+
+A backup is a pg_dump archive in custom format (``*.dump``) with ``<file>.manifest.json``
+beside it, or the seed plan's own format, a plain ``pg_dump | gzip`` file (``*.sql.gz``),
+with or without a manifest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import zlib
+
+import psycopg
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from . import database as db
+from .checks import Check, compare, describe_failures, failed, skipped
+from .errors import BackupCheckFailed, FailedError
+from .pgclient import ClientTools, display_command, with_database
+from .prisma import applied_migrations, migration_state
+
+DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
+BACKUP_SUFFIXES = (".dump", ".sql.gz", ".sql")
+
+
+def manifest_path(backup: Path) -> Path:
+    return backup.with_name(backup.name + ".manifest.json")
+
+
+def backup_format(path: Path) -> str:
+    name = path.name
+    if name.endswith(".dump"):
+        return "custom"
+    if name.endswith(".sql.gz"):
+        return "plain-gzip"
+    if name.endswith(".sql"):
+        return "plain"
+    raise BackupCheckFailed(
+        f"{path} is not a backup format the runbook knows.",
+        next_action="use a pg_dump custom archive (*.dump) or a plain dump (*.sql or *.sql.gz).",
+        step="verify-backup",
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# --- taking a backup ----------------------------------------------------------------------
+
+def describe_database(conn, probes: list) -> dict:
+    """What a manifest records of a database (and what a restored copy is compared with)."""
+    catalog = db.schema_catalog(conn)
+    results = []
+    for probe in probes:
+        try:
+            with conn.transaction():  # a savepoint inside the backup's snapshot transaction
+                results.append({"name": probe.name, "sql": probe.sql, "value": db.run_probe(conn, probe.sql)})
+        except psycopg.Error as err:  # a probe for a column that does not exist yet is not an error here
+            results.append({"name": probe.name, "sql": probe.sql, "error": str(err).split("\n")[0]})
+    return {
+        "row_counts": db.row_counts(conn),
+        "schema_fingerprint": db.schema_fingerprint(catalog),
+        "schema": catalog,
+        "prisma_migrations": applied_migrations(conn),
+        "probes": results,
+        "table_digests": db.table_digests(conn),
+    }
+
+
+def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (), label: str | None = None) -> Path:
+    """pg_dump ``url`` in custom format into ``backup_dir``, with a manifest from the same snapshot."""
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    with db.connect(url, step="backup") as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        info = db.server_info(conn)
+        tools.check_server(info["server_version_num"])
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        started = now_utc()
+        dbname = info["database"]
+        stamp = started.strftime("%Y%m%dT%H%M%S%fZ")
+        path = backup_dir / f"{label or dbname}_{stamp}.dump"
+        partial = path.with_name(path.name + ".partial")
+        # The manifest describes exactly the snapshot pg_dump reads, even while writes go on.
+        description = describe_database(conn, probes)
+        tools.run("pg_dump", ["--format=custom", f"--snapshot={snapshot}", f"--file={partial}", f"--dbname={dbname}"],
+                  url=url, step="backup")
+        conn.execute("COMMIT")
+    os.replace(partial, path)
+    manifest = {
+        "format": "custom",
+        "file": path.name,
+        "database": dbname,
+        "taken_at": started.isoformat(),
+        "finished_at": now_utc().isoformat(),
+        "server_version": info["server_version"],
+        "server_version_num": info["server_version_num"],
+        "wal_lsn": info["wal_lsn"],
+        "pg_dump": tools.version("pg_dump")[1],
+        "rollbacklib": __version__,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        **description,
+    }
+    manifest_path(path).write_text(json.dumps(manifest, indent=2, default=str))
+    return path
+
+
+def load_manifest(path: Path) -> dict | None:
+    mpath = manifest_path(path)
+    if not mpath.exists():
+        return None
+    try:
+        return json.loads(mpath.read_text())
+    except json.JSONDecodeError as err:
+        raise BackupCheckFailed(
+            f"The manifest {mpath} is not valid JSON ({err}).",
+            next_action="restore the manifest from the backup's other copy, or take a new backup.",
+            step="verify-backup",
+        )
+
+
+def list_backups(backup_dir: Path) -> list[Path]:
+    if not backup_dir.is_dir():
+        return []
+    return sorted(p for p in backup_dir.iterdir() if p.is_file() and p.name.endswith(BACKUP_SUFFIXES))
+
+
+def backup_time(path: Path, manifest: dict | None) -> tuple[datetime, str]:
+    if manifest and manifest.get("taken_at"):
+        return parse_time(manifest["taken_at"]), "manifest taken_at"
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc), "file modification time (no manifest)"
+
+
+def find_backup(backup_dir: Path, before: datetime | None) -> Path | None:
+    """The newest backup in ``backup_dir`` taken before ``before`` (any, when None)."""
+    candidates = []
+    for path in list_backups(backup_dir):
+        try:
+            taken, _ = backup_time(path, load_manifest(path))
+        except BackupCheckFailed:
+            continue
+        if before is None or taken <= before:
+            candidates.append((taken, path))
+    return max(candidates)[1] if candidates else None
+
+
+# --- verifying a backup -------------------------------------------------------------------
+
+@dataclass
+class BackupVerification:
+    path: Path
+    format: str
+    manifest: dict | None
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return not failed(self.checks)
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            raise BackupCheckFailed(
+                f"Backup {self.path} failed verification:\n{describe_failures(self.checks)}",
+                next_action="ABORT: nothing was changed. Take or locate a good backup (rollback backup --env ENV, "
+                "or the backup's other copy) and pass it with --backup PATH.",
+                step="verify-backup",
+                escalate="L3",
+            )
+
+
+def check_readable(path: Path, fmt: str, tools: ClientTools) -> Check:
+    if fmt == "custom":
+        proc = subprocess.run([tools.path("pg_restore"), "--list", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return Check("archive readable", False, "pg_restore --list succeeds", proc.stderr.strip()[-300:])
+        entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
+        return Check("archive readable", True, "pg_restore --list succeeds", f"{entries} TOC entries")
+    try:
+        tail = _read_plain_tail(path, fmt)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        return Check("archive readable", False, "gzip stream intact", f"{type(err).__name__}: {err}")
+    complete = DUMP_COMPLETE in tail
+    return Check("archive readable", complete, "ends with '-- PostgreSQL database dump complete'",
+                 "dump complete" if complete else "the dump ends early (truncated or still being written)")
+
+
+def _read_plain_tail(path: Path, fmt: str, keep: int = 4096) -> bytes:
+    """Read the whole stream (so gzip checks every CRC) and return its last bytes."""
+    opener = gzip.open if fmt == "plain-gzip" else open
+    tail = b""
+    with opener(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            tail = (tail + chunk)[-keep:]
+    return tail
+
+
+def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_age_seconds: float,
+                  migration_id: str, migration_started_at: datetime | None) -> BackupVerification:
+    """Every check the plan asks of a backup before it is trusted. Reads only; changes nothing."""
+    if path is None or not Path(path).is_file():
+        return BackupVerification(Path(path or "-"), "unknown", None,
+                                  [Check("present", False, "a backup file", "nothing at " + str(path or "(none found)"))])
+    path = Path(path)
+    fmt = backup_format(path)
+    checks = [Check("present", True, "a backup file", str(path))]
+    manifest = load_manifest(path)
+    checks.append(check_readable(path, fmt, tools))
+
+    size = path.stat().st_size
+    checks.append(Check("size over minimum", size >= min_bytes, f">= {min_bytes} bytes", f"{size} bytes"))
+
+    if manifest:
+        checks.append(compare("sha256 equals manifest", manifest.get("sha256"), sha256_of(path)))
+        checks.append(compare("size equals manifest", manifest.get("size_bytes"), size))
+    else:
+        checks.append(skipped("sha256 equals manifest", "no manifest beside the backup (the plan's plain format)"))
+
+    taken, source = backup_time(path, manifest)
+    reference, ref_name = (migration_started_at, "the migration's start") if migration_started_at else (now_utc(), "now")
+    age = (reference - taken).total_seconds()
+    checks.append(Check("age under limit", 0 <= age <= max_age_seconds, f"0 .. {max_age_seconds:.0f} s before {ref_name}",
+                        f"{age:.0f} s", f"backup time from {source}"))
+
+    if manifest is not None:
+        state = migration_state(manifest.get("prisma_migrations", []), migration_id)
+        checks.append(Check("backup predates the migration", state in ("absent", "rolled-back"),
+                            f"{migration_id} not applied in the backup", state,
+                            "restoring a backup that already has the migration would roll nothing back"))
+    return BackupVerification(path, fmt, manifest, checks)
+
+
+# --- restoring ----------------------------------------------------------------------------
+
+def restore_command(path: Path, dbname: str, tools: ClientTools) -> list[str]:
+    """The command that restores ``path`` into the existing, empty database ``dbname``."""
+    fmt = backup_format(path)
+    if fmt == "custom":
+        return [tools.path("pg_restore"), "--exit-on-error", "--single-transaction", "--no-owner", "--no-privileges",
+                f"--dbname={dbname}", str(path)]
+    return [tools.path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", f"--dbname={dbname}",
+            "-f", "-"]
+
+
+def describe_restore(path: Path, dbname: str, tools: ClientTools) -> str:
+    cmd = display_command(restore_command(path, dbname, tools))
+    fmt = backup_format(path)
+    if fmt == "plain-gzip":
+        return f"gunzip -c {path} | {cmd}"
+    if fmt == "plain":
+        return f"{cmd} < {path}"
+    return cmd
+
+
+def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: str = "restore") -> float:
+    """Restore ``path`` into the empty database ``dbname``; returns the seconds it took."""
+    started = time.monotonic()
+    cmd = restore_command(path, dbname, tools)
+    target = with_database(url, dbname)
+    fmt = backup_format(path)
+    if fmt == "custom":
+        tools.run("pg_restore", cmd[1:], url=target, step=step)
+    else:
+        opener = gzip.open if fmt == "plain-gzip" else open
+        with opener(path, "rb") as source:
+            _pipe_into(cmd, source, target, step)
+    return time.monotonic() - started
+
+
+def _pipe_into(cmd: list[str], source, url: str, step: str) -> None:
+    from .pgclient import libpq_env
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=libpq_env(url))
+    try:
+        shutil.copyfileobj(source, proc.stdin, 1 << 20)
+        proc.stdin.close()
+    except (OSError, EOFError, zlib.error) as err:
+        proc.kill()
+        proc.wait()
+        raise FailedError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
+                          step=step)
+    stderr = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise FailedError(f"psql exited with {proc.returncode}: {stderr.strip()[-2000:]}",
+                          next_action="read the error above; nothing was committed (single transaction).", step=step)

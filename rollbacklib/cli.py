@@ -1,0 +1,200 @@
+"""The ``rollback`` command: a thin layer over the library.
+
+Exit codes: 0 succeeded, 2 bad usage or config, 3 aborted safely before any change,
+4 refused (a gate or a lock), 5 failed after changes began (a person must act).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EXIT_REFUSED, RollbackError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="runbook.toml (default: $ROLLBACK_CONFIG, ./runbook.toml).")
+EnvOpt = typer.Option(..., "--env", "-e", help="Environment from the config: production, staging, drill, ...")
+ReportsOpt = typer.Option(None, "--reports-dir", help="Where runs write their folders (default: ./reports).")
+
+
+def _fail(error: RollbackError) -> None:
+    err.print(f"[bold red]{type(error).__name__}[/] ({error.outcome}, exit {error.exit_code})")
+    err.print(str(error), markup=False, highlight=False)
+    raise typer.Exit(error.exit_code)
+
+
+def _summary_table(summary: dict, budget: float | None = None) -> Table:
+    table = Table(title=f"Run {summary['run_id']}: {summary['status'].upper()}", show_lines=False)
+    for col in ("phase", "status", "seconds"):
+        table.add_column(col)
+    for p in summary["phases"]:
+        table.add_row(p["name"], p["status"], f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
+    return table
+
+
+def print_run(summary: dict, run_dir: Path, budget: float) -> None:
+    out.print(_summary_table(summary))
+    rto = summary["rto_seconds"]
+    if rto is not None:
+        verdict = "[green]within[/]" if rto < budget else "[red]OVER[/]"
+        out.print(f"RTO {rto:.1f} s, {verdict} the {budget / 60:.0f} min target")
+    checks = [c for c in summary["validation"]["checks"] if not c.get("skipped")]
+    if checks:
+        passed = sum(1 for c in checks if c["passed"])
+        out.print(f"Validation: {passed}/{len(checks)} checks passed")
+    if summary.get("kept_database"):
+        out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/]")
+    if summary["error"]:
+        e = summary["error"]
+        err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
+        if e.get("next_action"):
+            err.print(f"Next: {e['next_action']}", markup=False, highlight=False)
+        from .runner import failed_cell
+
+        cell = failed_cell(run_dir)
+        if cell:
+            err.print(f"Failed cell: {cell}", markup=False)
+    out.print(f"Report folder: {run_dir}")
+
+
+@app.command()
+def run(
+    migration: str = typer.Option(..., "--migration", "-m", help="The Prisma migration ID to roll back."),
+    env: str = EnvOpt,
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
+    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
+):
+    """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
+    from .config import load_config
+    from .runner import run_phases
+
+    try:
+        approve = migration if yes else ""
+        if not yes and not dry_run and sys.stdin.isatty():
+            typed = typer.prompt(f"This restores {env} to its backup. Type the migration ID to go on")
+            if typed.strip() != migration:
+                err.print("Refused: that is not the migration ID. Nothing was changed.")
+                raise typer.Exit(EXIT_REFUSED)
+            approve = migration
+        budget = load_config(config).environment(env).thresholds.rto_budget_seconds
+
+        def progress(phase, status, seconds):
+            out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+
+        result = run_phases(migration_id=migration, environment=env, config_path=str(config) if config else None,
+                            reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id, dry_run=dry_run,
+                            approve=approve, backup=str(backup) if backup else None, progress=progress)
+    except RollbackError as error:
+        _fail(error)
+    print_run(result.summary, result.run_dir, budget)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def drill(
+    users: Optional[int] = typer.Option(None, "--users", help="Users to generate (default: the config's drill.users)."),
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    keep: bool = typer.Option(False, "--keep", help="Leave the server running and print how to connect."),
+):
+    """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
+    from .config import load_config
+    from .drill import run_drill
+
+    try:
+        budget_env = load_config(config)
+        result = run_drill(config_path=str(config) if config else None, users=users,
+                           reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print)
+    except RollbackError as error:
+        _fail(error)
+    budget = budget_env.environment(budget_env.drill.environment).thresholds.rto_budget_seconds
+    print_run(result.run.summary, result.run.run_dir, budget)
+    for label, seconds in result.setup_seconds.items():
+        out.print(f"  setup: {label}: {seconds:.1f} s", highlight=False)
+    out.print("Rolled back: " + ("[green]yes[/]" if result.rolled_back else "[red]NO[/]"))
+    if keep:
+        out.print(f"Server left running. Connect with: psql '{result.url}'")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def backup(env: str = EnvOpt, config: Optional[Path] = ConfigOpt):
+    """Take a backup (pg_dump custom format) with its manifest into the environment's backup_dir."""
+    from .backup import take_backup
+    from .config import load_config
+    from .pgclient import client_tools
+
+    try:
+        cfg = load_config(config)
+        environment = cfg.environment(env)
+        path = take_backup(environment.database_url(), environment.backup_dir,
+                           client_tools(environment.client_binaries), probes=cfg.all_queries())
+    except RollbackError as error:
+        _fail(error)
+    out.print(f"Backup: {path}\nManifest: {path}.manifest.json")
+
+
+@app.command("verify-backup")
+def verify_backup(
+    env: str = EnvOpt,
+    config: Optional[Path] = ConfigOpt,
+    backup: Optional[Path] = typer.Option(None, "--backup", help="The backup (default: newest in backup_dir)."),
+    migration: str = typer.Option("", "--migration", "-m", help="Also check the backup predates this migration."),
+    restore_test: bool = typer.Option(False, "--restore-test", help="Restore into a throwaway database, validate, drop it."),
+):
+    """Check a backup (the plan's Test 2 with --restore-test). Never touches the live database."""
+    from .backup import find_backup
+    from .config import load_config
+    from .pgclient import client_tools
+    from .restore_test import restore_test as do_restore_test, verify
+
+    try:
+        cfg = load_config(config)
+        environment = cfg.environment(env)
+        path = backup or find_backup(environment.backup_dir, None)
+        tools = client_tools(environment.client_binaries)
+        result = verify(path, environment, tools, migration)
+        table = Table(title=f"Backup {result.path}")
+        for col in ("check", "verdict", "expected", "found"):
+            table.add_column(col)
+        for c in result.checks:
+            table.add_row(c.name, c.verdict, str(c.expected), str(c.found))
+        out.print(table)
+        result.raise_if_failed()
+        if restore_test:
+            report = do_restore_test(result, environment, tools)
+            out.print(f"Restore test: {report['passed_checks']}/{report['checks']} checks passed; restored in "
+                      f"{report['restore_seconds']:.1f} s, total {report['seconds']:.1f} s; throwaway database "
+                      f"{report['database']} dropped.")
+            if not report["passed"]:
+                for line in report["failures"]:
+                    err.print(line, markup=False)
+                raise typer.Exit(3)
+    except RollbackError as error:
+        _fail(error)
+
+
+def main() -> None:
+    try:
+        app()
+    except RollbackError as error:  # pragma: no cover - commands catch their own
+        err.print(str(error))
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

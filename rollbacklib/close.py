@@ -1,0 +1,48 @@
+"""Phase 05, close: the timeline and the success metrics, measured from the journal."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .journal import read_events
+from .run import RunContext, finish_phase
+from .summary import summarize, write_summary
+
+
+def timeline(ctx: RunContext) -> pd.DataFrame:
+    """Every journal event that changed something or ended a step badly, with its time."""
+    rows = [
+        {"time": e["ts"], "phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
+        for e in read_events(ctx.run_dir)
+        if e["status"] in ("changed", "aborted", "refused", "failed") or e["step"] in ("phase", "service-restored")
+    ]
+    return pd.DataFrame(rows)
+
+
+def metrics(ctx: RunContext) -> pd.DataFrame:
+    """The plan's success metrics, each with its target and what the journal measured."""
+    s = summarize(ctx.run_dir)
+    t = ctx.env.thresholds
+    checks = s["validation"]["checks"]
+    passed = sum(1 for c in checks if c["passed"] and not c.get("skipped"))
+    counted = sum(1 for c in checks if not c.get("skipped"))
+    rows = [
+        _metric("RTO (s)", f"< {t.rto_budget_seconds:.0f}", s["rto_seconds"],
+                s["rto_seconds"] is not None and s["rto_seconds"] < t.rto_budget_seconds),
+        _metric("RPO (s): backup to writes stopped", f"< {t.rpo_budget_seconds:.0f}", s["rpo_seconds"],
+                s["rpo_seconds"] is not None and s["rpo_seconds"] < t.rpo_budget_seconds),
+        _metric("Data integrity (checks passed)", "100%", f"{passed}/{counted}", counted > 0 and passed == counted),
+        _metric("Errors during the run", 0, sum(1 for p in s["phases"] if p["status"] in ("failed", "aborted", "refused")),
+                s["error"] is None),
+    ]
+    return pd.DataFrame(rows)
+
+
+def _metric(name, target, actual, ok) -> dict:
+    return {"metric": name, "target": target, "actual": actual, "status": "✅" if ok else "❌"}
+
+
+def finish(ctx: RunContext) -> dict:
+    """End phase 05 and write ``run.json``."""
+    finish_phase(ctx)
+    return write_summary(ctx.run_dir)

@@ -1,0 +1,266 @@
+"""The runbook's configuration (``runbook.toml``), validated.
+
+Secrets are referenced by the *name* of an environment variable, never by value. Relative
+paths are resolved against the folder of the config file. Errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_CONFIG_NAME = "runbook.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _env_var_name(value: str) -> str:
+    if "://" in value or "=" in value or not ENV_VAR_NAME.match(value):
+        raise ValueError(
+            "must be the NAME of an environment variable (like PRODUCTION_DATABASE_URL), "
+            "never a connection string or a secret value"
+        )
+    return value
+
+
+class Thresholds(_Strict):
+    rto_budget_seconds: float = 900
+    rpo_budget_seconds: float = 60
+    min_backup_bytes: int = 100 * 1024 * 1024
+    max_backup_age_seconds: float = 3600
+    drain_wait_seconds: float = 30
+    terminate_timeout_seconds: float = 30
+    poll_interval_seconds: float = 0.5
+
+
+class ThresholdOverrides(_Strict):
+    rto_budget_seconds: float | None = None
+    rpo_budget_seconds: float | None = None
+    min_backup_bytes: int | None = None
+    max_backup_age_seconds: float | None = None
+    drain_wait_seconds: float | None = None
+    terminate_timeout_seconds: float | None = None
+    poll_interval_seconds: float | None = None
+
+
+class Service(_Strict):
+    name: str
+    replicas: int = Field(1, ge=0)
+
+
+class Release(_Strict):
+    """What the release that will be redeployed after the rollback contains."""
+
+    migrations_dir: Path | None = None
+    start_command: str | None = None
+
+
+class Environment(_Strict):
+    name: str = ""
+    database_url_env: str
+    backup_dir: Path
+    maintenance_database: str | None = None
+    client_binaries: str | None = None
+    strategy: Literal["swap"] | None = None
+    service_platform: str | None = None
+    services: list[Service] = []
+    release: Release | None = None
+    thresholds: ThresholdOverrides = ThresholdOverrides()
+
+    _check_env = field_validator("database_url_env")(_env_var_name)
+
+    def database_url(self) -> str:
+        """The connection URL, read from the environment variable this environment names."""
+        value = os.environ.get(self.database_url_env)
+        if not value:
+            raise ConfigError(
+                f"Environment variable {self.database_url_env} is not set "
+                f"(environment {self.name!r} reads its database URL from it).",
+                next_action=(
+                    f"export {self.database_url_env}='postgresql://USER:PASSWORD@HOST:PORT/DBNAME' "
+                    "in the shell that runs the runbook; the value is read at run time and "
+                    "never written to a notebook, a report or a log."
+                ),
+                step="config",
+            )
+        return value
+
+
+class ColumnExpectation(_Strict):
+    table: str
+    column: str
+    exists: bool = True
+    nullable: bool | None = None
+    data_type: str | None = None
+
+
+class QueryExpectation(_Strict):
+    """A query whose single value after the rollback must equal its value in the backup."""
+
+    name: str
+    sql: str
+
+
+class RelationExpectation(_Strict):
+    table: str
+    column: str
+    references: str  # "table.column"
+
+    @field_validator("references")
+    @classmethod
+    def _table_dot_column(cls, value: str) -> str:
+        if value.count(".") != 1:
+            raise ValueError("must be written as table.column")
+        return value
+
+
+class SampleExpectation(_Strict):
+    table: str
+    order_by: str
+    limit: int = Field(100, gt=0)
+
+
+class Expectations(_Strict):
+    columns: list[ColumnExpectation] = []
+    tables_match_backup: list[str] = []
+    queries: list[QueryExpectation] = []
+    relations: list[RelationExpectation] = []
+    sample: SampleExpectation | None = None
+
+
+class Migration(_Strict):
+    description: str = ""
+    previous: str | None = None
+    expect: Expectations = Expectations()
+
+
+class Defaults(_Strict):
+    maintenance_database: str = "postgres"
+    client_binaries: str = "embedded"
+    strategy: Literal["swap"] = "swap"
+    service_platform: str = "none"
+    thresholds: Thresholds = Thresholds()
+
+
+class Drill(_Strict):
+    scenario: Path
+    migration: str
+    environment: str = "drill"
+    users: int = Field(2000, gt=0)
+
+
+class Config(_Strict):
+    path: Path = Path(DEFAULT_CONFIG_NAME)
+    defaults: Defaults = Defaults()
+    environments: dict[str, Environment]
+    migrations: dict[str, Migration] = {}
+    drill: Drill | None = None
+
+    def environment(self, name: str) -> "ResolvedEnvironment":
+        if name not in self.environments:
+            known = ", ".join(sorted(self.environments)) or "none"
+            raise ConfigError(
+                f"Unknown environment {name!r} in {self.path}.",
+                next_action=f"use one of: {known}; or add [environments.{name}] to {self.path}.",
+                step="config",
+            )
+        return ResolvedEnvironment(self, self.environments[name])
+
+    def migration(self, migration_id: str) -> Migration | None:
+        return self.migrations.get(migration_id)
+
+    def all_queries(self) -> list[QueryExpectation]:
+        seen: dict[str, QueryExpectation] = {}
+        for migration in self.migrations.values():
+            for query in migration.expect.queries:
+                seen.setdefault(query.sql, query)
+        return list(seen.values())
+
+
+class ResolvedEnvironment:
+    """An environment with the defaults filled in."""
+
+    def __init__(self, config: Config, env: Environment):
+        self.config = config
+        self.raw = env
+        self.name = env.name
+        self.database_url_env = env.database_url_env
+        self.backup_dir = env.backup_dir
+        self.maintenance_database = env.maintenance_database or config.defaults.maintenance_database
+        self.client_binaries = env.client_binaries or config.defaults.client_binaries
+        self.strategy = env.strategy or config.defaults.strategy
+        self.service_platform = env.service_platform or config.defaults.service_platform
+        self.services = env.services
+        self.release = env.release
+        merged = config.defaults.thresholds.model_dump()
+        merged.update({k: v for k, v in env.thresholds.model_dump().items() if v is not None})
+        self.thresholds = Thresholds(**merged)
+
+    def database_url(self) -> str:
+        return self.raw.database_url()
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        lines.append(f"{path}: {key}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    def resolve(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = Path(os.path.expanduser(p))
+        return p if p.is_absolute() else (base / p).resolve()
+
+    for name, env in config.environments.items():
+        env.name = name
+        env.backup_dir = resolve(env.backup_dir)
+        if env.client_binaries not in (None, "embedded", "path"):
+            env.client_binaries = str(resolve(Path(env.client_binaries)))
+        if env.release and env.release.migrations_dir:
+            env.release.migrations_dir = resolve(env.release.migrations_dir)
+    if config.defaults.client_binaries not in ("embedded", "path"):
+        config.defaults.client_binaries = str(resolve(Path(config.defaults.client_binaries)))
+    if config.drill:
+        config.drill.scenario = resolve(config.drill.scenario)
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate a runbook config; ``path`` defaults to $ROLLBACK_CONFIG or ./runbook.toml."""
+    if not path and not os.environ.get("ROLLBACK_CONFIG") and not Path(DEFAULT_CONFIG_NAME).exists():
+        path = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_NAME  # the repository's own
+    path = Path(path or os.environ.get("ROLLBACK_CONFIG") or DEFAULT_CONFIG_NAME).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {path} not found.",
+            next_action="pass --config PATH (or set ROLLBACK_CONFIG) to the runbook.toml to use; "
+            "the repository ships one at its root.",
+            step="config",
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}", next_action=f"fix the syntax in {path}.", step="config")
+    try:
+        config = Config.model_validate({**data, "path": path.resolve()})
+    except ValidationError as err:
+        raise ConfigError(
+            "Invalid config:\n" + _format_validation_error(path, err),
+            next_action=f"fix the key(s) named above in {path}; README.md has the config reference.",
+            step="config",
+        ) from None
+    _resolve_paths(config, path.resolve().parent)
+    return config

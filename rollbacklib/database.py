@@ -1,0 +1,333 @@
+"""Reading and changing a PostgreSQL server: catalog, counts, connections, databases.
+
+All SQL the runbook runs against a server lives here. Functions take a psycopg connection or
+a URL; they never print. Identifiers are quoted with psycopg.sql, never formatted in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+
+from .errors import AbortedError, FailedError
+
+APPLICATION_NAME = "rollbacklib"
+
+_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp_%%' AND n.nspname NOT LIKE 'pg_toast_temp_%%'"
+
+
+@contextmanager
+def connect(url: str, *, autocommit: bool = True, step: str = "connect") -> Iterator[psycopg.Connection]:
+    """A connection tagged with the runbook's application_name; a clear error if it fails."""
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME, connect_timeout=10)
+    except psycopg.OperationalError as err:
+        raise AbortedError(
+            f"Cannot connect to the database: {_without_secrets(str(err))}",
+            next_action="check that the server is up and that the URL in the environment variable is right.",
+            step=step,
+            escalate="L1",
+        ) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _without_secrets(message: str) -> str:
+    return message.split("\n")[0]
+
+
+def server_info(conn: psycopg.Connection) -> dict:
+    row = conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
+        "current_database(), current_user, "
+        "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    ).fetchone()
+    return {
+        "server_version": row[0],
+        "server_version_num": row[1],
+        "database": row[2],
+        "user": row[3],
+        "wal_lsn": row[4],
+        "superuser": row[5],
+    }
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+# --- catalog --------------------------------------------------------------------------------
+
+def schema_catalog(conn: psycopg.Connection) -> dict:
+    """Tables, columns, constraints and indexes of the user schemas, in a stable order."""
+    columns = conn.execute(
+        f"""
+        SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+               NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped AND {_SCHEMAS}
+        ORDER BY 1, 2, 3
+        """
+    ).fetchall()
+    constraints = conn.execute(
+        f"""
+        SELECT n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid)
+        FROM pg_constraint k
+        JOIN pg_class c ON c.oid = k.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_SCHEMAS} AND k.contype IN ('p', 'f', 'u', 'c', 'x')
+        ORDER BY 1, 2, 3
+        """
+    ).fetchall()
+    indexes = conn.execute(
+        f"""
+        SELECT n.nspname, t.relname, i.relname, pg_get_indexdef(x.indexrelid)
+        FROM pg_index x
+        JOIN pg_class i ON i.oid = x.indexrelid
+        JOIN pg_class t ON t.oid = x.indrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE {_SCHEMAS}
+        ORDER BY 1, 2, 3
+        """
+    ).fetchall()
+    return {
+        "columns": [
+            {"schema": r[0], "table": r[1], "column": r[2], "type": r[3], "nullable": r[4], "default": r[5]}
+            for r in columns
+        ],
+        "constraints": [{"schema": r[0], "table": r[1], "name": r[2], "definition": r[3]} for r in constraints],
+        "indexes": [{"schema": r[0], "table": r[1], "name": r[2], "definition": r[3]} for r in indexes],
+    }
+
+
+def schema_fingerprint(catalog: dict) -> str:
+    """SHA-256 of the catalog; equal fingerprints mean the same tables, columns, keys and indexes."""
+    return hashlib.sha256(json.dumps(catalog, sort_keys=True).encode()).hexdigest()
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute(
+        f"""
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {_SCHEMAS}
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+
+
+def _table_key(schema: str, table: str) -> str:
+    return table if schema == "public" else f"{schema}.{table}"
+
+
+def _ident(key: str) -> sql.Composable:
+    if "." in key:
+        schema, table = key.split(".", 1)
+        return sql.Identifier(schema, table)
+    return sql.Identifier(key)
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row count of every user table (``schema.table``, or ``table`` for public)."""
+    counts = {}
+    for schema, table in user_tables(conn):
+        key = _table_key(schema, table)
+        counts[key] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+    return counts
+
+
+def primary_key_columns(conn: psycopg.Connection, table: str) -> list[str]:
+    rows = conn.execute(
+        """
+        SELECT a.attname FROM pg_index x
+        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey)
+        WHERE x.indrelid = %s::regclass AND x.indisprimary ORDER BY array_position(x.indkey, a.attnum)
+        """,
+        (sql.Identifier(*table.split(".")).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def table_digests(conn: psycopg.Connection, limit: int = 100) -> dict[str, dict]:
+    """For every table with a primary key: the md5 of its first ``limit`` rows by key, as text."""
+    digests = {}
+    for schema, table in user_tables(conn):
+        key = _table_key(schema, table)
+        pk = primary_key_columns(conn, key)
+        if not pk:
+            continue
+        query = sql.SQL(
+            "SELECT md5(coalesce(string_agg(r::text, E'\\n'), '')), count(*) FROM "
+            "(SELECT t.* FROM {table} t ORDER BY {pk} LIMIT {limit}) r"
+        ).format(table=_ident(key), pk=sql.SQL(", ").join(map(sql.Identifier, pk)), limit=sql.Literal(limit))
+        digest, rows = conn.execute(query).fetchone()
+        digests[key] = {"order_by": pk, "rows": rows, "md5": digest}
+    return digests
+
+
+def run_probe(conn: psycopg.Connection, query: str) -> object:
+    """The single value a configured check query returns, as JSON-friendly data."""
+    row = conn.execute(query).fetchone()
+    value = row[0] if row else None
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def column_info(conn: psycopg.Connection, table: str, column: str) -> dict | None:
+    schema, _, name = table.rpartition(".")
+    row = conn.execute(
+        "SELECT data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        (schema or "public", name, column),
+    ).fetchone()
+    return None if row is None else {"data_type": row[0], "nullable": row[1] == "YES"}
+
+
+def foreign_key_exists(conn: psycopg.Connection, table: str, column: str, ref_table: str, ref_column: str) -> bool:
+    row = conn.execute(
+        """
+        SELECT 1 FROM pg_constraint k
+        JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1]
+        JOIN pg_attribute b ON b.attrelid = k.confrelid AND b.attnum = k.confkey[1]
+        WHERE k.contype = 'f' AND k.conrelid = %s::regclass AND k.confrelid = %s::regclass
+          AND a.attname = %s AND b.attname = %s AND array_length(k.conkey, 1) = 1
+        """,
+        (_ident(table).as_string(conn), _ident(ref_table).as_string(conn), column, ref_column),
+    ).fetchone()
+    return row is not None
+
+
+def orphan_count(conn: psycopg.Connection, table: str, column: str, ref_table: str, ref_column: str) -> int:
+    query = sql.SQL(
+        "SELECT count(*) FROM {t} c WHERE c.{col} IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM {rt} p WHERE p.{rcol} = c.{col})"
+    ).format(t=_ident(table), col=sql.Identifier(column), rt=_ident(ref_table), rcol=sql.Identifier(ref_column))
+    return conn.execute(query).fetchone()[0]
+
+
+def sample_rows(conn: psycopg.Connection, table: str, order_by: str, limit: int) -> list[dict]:
+    """The first ``limit`` rows of ``table`` by ``order_by`` (a column name, optionally + ASC/DESC)."""
+    column, _, direction = order_by.partition(" ")
+    direction = direction.strip().upper() or "ASC"
+    if direction not in ("ASC", "DESC"):
+        raise ValueError(f"order_by direction must be ASC or DESC, not {direction!r}")
+    query = sql.SQL("SELECT * FROM {t} ORDER BY {c} " + direction + " LIMIT {n}").format(
+        t=_ident(table), c=sql.Identifier(column), n=sql.Literal(limit)
+    )
+    cur = conn.execute(query)
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+# --- connections ----------------------------------------------------------------------------
+
+def sessions(conn: psycopg.Connection, database: str) -> list[dict]:
+    """Every other session connected to ``database`` (never this one)."""
+    cur = conn.execute(
+        """
+        SELECT pid, usename, application_name, client_addr::text, state, backend_start, query_start,
+               left(query, 200)
+        FROM pg_stat_activity
+        WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+        ORDER BY pid
+        """,
+        (database,),
+    )
+    keys = ["pid", "user", "application_name", "client_addr", "state", "backend_start", "query_start", "query"]
+    return [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, row)} for row in cur.fetchall()
+    ]
+
+
+def database_settings(conn: psycopg.Connection, database: str) -> dict:
+    row = conn.execute(
+        "SELECT datallowconn, datconnlimit, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), "
+        "datcollate, datctype FROM pg_database WHERE datname = %s",
+        (database,),
+    ).fetchone()
+    if row is None:
+        raise AbortedError(
+            f"Database {database!r} does not exist on the server.",
+            next_action="check the database name in the URL of this environment.",
+            step="database",
+        )
+    return {
+        "allow_connections": row[0],
+        "connection_limit": row[1],
+        "owner": row[2],
+        "encoding": row[3],
+        "collate": row[4],
+        "ctype": row[5],
+    }
+
+
+def block_statements(database: str) -> list[sql.Composable]:
+    """Stop new connections, superusers included (CONNECTION LIMIT alone does not stop them)."""
+    db = sql.Identifier(database)
+    return [
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(db),
+        sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT 0").format(db),
+    ]
+
+
+def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
+    db = sql.Identifier(database)
+    return [
+        sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(db, sql.Literal(settings["connection_limit"])),
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            db, sql.SQL("true" if settings["allow_connections"] else "false")
+        ),
+    ]
+
+
+def terminate_sessions(conn: psycopg.Connection, database: str) -> list[dict]:
+    """Terminate every other session on ``database``; returns what was terminated."""
+    victims = sessions(conn, database)
+    for victim in victims:
+        conn.execute("SELECT pg_terminate_backend(%s)", (victim["pid"],))
+    return victims
+
+
+def wait_for_no_sessions(conn: psycopg.Connection, database: str, timeout: float, poll: float) -> list[dict]:
+    """Poll until no other session is on ``database`` or ``timeout`` passes; returns what is left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sessions(conn, database)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(poll)
+
+
+def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+    if not database_exists(conn, new) or database_exists(conn, old):
+        raise FailedError(
+            f"Renaming database {old!r} to {new!r} did not take effect.",
+            next_action="inspect pg_database by hand before going on.",
+            step="swap",
+            escalate="L3",
+        )
+
+
+def create_database_statement(name: str, like: dict) -> sql.Composable:
+    return sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+        sql.Identifier(name),
+        sql.Identifier(like["owner"]),
+        sql.Literal(like["encoding"]),
+        sql.Literal(like["collate"]),
+        sql.Literal(like["ctype"]),
+    )
+
+
+def drop_database_statement(name: str) -> sql.Composable:
+    return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

