@@ -22,11 +22,11 @@ from .backup import take_backup
 from .config import load_config
 from .errors import ConfigError
 from .embedded import EmbeddedServer, start_server
-from .pgclient import client_tools
+from .pgclient import ClientTools, client_tools
 from .prisma import apply_migration
 from .run import default_reports_dir, new_run_id, run_folder
 from .runner import RunResult, run_phases
-from .scenario import generate_data, load_scenario, prepare_until, write_after_migration
+from .scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
 
 
 @dataclass
@@ -45,6 +45,45 @@ class DrillResult:
         return 0 if self.rolled_back and self.run.summary["validation"]["passed"] else 5
 
 
+class _Timer:
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.seconds: dict[str, float] = {}
+
+    def step(self, label: str):
+        started = time.monotonic()
+        self.say(f"… {label}")
+        return lambda: self.seconds.__setitem__(label, round(time.monotonic() - started, 2))
+
+
+def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: int, backup_dir: Path,
+                   tools: ClientTools, probes: list = (), say: Callable[[str], None] = print,
+                   timer: _Timer | None = None) -> Path:
+    """Bring the empty database at ``url`` to the incident: data, backup, bad migration, later writes.
+
+    Returns the backup taken just before ``migration_id`` was applied.
+    """
+    timer = timer or _Timer(say)
+    with psycopg.connect(url) as conn:
+        done = timer.step(f"applying the migrations before {migration_id}")
+        prepare_until(conn, scenario, migration_id)
+        done()
+        done = timer.step(f"generating data for {users:,} users")
+        counts = generate_data(conn, scenario, users)
+        done()
+        say(f"  rows: {counts}")
+    done = timer.step("taking the pre-migration backup")
+    backup = take_backup(url, backup_dir, tools, probes=probes)
+    done()
+    with psycopg.connect(url) as conn:
+        done = timer.step(f"applying the bad migration {migration_id}")
+        apply_migration(conn, scenario.migrations_dir, migration_id)
+        written = write_after_migration(conn, scenario)
+        done()
+        say(f"  rows written after the migration (lost by a restore): {written}")
+    return backup
+
+
 def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
               keep: bool = False, say: Callable[[str], None] = print) -> DrillResult:
     config = load_config(config_path)
@@ -56,14 +95,9 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
     env = config.environment(drill.environment)
     users = users or drill.users
     workdir = Path(tempfile.mkdtemp(prefix="rollback-drill-"))
-    timings: dict[str, float] = {}
+    timer = _Timer(say)
 
-    def timed(label: str):
-        started = time.monotonic()
-        say(f"… {label}")
-        return lambda: timings.__setitem__(label, round(time.monotonic() - started, 2))
-
-    done = timed("starting an embedded PostgreSQL server")
+    done = timer.step("starting an embedded PostgreSQL server")
     server = start_server(workdir / "pgdata", keep_running=keep, delete_on_stop=not keep)
     done()
     app_session = None
@@ -72,26 +106,11 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
             admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(scenario.database)))
         url = server.url(scenario.database)
         os.environ[env.database_url_env] = url
-        with psycopg.connect(url) as conn:
-            done = timed(f"applying the migrations before {drill.migration}")
-            prepare_until(conn, scenario, drill.migration)
-            done()
-            done = timed(f"generating data for {users:,} users")
-            counts = generate_data(conn, scenario, users)
-            done()
-            say(f"  rows: {counts}")
         run_id = new_run_id()
         run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
-        done = timed("taking the pre-migration backup")
-        backup = take_backup(url, run_dir / "backup", client_tools(env.client_binaries), probes=config.all_queries())
-        done()
-        time.sleep(0.01)
-        with psycopg.connect(url) as conn:
-            done = timed(f"applying the bad migration {drill.migration}")
-            apply_migration(conn, scenario.migrations_dir, drill.migration)
-            written = write_after_migration(conn, scenario)
-            done()
-            say(f"  rows written after the migration (lost by a restore): {written}")
+        backup = stage_incident(url, scenario, drill.migration, users=users, backup_dir=run_dir / "backup",
+                                tools=client_tools(env.client_binaries), probes=config.all_queries(), say=say,
+                                timer=timer)
         app_session = psycopg.connect(url, autocommit=True, application_name="api-gateway")  # an app left connected
 
         def progress(phase: str, status: str, seconds: float | None) -> None:
@@ -99,15 +118,13 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
 
         say("running the runbook")
         result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=str(config.path),
-                            reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(backup), progress=progress)
+                            reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(backup),
+                            progress=progress)
         rolled_back = _rolled_back(url, config.migration(drill.migration))
-        return DrillResult(result, workdir, url, server if keep else None, timings, rolled_back)
+        return DrillResult(result, workdir, url, server if keep else None, timer.seconds, rolled_back)
     finally:
         if app_session is not None:
-            try:
-                app_session.close()
-            except Exception:
-                pass
+            app_session.close()
         if not keep:
             server.stop()
             shutil.rmtree(workdir, ignore_errors=True)

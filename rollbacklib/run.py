@@ -164,7 +164,8 @@ def step(name: str):
             except RollbackError as err:
                 if err.step is None:
                     err.step = name
-                ctx.record(name, err.outcome, err.message, **err.to_dict())
+                evidence = {k: v for k, v in err.to_dict().items() if k not in ("message", "step")}
+                ctx.record(name, err.outcome, err.message, **evidence)
                 raise
             except Exception as err:
                 outcome = "failed" if ctx.changes_began() else "aborted"

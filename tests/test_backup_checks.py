@@ -1,0 +1,127 @@
+"""Every backup check rejects its bad backup, and the database is left exactly as it was."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+from datetime import datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from rollbacklib.backup import manifest_path
+from rollbacklib.cli import app
+from rollbacklib.pgclient import client_tools
+
+from conftest import server_snapshot
+
+runner = CliRunner()
+
+
+def _plain_gz(incident, tmp_path, *, keep_end: bool = True):
+    """The plan's own format: a plain pg_dump script, gzipped (made from the custom archive)."""
+    sql = subprocess.run([client_tools("embedded").path("pg_restore"), "-f", "-", str(incident.backup)],
+                         check=True, capture_output=True).stdout
+    if not keep_end:
+        sql = sql[: len(sql) // 2]
+    path = tmp_path / "backup_prod_pre_migration_20251202.sql.gz"
+    path.write_bytes(gzip.compress(sql))
+    return path
+
+
+def _before_the_migration(path):
+    an_hour_ago = (datetime.now() - timedelta(minutes=5)).timestamp()
+    os.utime(path, (an_hour_ago, an_hour_ago))
+    return path
+
+
+def missing(incident, tmp_path):
+    return tmp_path / "no_such_backup.dump"
+
+
+def truncated_plain_sql(incident, tmp_path):
+    return _before_the_migration(_plain_gz(incident, tmp_path, keep_end=False))
+
+
+def corrupt_gzip(incident, tmp_path):
+    path = _plain_gz(incident, tmp_path)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return _before_the_migration(path)
+
+
+def unreadable_archive(incident, tmp_path):
+    path = tmp_path / incident.backup.name
+    data = bytearray(incident.backup.read_bytes())
+    data[:5] = b"NOPE!"  # the custom format's magic is PGDMP
+    path.write_bytes(bytes(data))
+    shutil.copy(manifest_path(incident.backup), manifest_path(path))
+    return path
+
+
+def _with_manifest_change(incident, tmp_path, change):
+    path = tmp_path / incident.backup.name
+    shutil.copy(incident.backup, path)
+    manifest = json.loads(manifest_path(incident.backup).read_text())
+    change(manifest)
+    manifest_path(path).write_text(json.dumps(manifest))
+    return path
+
+
+def too_old(incident, tmp_path):
+    def age(m):
+        m["taken_at"] = (datetime.fromisoformat(m["taken_at"]) - timedelta(hours=2)).isoformat()
+    return _with_manifest_change(incident, tmp_path, age)
+
+
+def sha256_mismatch(incident, tmp_path):
+    return _with_manifest_change(incident, tmp_path, lambda m: m.update(sha256="0" * 64))
+
+
+def too_small(incident, tmp_path):
+    config = tmp_path / "runbook.toml"
+    text = incident.config.read_text().replace("min_backup_bytes = 1024", "min_backup_bytes = 1073741824")
+    config.write_text(text.replace('"scenarios/', f'"{incident.config.parent}/scenarios/'))
+    incident.config = config
+    return incident.backup
+
+
+@pytest.mark.parametrize("make_bad_backup, failing_check", [
+    (missing, "present"),
+    (truncated_plain_sql, "archive readable"),
+    (corrupt_gzip, "archive readable"),
+    (unreadable_archive, "archive readable"),
+    (too_small, "size over minimum"),
+    (too_old, "age under limit"),
+    (sha256_mismatch, "sha256 equals manifest"),
+])
+def test_bad_backup_aborts_with_nothing_changed(incident, tmp_path, make_bad_backup, failing_check):
+    bad = make_bad_backup(incident, tmp_path)
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(bad), "--yes"))
+
+    assert result.exit_code == 3, result.output
+    assert server_snapshot(incident) == before
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    assert run["status"] == "aborted" and run["changes_made"] is False
+    assert run["error"]["phase"] == "01_prepare" and run["error"]["step"] == "verify-backup"
+    assert failing_check in run["error"]["message"]
+    assert "ABORT ROLLBACK: nothing was changed" in run["error"]["next_action"]
+    assert [p["name"] for p in run["phases"]] == ["01_prepare"]
+
+
+def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
+    plain = _before_the_migration(_plain_gz(incident, tmp_path))
+
+    result = runner.invoke(app, incident.run_args("--backup", str(plain), "--yes"))
+
+    assert result.exit_code == 0, result.output
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    assert run["validation"]["passed"] is True
+    assert run["backup"]["format"] == "plain-gzip" and run["backup"]["has_manifest"] is False
