@@ -19,7 +19,7 @@ from .errors import EXIT_REFUSED, RollbackError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="runbook.toml (default: $ROLLBACK_CONFIG, ./runbook.toml).")
 EnvOpt = typer.Option(..., "--env", "-e", help="Environment from the config: production, staging, drill, ...")

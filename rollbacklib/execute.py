@@ -21,7 +21,7 @@ import pandas as pd
 from . import backup as bk
 from . import database as db
 from .checks import as_frame, describe_failures, failed
-from .errors import AbortedError, FailedError, RollbackError
+from .errors import AbortedError, FailedError, RefusedError, RollbackError
 from .pgclient import with_database
 from .prisma import applied_migrations, migration_state
 from .run import RunContext, confirm, step
@@ -166,7 +166,13 @@ def _drop_restored(ctx: RunContext, restored: str) -> None:
 def approve_swap(ctx: RunContext) -> str:
     if _dry(ctx, "gate"):
         return "dry run: no gate"
-    confirm(ctx, f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept_name(ctx)}).")
+    try:
+        confirm(ctx, f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept_name(ctx)}).")
+    except RefusedError:
+        restored = ctx.state().get("restored")
+        if restored:  # leave the server as it was: the copy is ours and holds only the backup
+            _drop_restored(ctx, restored["name"])
+        raise
     return "approved"
 
 

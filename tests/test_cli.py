@@ -1,0 +1,93 @@
+"""Bad input, the gate, the lock and the dry run: each with its exit code and a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rollbacklib.cli import app
+from rollbacklib.runner import environment_lock
+
+from conftest import CONFIG, DRILL_URL_ENV, MIGRATION, server_snapshot
+
+runner = CliRunner()
+
+
+def _run_json(incident) -> dict:
+    return json.loads(next(incident.reports.rglob("run.json")).read_text())
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["--env", "nowhere", "-m", MIGRATION], 2, "use one of: drill, production, staging"),
+    (["--env", "drill", "-m", "update_user_schema_final"], 2, "YYYYMMDDHHMMSS_name"),
+    (["--env", "drill", "-m", "2025-12-02_update"], 2, "YYYYMMDDHHMMSS_name"),
+])
+def test_bad_input_is_bad_usage(args, code, says, tmp_path, monkeypatch):
+    monkeypatch.setenv(DRILL_URL_ENV, "postgresql://nobody@/nowhere")
+    result = runner.invoke(app, ["run", *args, "--config", str(CONFIG), "--reports-dir", str(tmp_path)])
+    assert result.exit_code == code, result.output
+    assert says in result.output
+    assert not list(tmp_path.rglob("*.ipynb"))  # nothing ran
+
+
+def test_missing_secret_names_the_variable_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(DRILL_URL_ENV, raising=False)
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--config", str(CONFIG),
+                                 "--reports-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Environment variable {DRILL_URL_ENV} is not set" in result.output
+    assert f"export {DRILL_URL_ENV}=" in result.output
+
+
+def test_config_errors_name_the_file_and_the_key(tmp_path):
+    bad = tmp_path / "runbook.toml"
+    bad.write_text('[environments.prod]\ndatabase_url_env = "postgresql://u:p@h/db"\nbackup_dir = "b"\ncolour = 1\n')
+    result = runner.invoke(app, ["run", "--env", "prod", "-m", MIGRATION, "--config", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}: environments.prod.database_url_env" in result.output
+    assert "NAME of an environment variable" in result.output
+    assert f"{bad}: environments.prod.colour" in result.output
+
+
+def test_unknown_migration_aborts_before_anything(incident):
+    before = server_snapshot(incident)
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", "20251203000000_never_applied", "--config",
+                                 str(incident.config), "--reports-dir", str(incident.reports), "--yes"])
+    assert result.exit_code == 3, result.output
+    assert "is not in _prisma_migrations" in result.output
+    assert server_snapshot(incident) == before
+
+
+def test_gate_refuses_without_approval_and_leaves_the_server_as_it_was(incident):
+    before = server_snapshot(incident)
+    result = runner.invoke(app, incident.run_args("--backup", str(incident.backup)))
+    assert result.exit_code == 4, result.output
+    assert f"approve {MIGRATION}" in result.output or "--yes" in result.output
+    assert server_snapshot(incident) == before  # the restored copy made before the gate is gone again
+    run = _run_json(incident)
+    assert run["status"] == "aborted" and run["error"]["step"] == "gate"
+
+
+def test_a_held_lock_refuses_a_second_run(incident):
+    with environment_lock(incident.reports.resolve(), "drill"):
+        result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
+    assert result.exit_code == 4, result.output
+    assert "Another rollback is running" in result.output
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(incident):
+    before = server_snapshot(incident)
+    result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert server_snapshot(incident) == before
+    run = _run_json(incident)
+    assert run["dry_run"] is True and run["changes_made"] is False
+    plan = json.loads(next(incident.reports.rglob("plan.json")).read_text())
+    actions = " ".join(step["action"] for step in plan)
+    assert f'ALTER DATABASE "{incident.database}" WITH ALLOW_CONNECTIONS false' in actions
+    assert f'ALTER DATABASE "{incident.database}" RENAME TO "{incident.database}__pre_rollback_' in actions
+    assert "pg_restore" in actions and "pg_terminate_backend" in actions
+    executed = next(incident.reports.rglob("02_execute.ipynb")).read_text()
+    assert "RENAME TO" in executed  # the plan is shown in the executed notebook
