@@ -253,18 +253,23 @@ def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_
 
 # --- restoring ----------------------------------------------------------------------------
 
-def restore_command(path: Path, dbname: str, tools: ClientTools) -> list[str]:
-    """The command that restores ``path`` into the existing, empty database ``dbname``."""
+def restore_command(path: Path, dbname: str, tools: ClientTools, keep_owners: bool = True) -> list[str]:
+    """The command that restores ``path`` into the existing, empty database ``dbname``.
+
+    ``keep_owners`` restores ownership and grants as dumped (needs a role allowed to set them);
+    off, the restoring role owns everything and grants are skipped (custom archives only).
+    """
     fmt = backup_format(path)
     if fmt == "custom":
-        return [tools.path("pg_restore"), "--exit-on-error", "--single-transaction", "--no-owner", "--no-privileges",
+        ownership = [] if keep_owners else ["--no-owner", "--no-privileges"]
+        return [tools.path("pg_restore"), "--exit-on-error", "--single-transaction", *ownership,
                 f"--dbname={dbname}", str(path)]
     return [tools.path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", f"--dbname={dbname}",
             "-f", "-"]
 
 
-def describe_restore(path: Path, dbname: str, tools: ClientTools) -> str:
-    cmd = display_command(restore_command(path, dbname, tools))
+def describe_restore(path: Path, dbname: str, tools: ClientTools, keep_owners: bool = True) -> str:
+    cmd = display_command(restore_command(path, dbname, tools, keep_owners))
     fmt = backup_format(path)
     if fmt == "plain-gzip":
         return f"gunzip -c {path} | {cmd}"
@@ -273,10 +278,11 @@ def describe_restore(path: Path, dbname: str, tools: ClientTools) -> str:
     return cmd
 
 
-def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: str = "restore") -> float:
+def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: str = "restore",
+                 keep_owners: bool = True) -> float:
     """Restore ``path`` into the empty database ``dbname``; returns the seconds it took."""
     started = time.monotonic()
-    cmd = restore_command(path, dbname, tools)
+    cmd = restore_command(path, dbname, tools, keep_owners)
     target = with_database(url, dbname)
     fmt = backup_format(path)
     if fmt == "custom":

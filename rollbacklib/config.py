@@ -71,6 +71,7 @@ class Environment(_Strict):
     backup_dir: Path
     maintenance_database: str | None = None
     client_binaries: str | None = None
+    restore_keep_owners: bool | None = None
     strategy: Literal["swap"] | None = None
     service_platform: str | None = None
     services: list[Service] = []
@@ -147,6 +148,7 @@ class Migration(_Strict):
 class Defaults(_Strict):
     maintenance_database: str = "postgres"
     client_binaries: str = "embedded"
+    restore_keep_owners: bool = True
     strategy: Literal["swap"] = "swap"
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
@@ -198,6 +200,8 @@ class ResolvedEnvironment:
         self.backup_dir = env.backup_dir
         self.maintenance_database = env.maintenance_database or config.defaults.maintenance_database
         self.client_binaries = env.client_binaries or config.defaults.client_binaries
+        self.restore_keep_owners = (config.defaults.restore_keep_owners if env.restore_keep_owners is None
+                                    else env.restore_keep_owners)
         self.strategy = env.strategy or config.defaults.strategy
         self.service_platform = env.service_platform or config.defaults.service_platform
         self.services = env.services

@@ -26,7 +26,7 @@ from .pgclient import with_database
 from .prisma import applied_migrations, migration_state
 from .run import RunContext, confirm, step
 from .services import platform_for
-from .validation import against_manifest
+from .validation import against_expectations, against_manifest
 
 MAX_IDENTIFIER = 63
 
@@ -70,7 +70,7 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
     return [
         PlannedStep("stop services", ctx.env.service_platform, f"scale to 0: {services}", False, "scale back in phase 04"),
         PlannedStep("create restore target", restored, create, False, drop_restored),
-        PlannedStep("restore backup", restored, bk.describe_restore(Path(backup["path"]), restored, ctx.tools),
+        PlannedStep("restore backup", restored, bk.describe_restore(Path(backup["path"]), restored, ctx.tools, ctx.env.restore_keep_owners),
                     False, drop_restored),
         PlannedStep("validate restored copy", restored, "compare with the backup's manifest", False, "-"),
         PlannedStep("gate", live, f"type or approve {ctx.migration_id}", False, "-"),
@@ -135,13 +135,15 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
         admin.execute(db.create_database_statement(restored, settings))
     ctx.remember(restored={"name": restored, "validated": False})
     try:
-        seconds = bk.restore_into(path, ctx.url, restored, ctx.tools)
+        seconds = bk.restore_into(path, ctx.url, restored, ctx.tools, keep_owners=ctx.env.restore_keep_owners)
         with db.connect(with_database(ctx.url, restored), step="restore") as conn:
             checks = against_manifest(conn, manifest) if manifest else []
+            checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None, manifest)
             description = bk.describe_database(conn, ctx.config.all_queries())
         if failed(checks):
-            raise AbortedError(f"The restored copy does not match the backup's manifest:\n{describe_failures(checks)}",
-                               next_action="the backup is not what its manifest says: use another backup.")
+            raise AbortedError(f"The restored copy fails its checks:\n{describe_failures(checks)}",
+                               next_action="this backup does not give the state the migration's checks expect "
+                               "(or is not what its manifest says): use another backup, or fix the expectations.")
     except RollbackError as err:
         _drop_restored(ctx, restored)
         raise AbortedError(f"Restoring into {restored} failed; the live database was not touched.\n{err.message}",

@@ -42,7 +42,8 @@ def restore_test(verification: bk.BackupVerification, env: ResolvedEnvironment, 
     with db.connect(admin_url, step="restore-test") as admin:
         admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(name)))
     try:
-        restore_seconds = bk.restore_into(verification.path, url, name, tools, step="restore-test")
+        restore_seconds = bk.restore_into(verification.path, url, name, tools, step="restore-test",
+                                          keep_owners=env.restore_keep_owners)
         with db.connect(with_database(url, name), step="restore-test") as conn:
             if verification.manifest:
                 checks = against_manifest(conn, verification.manifest)
