@@ -1,0 +1,57 @@
+"""A failure after changes began: exit 5, the executed notebook kept, the failed cell and the way back named."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from typer.testing import CliRunner
+
+from rollbacklib.cli import app
+from rollbacklib.runner import run_phases
+
+from conftest import MIGRATION
+
+
+def test_validation_failure_after_the_swap_needs_a_person(incident):
+    common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+                  reports_dir=str(incident.reports), run_id="swap-then-damage", approve=MIGRATION,
+                  backup=str(incident.backup))
+    first = run_phases(**common, phases=("01_prepare", "02_execute"))
+    assert first.summary["changes_made"] is True and first.summary["error"] is None
+
+    with psycopg.connect(incident.url, autocommit=True) as conn:  # damage between the swap and validation
+        conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
+
+    result = run_phases(**common, phases=("03_validate",))
+
+    summary = result.summary
+    assert result.exit_code == 5
+    assert summary["status"] == "failed"
+    assert summary["error"]["phase"] == "03_validate" and summary["error"]["step"] == "validation"
+    assert "users.emailVerified exists" in summary["error"]["message"]
+    kept = summary["kept_database"]
+    assert f'RENAME TO "{incident.database}"' in summary["error"]["next_action"] and kept in summary["error"]["next_action"]
+    assert summary["error"]["escalate"] == "L3"
+    executed = (result.run_dir / "03_validate.ipynb").read_text()
+    assert "ValidationFailed" in executed
+    assert [p["name"] for p in summary["phases"]] == ["01_prepare", "02_execute", "03_validate"]
+    assert not (result.run_dir / "04_restore_service.ipynb").exists()  # it stopped at the first failure
+    with psycopg.connect(incident.admin_url) as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (kept,)).fetchone()
+
+
+def test_cli_names_the_failed_cell(incident):
+    run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+               reports_dir=str(incident.reports), run_id="r1", approve=MIGRATION, backup=str(incident.backup),
+               phases=("01_prepare", "02_execute"))
+    with psycopg.connect(incident.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM workflows WHERE id IN (SELECT id FROM workflows LIMIT 3)")
+    result = CliRunner().invoke(app, incident.run_args("--run-id", "r1", "--yes", "--backup", str(incident.backup)))
+    # The whole run again on the same run: phase 01 finds the migration gone (rolled back already) and stops;
+    # since this run already changed the database, that is a failure for a person to look at, not a safe abort.
+    assert result.exit_code == 5, result.output
+    assert "is not in _prisma_migrations" in result.output
+    run = json.loads(next(incident.reports.rglob("r1/run.json")).read_text())
+    assert run["changes_made"] is True
+    assert "Failed cell:" in result.output and "01_prepare.ipynb cell" in result.output
