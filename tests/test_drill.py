@@ -73,3 +73,17 @@ def test_drill_report_folder_holds_the_evidence(drill):
     assert {"started", "ok", "changed"} <= {e["status"] for e in events}
     terminated = json.loads((run_dir / "terminated_sessions.json").read_text())
     assert [s["application_name"] for s in terminated] == ["api-gateway"]
+
+
+def test_drill_command_prints_a_one_screen_summary(tmp_path):
+    from typer.testing import CliRunner
+
+    from rollbacklib.cli import app
+
+    result = CliRunner().invoke(app, ["drill", "--users", "150", "--reports-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for phase in ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close"):
+        assert phase in result.output
+    assert "within the 15 min target" in result.output
+    assert "Rolled back: yes" in result.output
+    assert "checks passed" in result.output and str(tmp_path) in result.output
