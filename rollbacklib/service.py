@@ -80,4 +80,4 @@ def start_services(ctx: RunContext) -> pd.DataFrame:
                    services=[{"name": s.name, "replicas": s.replicas} for s in ctx.env.services])
     else:
         ctx.record("start-services", "changed", "services scaled back", services=evidence)
-    return pd.DataFrame(evidence)
+    return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
