@@ -30,6 +30,8 @@ from .prisma import applied_migrations, migration_state
 
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 BACKUP_SUFFIXES = (".dump", ".sql.gz", ".sql")
+MANIFEST_KEYS = ("taken_at", "size_bytes", "sha256", "schema_fingerprint", "row_counts", "prisma_migrations",
+                 "table_digests", "probes")
 
 
 def manifest_path(backup: Path) -> Path:
@@ -132,13 +134,22 @@ def load_manifest(path: Path) -> dict | None:
     if not mpath.exists():
         return None
     try:
-        return json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as err:
         raise BackupCheckFailed(
             f"The manifest {mpath} is not valid JSON ({err}).",
             next_action="restore the manifest from the backup's other copy, or take a new backup.",
             step="verify-backup",
         )
+    missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else list(MANIFEST_KEYS)
+    if missing:
+        raise BackupCheckFailed(
+            f"The manifest {mpath} lacks {', '.join(missing)}.",
+            next_action="restore the manifest from the backup's other copy, or move it aside to treat the "
+            "backup as one without a manifest (fewer checks), or take a new backup.",
+            step="verify-backup",
+        )
+    return manifest
 
 
 def list_backups(backup_dir: Path) -> list[Path]:
@@ -196,7 +207,13 @@ def check_readable(path: Path, fmt: str, tools: ClientTools) -> Check:
         if proc.returncode != 0:
             return Check("archive readable", False, "pg_restore --list succeeds", proc.stderr.strip()[-300:])
         entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
-        return Check("archive readable", True, "pg_restore --list succeeds", f"{entries} TOC entries")
+        # --list reads only the table of contents at the head of the file; reading every data
+        # block (into /dev/null) is what finds a truncated or damaged archive.
+        full = subprocess.run([tools.path("pg_restore"), "--file=/dev/null", str(path)], capture_output=True, text=True)
+        if full.returncode != 0:
+            return Check("archive readable", False, "every data block reads", full.stderr.strip()[-300:],
+                         f"{entries} TOC entries")
+        return Check("archive readable", True, "every data block reads", f"{entries} TOC entries, all data read")
     try:
         tail = _read_plain_tail(path, fmt)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as err:

@@ -14,12 +14,12 @@ import re
 import tomllib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
 
-from .errors import ConfigError, FailedError
+from .errors import AbortedError, ConfigError, FailedError
 
 MIGRATIONS_TABLE = "_prisma_migrations"
 MIGRATION_SCRIPT = "migration.sql"
@@ -129,7 +129,7 @@ def _check_lock_file(lock: Path) -> None:
             step="config",
         )
     try:
-        provider = tomllib.loads(lock.read_text()).get("provider")
+        provider = tomllib.loads(lock.read_text(encoding="utf-8")).get("provider")
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(
             f"{lock} is not valid TOML: {err}",
@@ -178,7 +178,8 @@ def _serializable(row: tuple) -> dict:
     record = dict(zip(_ROW_COLUMNS, row))
     for key, value in record.items():
         if isinstance(value, datetime):
-            record[key] = value.isoformat()
+            # In UTC, so rows read by sessions with different TimeZone settings compare equal.
+            record[key] = value.astimezone(timezone.utc).isoformat()
     return record
 
 
@@ -195,7 +196,7 @@ def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: 
     calls a failed migration; FailedError is raised.
     """
     migration = _find_migration(migrations_dir, name)
-    script = migration.path.read_text()
+    script = migration.path.read_text(encoding="utf-8")
     _ensure_migrations_table(conn)
     row_id = str(uuid.uuid4())
     conn.execute(
@@ -242,7 +243,8 @@ def apply_migrations(
     """Apply pending migrations in order, like ``prisma migrate deploy``; return the new rows.
 
     ``until`` stops at that migration (applied too when ``including``). Migrations already
-    applied are skipped. A failed migration stops everything, as Prisma's P3009 does.
+    applied are skipped. A failed migration in the database stops everything before any
+    change (AbortedError), as Prisma's P3009 does.
     """
     migrations = list_migrations(migrations_dir)
     if until is not None:
@@ -253,7 +255,7 @@ def apply_migrations(
     rows = applied_migrations(conn)
     failed = [r["migration_name"] for r in rows if migration_state(rows, r["migration_name"]) == "failed"]
     if failed:
-        raise FailedError(
+        raise AbortedError(
             f"Failed migrations in the database: {', '.join(sorted(set(failed)))}; "
             "new migrations will not be applied (Prisma P3009).",
             next_action="resolve them first: restore the database, then "
@@ -270,7 +272,7 @@ def apply_migrations(
 def applied_migrations(conn: psycopg.Connection) -> list[dict]:
     """The rows of ``_prisma_migrations`` (ordered by started_at, then name), JSON-serializable.
 
-    Timestamps are ISO-8601 strings with their UTC offset. ``[]`` when the table does not exist.
+    Timestamps are ISO-8601 strings in UTC (``+00:00``). ``[]`` when the table does not exist.
     """
     if not _migrations_table_exists(conn):
         _commit(conn)

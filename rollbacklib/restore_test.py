@@ -12,6 +12,7 @@ from pathlib import Path
 from . import backup as bk
 from . import database as db
 from .checks import describe_failures, failed
+from .errors import AbortedError, RollbackError
 from .config import ResolvedEnvironment
 from .pgclient import ClientTools, database_name, with_database
 from .prisma import validate_migration_id
@@ -32,6 +33,17 @@ def _age_limit(path, thresholds, migration_id: str) -> float:
     return thresholds.max_backup_age_seconds if migration_id else float("inf")
 
 
+def _restore(verification: bk.BackupVerification, url: str, name: str, tools: ClientTools, env) -> float:
+    try:
+        return bk.restore_into(verification.path, url, name, tools, step="restore-test",
+                               keep_owners=env.restore_keep_owners)
+    except RollbackError as err:
+        raise AbortedError(f"The backup does not restore: {err.message}",
+                           next_action=f"this backup can not be trusted; take a new one (rollback backup). The "
+                           f"throwaway database {name} is dropped; nothing else was touched.",
+                           step="restore-test", escalate="L3") from None
+
+
 def restore_test(verification: bk.BackupVerification, env: ResolvedEnvironment, tools: ClientTools) -> dict:
     """Restore into ``<db>__restore_test_<time>``, compare with the manifest, always drop it."""
     url = env.database_url()
@@ -42,8 +54,7 @@ def restore_test(verification: bk.BackupVerification, env: ResolvedEnvironment, 
     with db.connect(admin_url, step="restore-test") as admin:
         admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(name)))
     try:
-        restore_seconds = bk.restore_into(verification.path, url, name, tools, step="restore-test",
-                                          keep_owners=env.restore_keep_owners)
+        restore_seconds = _restore(verification, url, name, tools, env)
         with db.connect(with_database(url, name), step="restore-test") as conn:
             if verification.manifest:
                 checks = against_manifest(conn, verification.manifest)

@@ -70,7 +70,7 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
             file, None, "not found.", f"pass a scenario folder that holds {SCENARIO_FILE}."
         )
     try:
-        data = tomllib.loads(file.read_text())
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise _scenario_error(file, None, f"not valid TOML: {err}", f"fix the syntax in {file}.") from None
 
@@ -149,7 +149,7 @@ def generate_data(conn: psycopg.Connection, scenario: Scenario, users: int) -> d
         )
     # Client-side binding, because only the simple query protocol takes several statements.
     with psycopg.ClientCursor(conn) as cur:
-        cur.execute(scenario.generate_sql.read_text(), {"users": users})
+        cur.execute(scenario.generate_sql.read_text(encoding="utf-8"), {"users": users})
     _commit(conn)
     return table_counts(conn)
 
@@ -157,7 +157,7 @@ def generate_data(conn: psycopg.Connection, scenario: Scenario, users: int) -> d
 def write_after_migration(conn: psycopg.Connection, scenario: Scenario) -> dict[str, int]:
     """Run the scenario's after_migration_sql; return how many rows each table gained."""
     before = table_counts(conn)
-    conn.execute(scenario.after_migration_sql.read_text())
+    conn.execute(scenario.after_migration_sql.read_text(encoding="utf-8"))
     _commit(conn)
     after = table_counts(conn)
     return {name: count - before.get(name, 0) for name, count in after.items()}

@@ -14,7 +14,7 @@ VALUES
 
 INSERT INTO "workflows" ("id", "name", "status", "userId", "createdAt", "updatedAt")
 VALUES
-    ('wf_post_0001', 'Onboarding',      'active', 'user_post_0001', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
-    ('wf_post_0002', 'Invoice approval', 'draft', 'user_post_0001', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
-    ('wf_post_0003', 'Onboarding',      'active', 'user_post_0002', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
-    ('wf_post_0004', 'Weekly report',   'active', 'user_post_0004', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC');
+    ('wf_post_0001', 'Onboarding',       'active', 'user_post_0001', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
+    ('wf_post_0002', 'Invoice approval', 'draft',  'user_post_0001', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
+    ('wf_post_0003', 'Onboarding',       'active', 'user_post_0002', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC'),
+    ('wf_post_0004', 'Weekly report',    'active', 'user_post_0004', now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC');
