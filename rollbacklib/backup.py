@@ -140,7 +140,7 @@ def load_manifest(path: Path) -> dict | None:
             f"The manifest {mpath} is not valid JSON ({err}).",
             next_action="restore the manifest from the backup's other copy, or take a new backup.",
             step="verify-backup",
-        )
+        ) from None
     missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else list(MANIFEST_KEYS)
     if missing:
         raise BackupCheckFailed(
@@ -322,7 +322,7 @@ def _pipe_into(cmd: list[str], source, url: str, step: str) -> None:
         proc.kill()
         proc.wait()
         raise FailedError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
-                          step=step)
+                          step=step) from None
     stderr = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
         raise FailedError(f"psql exited with {proc.returncode}: {stderr.strip()[-2000:]}",

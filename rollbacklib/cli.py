@@ -18,7 +18,7 @@ from .errors import EXIT_REFUSED, RollbackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="runbook.toml (default: $ROLLBACK_CONFIG, ./runbook.toml).")
@@ -39,6 +39,29 @@ def _summary_table(summary: dict, budget: float | None = None) -> Table:
     for p in summary["phases"]:
         table.add_row(p["name"], p["status"], f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
     return table
+
+
+_MARKS = {"info": " ", "ok": "✓", "changed": "•", "skipped": "-", "aborted": "✗", "refused": "✗", "failed": "✗",
+          "bad-usage": "✗"}
+_step_started: dict[str, str] = {}
+
+
+def print_event(event: dict) -> None:
+    """One journal event as a progress line (steps only; phases are printed by the runner)."""
+    step, status = event["step"], event["status"]
+    if status == "started":
+        _step_started[step] = event["ts"]
+    if step in ("phase", "plan") or status not in _MARKS or (status == "info" and not event["message"]):
+        return
+    text = f"      {_MARKS[status]} {step}"
+    if status == "ok" and step in _step_started:
+        from datetime import datetime
+
+        seconds = (datetime.fromisoformat(event["ts"]) - datetime.fromisoformat(_step_started.pop(step))).total_seconds()
+        text += f" ({seconds:.1f} s)"
+    elif status != "ok" and event["message"]:
+        text += f": {event['message'].splitlines()[0]}"
+    out.print(text, markup=False, highlight=False)
 
 
 def print_run(summary: dict, run_dir: Path, budget: float) -> None:
@@ -96,7 +119,8 @@ def run(
 
         result = run_phases(migration_id=migration, environment=env, config_path=str(config) if config else None,
                             reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id, dry_run=dry_run,
-                            approve=approve, backup=str(backup) if backup else None, progress=progress)
+                            approve=approve, backup=str(backup) if backup else None, progress=progress,
+                            on_event=print_event)
     except RollbackError as error:
         _fail(error)
     print_run(result.summary, result.run_dir, budget)
@@ -117,7 +141,8 @@ def drill(
     try:
         budget_env = load_config(config)
         result = run_drill(config_path=str(config) if config else None, users=users,
-                           reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print)
+                           reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
+                           on_event=print_event)
     except RollbackError as error:
         _fail(error)
     budget = budget_env.environment(budget_env.drill.environment).thresholds.rto_budget_seconds

@@ -257,7 +257,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path} is not valid TOML: {err}", next_action=f"fix the syntax in {path}.", step="config")
+        raise ConfigError(f"{path} is not valid TOML: {err}", next_action=f"fix the syntax in {path}.",
+                          step="config") from None
     try:
         config = Config.model_validate({**data, "path": path.resolve()})
     except ValidationError as err:

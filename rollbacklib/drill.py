@@ -85,7 +85,8 @@ def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: in
 
 
 def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
-              keep: bool = False, say: Callable[[str], None] = print) -> DrillResult:
+              keep: bool = False, say: Callable[[str], None] = print,
+              on_event: Callable[[dict], None] | None = None) -> DrillResult:
     config = load_config(config_path)
     if config.drill is None:
         raise ConfigError(f"{config.path} has no [drill] section.",
@@ -119,7 +120,7 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
         say("running the runbook")
         result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=str(config.path),
                             reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(backup),
-                            progress=progress)
+                            progress=progress, on_event=on_event)
         rolled_back = _rolled_back(url, config.migration(drill.migration))
         return DrillResult(result, workdir, url, server if keep else None, timer.seconds, rolled_back)
     finally:

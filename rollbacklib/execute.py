@@ -134,6 +134,8 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
             admin.execute(db.drop_database_statement(restored))  # our own half-done copy from a retried step
         admin.execute(db.create_database_statement(restored, settings))
     ctx.remember(restored={"name": restored, "validated": False})
+    ctx.record("restore", "info", f"restoring {path.name} ({path.stat().st_size / 1e6:.1f} MB) into {restored}",
+               command=bk.describe_restore(path, restored, ctx.tools, ctx.env.restore_keep_owners))
     try:
         seconds = bk.restore_into(path, ctx.url, restored, ctx.tools, keep_owners=ctx.env.restore_keep_owners)
         with db.connect(with_database(ctx.url, restored), step="restore") as conn:

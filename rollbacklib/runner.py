@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,39 @@ def notebooks_dir() -> Path:
         raise ConfigError(f"The phase notebooks are not in {folder}.",
                           next_action="run from a checkout (pip install -e .) or set ROLLBACK_NOTEBOOKS.")
     return folder
+
+
+class JournalFollower(threading.Thread):
+    """Hands each new journal event to ``on_event`` while a notebook runs: live progress."""
+
+    def __init__(self, path: Path, on_event: Callable[[dict], None], interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.path, self.on_event, self.interval = path, on_event, interval
+        self.offset = path.stat().st_size if path.exists() else 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.drain()
+
+    def drain(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                self.on_event(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.drain()
 
 
 @dataclass
@@ -69,8 +104,13 @@ def environment_lock(reports_dir: Path, environment: str):
 
 def run_phases(*, migration_id: str, environment: str, config_path: str | None = None, reports_dir: str | None = None,
                run_id: str | None = None, dry_run: bool = False, approve: str = "", backup: str | None = None,
-               phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None) -> RunResult:
-    """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure."""
+               phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None,
+               on_event: Callable[[dict], None] | None = None) -> RunResult:
+    """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure.
+
+    ``progress`` hears of each phase starting and ending; ``on_event`` of each journal event as
+    it is written (the step-by-step progress of a long phase).
+    """
     validate_migration_id(migration_id)
     config = load_config(config_path)
     config.environment(environment).database_url()  # fail on a missing secret before anything runs
@@ -84,11 +124,18 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
             if progress:
                 progress(phase, "started", None)
             started = time.monotonic()
-            ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
-                "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
-                "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
-                "backup": backup or "",
-            }, run_dir)
+            follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
+            if follower:
+                follower.start()
+            try:
+                ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
+                    "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
+                    "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
+                    "backup": backup or "",
+                }, run_dir)
+            finally:
+                if follower:
+                    follower.stop()
             if progress:
                 progress(phase, "ok" if ok else "failed", time.monotonic() - started)
             if not ok:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from . import database as db
 from .checks import Check, as_frame, compare, describe_failures, failed, skipped
 from .config import Expectations
@@ -125,10 +127,8 @@ def expected_description(ctx) -> tuple[dict, bool]:
 
 
 @step("validation")
-def validate_restored(ctx) -> "pd.DataFrame":
+def validate_restored(ctx) -> pd.DataFrame:
     """Schema, counts, bookkeeping, rows, the migration's own expectations: all against the live database."""
-    import pandas as pd
-
     if ctx.dry_run:
         ctx.record("validation", "skipped", "dry run: nothing was restored")
         return pd.DataFrame()
