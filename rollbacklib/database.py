@@ -250,25 +250,14 @@ def sessions(conn: psycopg.Connection, database: str) -> list[dict]:
 
 
 def database_settings(conn: psycopg.Connection, database: str) -> dict:
-    row = conn.execute(
-        "SELECT datallowconn, datconnlimit, pg_get_userbyid(datdba), pg_encoding_to_char(encoding), "
-        "datcollate, datctype FROM pg_database WHERE datname = %s",
-        (database,),
-    ).fetchone()
+    row = conn.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s", (database,)).fetchone()
     if row is None:
         raise AbortedError(
             f"Database {database!r} does not exist on the server.",
             next_action="check the database name in the URL of this environment.",
             step="database",
         )
-    return {
-        "allow_connections": row[0],
-        "connection_limit": row[1],
-        "owner": row[2],
-        "encoding": row[3],
-        "collate": row[4],
-        "ctype": row[5],
-    }
+    return {"allow_connections": row[0], "connection_limit": row[1]}
 
 
 def block_statements(database: str) -> list[sql.Composable]:
@@ -321,16 +310,6 @@ def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
             step="swap",
             escalate="L3",
         )
-
-
-def create_database_statement(name: str, like: dict) -> sql.Composable:
-    return sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-        sql.Identifier(name),
-        sql.Identifier(like["owner"]),
-        sql.Literal(like["encoding"]),
-        sql.Literal(like["collate"]),
-        sql.Literal(like["ctype"]),
-    )
 
 
 def drop_database_statement(name: str) -> sql.Composable:

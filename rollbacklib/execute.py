@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import backup as bk
 from . import database as db
+from . import dbproperties as dbp
 from .checks import as_frame, describe_failures, failed
 from .errors import AbortedError, FailedError, RefusedError, RollbackError
 from .pgclient import with_database
@@ -58,8 +59,10 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
     backup = ctx.require("backup", "01_prepare (verify_backup)")
     with db.connect(ctx.admin_url, step="plan") as admin:
         settings = db.database_settings(admin, live)
+        props = dbp.read_properties(admin, live)
         render = lambda s: s.as_string(admin)  # noqa: E731
-        create = render(db.create_database_statement(restored, settings))
+        create = render(dbp.create_statement(restored, props))
+        carry = "; ".join(render(s) for s in dbp.apply_statements(restored, props)) or "(none to carry)"
         block = "; ".join(render(s) for s in db.block_statements(live))
         unblock = "; ".join(render(s) for s in db.unblock_statements(live, settings))
         rename = db.rename_statement
@@ -74,6 +77,7 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
         PlannedStep("restore backup", restored, bk.describe_restore(Path(backup["path"]), restored, ctx.tools, ctx.env.restore_keep_owners),
                     False, drop_restored),
         PlannedStep("validate restored copy", restored, "compare with the backup's manifest", False, "-"),
+        PlannedStep("carry database settings and grants", restored, carry, False, drop_restored),
         PlannedStep("gate", live, f"type or approve {ctx.migration_id}", False, "-"),
         PlannedStep("block new connections", live, block, True, unblock),
         PlannedStep("drain sessions", live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end", False, "-"),
@@ -126,14 +130,14 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
     manifest = bk.load_manifest(path)
     restored = restored_name(ctx)
     with db.connect(ctx.admin_url, step="restore") as admin:
-        settings = db.database_settings(admin, ctx.database)
+        props = dbp.read_properties(admin, ctx.database)
         if db.database_exists(admin, restored):
             if ctx.state().get("restored", {}).get("name") != restored or ctx.state().get("swap"):
                 raise AbortedError(f"A database named {restored} already exists and this run did not make it.",
                                    next_action="inspect it and drop it by hand, or start a new run.")
             admin.execute(db.drop_database_statement(restored))  # our own half-done copy from a retried step
-        admin.execute(db.create_database_statement(restored, settings))
-    ctx.remember(restored={"name": restored, "validated": False})
+        admin.execute(dbp.create_statement(restored, props))
+    ctx.remember(restored={"name": restored, "validated": False}, live_properties=props)
     ctx.record("restore", "info", f"restoring {path.name} ({path.stat().st_size / 1e6:.1f} MB) into {restored}",
                command=bk.describe_restore(path, restored, ctx.tools, ctx.env.restore_keep_owners))
     try:
@@ -150,6 +154,9 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
         _drop_restored(ctx, restored)
         raise AbortedError(f"Restoring into {restored} failed; the live database was not touched.\n{err.message}",
                            next_action="ABORT: nothing was changed. " + err.next_action, escalate="L3") from None
+    with db.connect(ctx.admin_url, step="restore") as admin:  # after the restore: they could get in its way
+        for statement in dbp.apply_statements(restored, props):
+            admin.execute(statement)
     if manifest is None:  # the plan's plain format: what was restored becomes what is expected
         (ctx.run_dir / "restored_description.json").write_text(json.dumps(description, indent=2, default=str))
     ctx.remember(restored={"name": restored, "validated": True, "seconds": round(seconds, 3),

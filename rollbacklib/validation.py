@@ -13,6 +13,7 @@ import json
 import pandas as pd
 
 from . import database as db
+from . import dbproperties as dbp
 from .checks import Check, as_frame, compare, describe_failures, failed, skipped
 from .config import Expectations
 from .errors import ValidationFailed
@@ -140,6 +141,12 @@ def validate_restored(ctx) -> pd.DataFrame:
         state = migration_state(applied_migrations(conn), ctx.migration_id)
         checks.append(Check(f"{ctx.migration_id} no longer applied", state in ("absent", "rolled-back"),
                             "absent", state))
+        before = ctx.state().get("live_properties")
+        if before:
+            with db.connect(ctx.admin_url, step="validation") as admin:
+                found = dbp.comparable(dbp.read_properties(admin, ctx.database))
+            checks.append(compare("database settings, grants and locale equal pre-rollback",
+                                  dbp.comparable(before), found))
         sample = ctx.migration.expect.sample if ctx.migration and ctx.migration.expect.sample else None
         lost = None
         captured = ctx.state().get("captured", {})

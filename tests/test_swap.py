@@ -1,0 +1,53 @@
+"""The swap puts a new database in place of the live one: what belongs to the database itself goes with it."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from typer.testing import CliRunner
+
+from rollbacklib import dbproperties as dbp
+from rollbacklib.cli import app
+
+
+def test_settings_grants_and_comment_survive_the_swap(incident):
+    name = incident.database
+    role = f"app_{name}"
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        for statement in (
+            f'ALTER DATABASE "{name}" SET work_mem TO \'8MB\'',
+            f'ALTER DATABASE "{name}" SET search_path TO "$user", public, "Odd, Schema"',
+            f'ALTER DATABASE "{name}" SET app.tenant TO \'acme\'',
+            f'ALTER ROLE "{role}" IN DATABASE "{name}" SET statement_timeout TO \'5s\'',
+            f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC',
+            f'GRANT CONNECT, TEMPORARY ON DATABASE "{name}" TO "{role}"',
+            f"COMMENT ON DATABASE \"{name}\" IS 'automation platform, production'",
+        ):
+            admin.execute(statement)
+        before = dbp.comparable(dbp.read_properties(admin, name))
+
+    result = CliRunner().invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
+
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        after = dbp.comparable(dbp.read_properties(admin, name))
+    assert after == before
+    settings = {s["role"]: sorted(s["config"]) for s in after["settings"]}
+    assert settings == {None: ['app.tenant=acme', 'search_path="$user", public, "Odd, Schema"', "work_mem=8MB"],
+                        role: ["statement_timeout=5s"]}
+    grantees = {(g["grantee"], g["privilege"]) for g in after["grants"]}
+    assert {(role, "CONNECT"), (role, "TEMPORARY")} <= grantees and not any(g == "PUBLIC" for g, _ in grantees)
+    assert after["comment"] == "automation platform, production"
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    check = next(c for c in run["validation"]["checks"] if c["name"].startswith("database settings, grants"))
+    assert check["passed"] is True
+    with psycopg.connect(incident.url) as conn:  # the settings are live for new sessions
+        assert conn.execute("SHOW work_mem").fetchone()[0] == "8MB"
+        assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public, "Odd, Schema"'
+
+
+def test_split_list_setting_unquotes_each_element():
+    assert dbp._split_list('"$user", public, "Odd, Schema", "say ""hi"""') == ["$user", "public", "Odd, Schema",
+                                                                            'say "hi"']
