@@ -106,6 +106,17 @@ def _dry(ctx: RunContext, name: str) -> bool:
     return ctx.dry_run
 
 
+def _skip(ctx: RunContext, name: str) -> bool:
+    """Dry run, or this run already swapped: a step re-run (a cell run twice) must not act again."""
+    if _dry(ctx, name):
+        return True
+    swap = ctx.state().get("swap") or {}
+    if swap.get("completed"):
+        ctx.record(name, "skipped", f"already done: this run swapped {swap['live']} in at an earlier attempt")
+        return True
+    return False
+
+
 @step("stop-services")
 def stop_services(ctx: RunContext) -> pd.DataFrame:
     if _dry(ctx, "stop-services"):
@@ -123,7 +134,7 @@ def stop_services(ctx: RunContext) -> pd.DataFrame:
 @step("restore")
 def restore_copy(ctx: RunContext) -> pd.DataFrame:
     """Restore the backup into a new database and validate it. The live database is untouched."""
-    if _dry(ctx, "restore"):
+    if _skip(ctx, "restore"):
         return pd.DataFrame()
     backup = ctx.require("backup", "01_prepare (verify_backup)")
     path = Path(backup["path"])
@@ -175,7 +186,7 @@ def _drop_restored(ctx: RunContext, restored: str) -> None:
 
 @step("gate")
 def approve_swap(ctx: RunContext) -> str:
-    if _dry(ctx, "gate"):
+    if _skip(ctx, "gate"):
         return "dry run: no gate"
     try:
         confirm(ctx, f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept_name(ctx)}).")
@@ -189,7 +200,7 @@ def approve_swap(ctx: RunContext) -> str:
 
 @step("block-connections")
 def block_connections(ctx: RunContext) -> pd.DataFrame:
-    if _dry(ctx, "block-connections"):
+    if _skip(ctx, "block-connections"):
         return pd.DataFrame()
     ctx.require("restored", "restore_copy")
     live = ctx.database
@@ -220,7 +231,7 @@ def unblock_advice(ctx: RunContext) -> str:
 @step("drain")
 def drain_connections(ctx: RunContext) -> pd.DataFrame:
     """Wait for sessions to end, then terminate what is left (never the runbook's own)."""
-    if _dry(ctx, "drain"):
+    if _skip(ctx, "drain"):
         return pd.DataFrame()
     ctx.require("blocked", "block_connections")
     t = ctx.env.thresholds
@@ -243,29 +254,36 @@ def drain_connections(ctx: RunContext) -> pd.DataFrame:
 
 @step("swap")
 def swap_in(ctx: RunContext) -> pd.DataFrame:
-    if _dry(ctx, "swap"):
+    if _skip(ctx, "swap"):
         return pd.DataFrame()
     restored = ctx.require("restored", "restore_copy")
     if not restored or not restored.get("validated"):
         raise AbortedError("The restored copy was not validated.", next_action="run restore_copy again.")
     live, kept, new = ctx.database, kept_name(ctx), restored["name"]
     with db.connect(ctx.admin_url, step="swap") as admin:
+        if db.database_exists(admin, kept) and not db.database_exists(admin, live) and db.database_exists(admin, new):
+            ctx.record("swap", "info", f"finishing a swap cut short: {live} is already kept as {kept}")
+            return _finish_swap(ctx, admin, live, kept, new)
         if db.sessions(admin, live):
             raise FailedError(f"Sessions are still connected to {live}.", next_action="run drain_connections again.")
         db.rename_database(admin, live, kept)
         ctx.remember(swap={"kept": kept, "live": live, "restored": new, "completed": False})
         ctx.record("swap", "changed", f"{live} renamed to {kept} (kept)")
-        try:
-            db.rename_database(admin, new, live)
-        except Exception as err:
-            db.rename_database(admin, kept, live)
-            ctx.remember(swap=None)
-            ctx.record("swap", "changed", f"undone: {kept} renamed back to {live}")
-            raise FailedError(f"Putting the restored copy in place failed ({err}); the original is back as {live}.",
-                              next_action=unblock_advice(ctx), escalate="L3") from None
-        # Until phase 04 reopens it, only the runbook's (superuser/owner) sessions may use it.
-        admin.execute(db.sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT 0").format(db.sql.Identifier(live)))
-        names = {n: db.database_exists(admin, n) for n in (live, kept, new)}
+        return _finish_swap(ctx, admin, live, kept, new)
+
+
+def _finish_swap(ctx: RunContext, admin, live: str, kept: str, new: str) -> pd.DataFrame:
+    try:
+        db.rename_database(admin, new, live)
+    except Exception as err:
+        db.rename_database(admin, kept, live)
+        ctx.remember(swap=None)
+        ctx.record("swap", "changed", f"undone: {kept} renamed back to {live}")
+        raise FailedError(f"Putting the restored copy in place failed ({err}); the original is back as {live}.",
+                          next_action=unblock_advice(ctx), escalate="L3") from None
+    # Until phase 04 reopens it, only the runbook's (superuser/owner) sessions may use it.
+    admin.execute(db.sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT 0").format(db.sql.Identifier(live)))
+    names = {n: db.database_exists(admin, n) for n in (live, kept, new)}
     ctx.remember(swap={"kept": kept, "live": live, "restored": new, "completed": True})
     ctx.record("swap", "changed", f"restored copy is now {live}; the pre-rollback database is kept as {kept}",
                kept=kept, live=live, databases=names)

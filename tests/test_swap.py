@@ -51,3 +51,31 @@ def test_settings_grants_and_comment_survive_the_swap(incident):
 def test_split_list_setting_unquotes_each_element():
     assert dbp._split_list('"$user", public, "Odd, Schema", "say ""hi"""') == ["$user", "public", "Odd, Schema",
                                                                             'say "hi"']
+
+
+def _changes(run_dir) -> list[str]:
+    return [json.loads(line)["message"] for line in (run_dir / "journal.jsonl").read_text().splitlines()
+            if json.loads(line)["status"] == "changed"]
+
+
+def test_running_execute_again_on_a_swapped_run_changes_nothing(incident):
+    from rollbacklib.runner import run_phases
+
+    common = dict(migration_id=incident.migration_id, environment="drill", config_path=str(incident.config),
+                  reports_dir=str(incident.reports), run_id="twice", approve=incident.migration_id,
+                  backup=str(incident.backup))
+    first = run_phases(**common, phases=("01_prepare", "02_execute"))
+    assert first.summary["error"] is None and first.summary["changes_made"]
+    changes = _changes(first.run_dir)
+    with psycopg.connect(incident.admin_url) as admin:
+        databases = admin.execute("SELECT datname, datallowconn, datconnlimit FROM pg_database ORDER BY 1").fetchall()
+
+    again = run_phases(**common, phases=("02_execute",))
+
+    assert again.summary["error"] is None
+    assert _changes(again.run_dir) == changes  # not one more change
+    with psycopg.connect(incident.admin_url) as admin:
+        assert admin.execute("SELECT datname, datallowconn, datconnlimit FROM pg_database ORDER BY 1").fetchall() == databases
+    skipped = [json.loads(line) for line in (again.run_dir / "journal.jsonl").read_text().splitlines()]
+    assert {e["step"] for e in skipped if e["status"] == "skipped" and "already done" in e["message"]} == {
+        "restore", "gate", "block-connections", "drain", "swap"}
