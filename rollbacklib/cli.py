@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EXIT_REFUSED, RollbackError
+from .errors import RollbackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
@@ -106,12 +106,12 @@ def run(
 
     try:
         approve = migration if yes else ""
+        confirm = None
         if not yes and not dry_run and sys.stdin.isatty():
-            typed = typer.prompt(f"This restores {env} to its backup. Type the migration ID to go on")
-            if typed.strip() != migration:
-                err.print("Refused: that is not the migration ID. Nothing was changed.")
-                raise typer.Exit(EXIT_REFUSED)
-            approve = migration
+            def confirm() -> str:
+                out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {env} "
+                          "to the backup (the live database is kept, never dropped).")
+                return typer.prompt("Type the migration ID to go on, anything else to stop")
         budget = load_config(config).environment(env).thresholds.rto_budget_seconds
 
         def progress(phase, status, seconds):
@@ -120,7 +120,7 @@ def run(
         result = run_phases(migration_id=migration, environment=env, config_path=str(config) if config else None,
                             reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id, dry_run=dry_run,
                             approve=approve, backup=str(backup) if backup else None, progress=progress,
-                            on_event=print_event)
+                            on_event=print_event, confirm=confirm)
     except RollbackError as error:
         _fail(error)
     print_run(result.summary, result.run_dir, budget)

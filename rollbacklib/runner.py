@@ -21,6 +21,7 @@ from .prisma import validate_migration_id
 from .run import default_reports_dir, new_run_id, run_folder
 from .summary import PHASES, first_error, write_summary
 
+GATED_PHASE = "02_execute"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -105,11 +106,12 @@ def environment_lock(reports_dir: Path, environment: str):
 def run_phases(*, migration_id: str, environment: str, config_path: str | None = None, reports_dir: str | None = None,
                run_id: str | None = None, dry_run: bool = False, approve: str = "", backup: str | None = None,
                phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None,
-               on_event: Callable[[dict], None] | None = None) -> RunResult:
+               on_event: Callable[[dict], None] | None = None, confirm: Callable[[], str] | None = None) -> RunResult:
     """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure.
 
     ``progress`` hears of each phase starting and ending; ``on_event`` of each journal event as
-    it is written (the step-by-step progress of a long phase).
+    it is written (the step-by-step progress of a long phase). ``confirm``, when the run has no
+    approval, is asked for the migration ID after the read-only phase 01 and before phase 02.
     """
     validate_migration_id(migration_id)
     config = load_config(config_path)
@@ -121,6 +123,13 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     with environment_lock(reports, environment):
         run_dir.mkdir(parents=True, exist_ok=True)
         for phase in phases:
+            if phase == GATED_PHASE and not dry_run and not approve and confirm is not None:
+                approve = confirm().strip()
+                if approve != migration_id:
+                    Journal(run_dir / JOURNAL_NAME).record(
+                        phase, "gate", "refused", f"typed {approve!r}, not the migration ID",
+                        next_action="nothing was changed; run again and type the migration ID to go on.")
+                    break
             if progress:
                 progress(phase, "started", None)
             started = time.monotonic()

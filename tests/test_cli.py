@@ -91,3 +91,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     assert "pg_restore" in actions and "pg_terminate_backend" in actions
     executed = next(incident.reports.rglob("02_execute.ipynb")).read_text()
     assert "RENAME TO" in executed  # the plan is shown in the executed notebook
+
+
+def test_the_run_asks_after_the_read_only_phase_and_a_wrong_answer_changes_nothing(incident):
+    from rollbacklib.runner import run_phases
+
+    asked = []
+    before = server_snapshot(incident)
+    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+                        reports_dir=str(incident.reports), backup=str(incident.backup),
+                        confirm=lambda: asked.append(True) or "yes")
+    assert asked == [True]
+    assert result.exit_code == 4 and result.summary["error"]["step"] == "gate"
+    assert (result.run_dir / "01_prepare.ipynb").exists() and not (result.run_dir / "02_execute.ipynb").exists()
+    assert server_snapshot(incident) == before
