@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from .config import Config, ResolvedEnvironment, load_config
-from .errors import AbortedError, RefusedError, RollbackError
+from .errors import AbortedError, ConfigError, RefusedError, RollbackError
 from .journal import JOURNAL_NAME, Journal
 from .pgclient import ClientTools, client_tools, database_name
 from .prisma import validate_migration_id
@@ -34,7 +35,14 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 def run_folder(reports_dir: str | os.PathLike, migration_id: str, environment: str, run_id: str) -> Path:
+    if not RUN_ID.match(run_id):
+        raise ConfigError(f"Run ID {run_id!r} is not usable as a folder name.",
+                          next_action="use letters, digits, '.', '_' or '-' (at most 64), or leave it empty for a new run.",
+                          step="config")
     return Path(reports_dir).resolve() / migration_id / environment / run_id
 
 

@@ -105,3 +105,12 @@ def test_the_run_asks_after_the_read_only_phase_and_a_wrong_answer_changes_nothi
     assert result.exit_code == 4 and result.summary["error"]["step"] == "gate"
     assert (result.run_dir / "01_prepare.ipynb").exists() and not (result.run_dir / "02_execute.ipynb").exists()
     assert server_snapshot(incident) == before
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "a/b", ".hidden"])
+def test_a_run_id_that_is_not_a_folder_name_is_bad_usage(run_id, tmp_path, monkeypatch):
+    monkeypatch.setenv(DRILL_URL_ENV, "postgresql://nobody@/nowhere")
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--config", str(CONFIG),
+                                 "--reports-dir", str(tmp_path), "--run-id", run_id])
+    assert result.exit_code == 2, result.output
+    assert "is not usable as a folder name" in result.output
