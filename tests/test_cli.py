@@ -114,3 +114,19 @@ def test_a_run_id_that_is_not_a_folder_name_is_bad_usage(run_id, tmp_path, monke
                                  "--reports-dir", str(tmp_path), "--run-id", run_id])
     assert result.exit_code == 2, result.output
     assert "is not usable as a folder name" in result.output
+
+
+def test_a_release_that_would_apply_the_migration_again_aborts_before_anything(incident, tmp_path):
+    config = tmp_path / "runbook.toml"
+    text = incident.config.read_text().replace(
+        'start_command = "node dist/main.js"', 'start_command = "npx prisma migrate deploy && node dist/main.js"')
+    config.write_text(text.replace('"scenarios/', f'"{incident.config.parent}/scenarios/'))
+    incident.config = config
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
+
+    assert result.exit_code == 3, result.output
+    assert "would apply the migration again" in result.output
+    assert "take `migrate deploy` out of its start command" in result.output
+    assert server_snapshot(incident) == before
