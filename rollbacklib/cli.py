@@ -151,7 +151,10 @@ def drill(
         out.print(f"  setup: {label}: {seconds:.1f} s", highlight=False)
     out.print("Rolled back: " + ("[green]yes[/]" if result.rolled_back else "[red]NO[/]"))
     if keep:
-        out.print(f"Server left running. Connect with: psql '{result.url}'")
+        from .pgclient import client_tools
+
+        psql = client_tools("embedded").path("psql")
+        out.print(f"Server left running in {result.workdir}. Connect with:\n  {psql} '{result.url}'", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -59,6 +59,7 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
     backup = ctx.require("backup", "01_prepare (verify_backup)")
     with db.connect(ctx.admin_url, step="plan") as admin:
         settings = db.database_settings(admin, live)
+        size = admin.execute("SELECT pg_size_pretty(pg_database_size(%s))", (live,)).fetchone()[0]
         props = dbp.read_properties(admin, live)
         render = lambda s: s.as_string(admin)  # noqa: E731
         create = render(dbp.create_statement(restored, props))
@@ -73,7 +74,8 @@ def plan(ctx: RunContext) -> list[PlannedStep]:
     services = ", ".join(f"{s.name}" for s in ctx.env.services) or "(none configured)"
     return [
         PlannedStep("stop services", ctx.env.service_platform, f"scale to 0: {services}", False, "scale back in phase 04"),
-        PlannedStep("create restore target", restored, create, False, drop_restored),
+        PlannedStep("create restore target", restored, f"{create} -- needs free disk on the server for a copy "
+                    f"of about the live database's size ({size})", False, drop_restored),
         PlannedStep("restore backup", restored, bk.describe_restore(Path(backup["path"]), restored, ctx.tools, ctx.env.restore_keep_owners),
                     False, drop_restored),
         PlannedStep("validate restored copy", restored, "compare with the backup's manifest", False, "-"),

@@ -13,7 +13,7 @@ import pandas as pd
 from . import backup as bk
 from . import database as db
 from .checks import Check, as_frame, describe_failures
-from .errors import AbortedError
+from .errors import AbortedError, ConfigError
 from .prisma import applied_migrations, migration_state
 from .run import RunContext, step
 
@@ -21,6 +21,12 @@ from .run import RunContext, step
 @step("migration")
 def check_migration(ctx: RunContext) -> pd.DataFrame:
     """The migration must be recorded in the live ``_prisma_migrations``; remember when it ran."""
+    if ctx.database == ctx.env.maintenance_database:
+        raise ConfigError(
+            f"The database to roll back ({ctx.database}) is also the maintenance database: the swap renames it "
+            "from another database's connection.",
+            next_action=f"set maintenance_database for environment {ctx.env.name!r} to another database on the "
+            "server (for example template1 or postgres).")
     with db.connect(ctx.url, step="migration") as conn:
         info = db.server_info(conn)
         rows = applied_migrations(conn)
