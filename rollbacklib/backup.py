@@ -106,10 +106,13 @@ def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (
         partial = path.with_name(path.name + ".partial")
         # The manifest describes exactly the snapshot pg_dump reads, even while writes go on.
         description = describe_database(conn, probes)
-        tools.run("pg_dump", ["--format=custom", f"--snapshot={snapshot}", f"--file={partial}", f"--dbname={dbname}"],
-                  url=url, step="backup")
+        try:
+            tools.run("pg_dump", ["--format=custom", f"--snapshot={snapshot}", f"--file={partial}",
+                                  f"--dbname={dbname}"], url=url, step="backup")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         conn.execute("COMMIT")
-    os.replace(partial, path)
     manifest = {
         "format": "custom",
         "file": path.name,
@@ -121,11 +124,15 @@ def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (
         "wal_lsn": info["wal_lsn"],
         "pg_dump": tools.version("pg_dump")[1],
         "rollbacklib": __version__,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_of(path),
+        "size_bytes": partial.stat().st_size,
+        "sha256": sha256_of(partial),
         **description,
     }
-    manifest_path(path).write_text(json.dumps(manifest, indent=2, default=str))
+    # The manifest lands first: a backup file is never seen without the manifest it was made with.
+    staged = manifest_path(partial)
+    staged.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(staged, manifest_path(path))
+    os.replace(partial, path)
     return path
 
 

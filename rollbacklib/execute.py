@@ -163,10 +163,12 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
             raise AbortedError(f"The restored copy fails its checks:\n{describe_failures(checks)}",
                                next_action="this backup does not give the state the migration's checks expect "
                                "(or is not what its manifest says): use another backup, or fix the expectations.")
-    except RollbackError as err:
+    except Exception as err:
         _drop_restored(ctx, restored)
-        raise AbortedError(f"Restoring into {restored} failed; the live database was not touched.\n{err.message}",
-                           next_action="ABORT: nothing was changed. " + err.next_action, escalate="L3") from None
+        message = err.message if isinstance(err, RollbackError) else f"{type(err).__name__}: {err}"
+        advice = err.next_action if isinstance(err, RollbackError) else "read the error above."
+        raise AbortedError(f"Restoring into {restored} failed; the live database was not touched.\n{message}",
+                           next_action="ABORT: nothing was changed. " + advice, escalate="L3") from None
     with db.connect(ctx.admin_url, step="restore") as admin:  # after the restore: they could get in its way
         for statement in dbp.apply_statements(restored, props):
             admin.execute(statement)
