@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import zlib
 
@@ -25,7 +26,7 @@ from . import __version__
 from . import database as db
 from .checks import Check, compare, describe_failures, failed, skipped
 from .errors import BackupCheckFailed, FailedError
-from .pgclient import ClientTools, display_command, with_database
+from .pgclient import ClientTools, display_command, libpq_env, with_database
 from .prisma import applied_migrations, migration_state
 
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
@@ -319,18 +320,31 @@ def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: st
 
 
 def _pipe_into(cmd: list[str], source, url: str, step: str) -> None:
-    from .pgclient import libpq_env
+    # stderr goes to a file: a pipe nobody reads while we write stdin could fill and deadlock.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+                                env=libpq_env(url))
+        cut_short = _feed(proc, source, step)
+        returncode = proc.wait()
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace").strip()[-2000:]
+    if returncode != 0 or cut_short:
+        detail = " before reading the whole backup" if cut_short else ""
+        raise FailedError(f"psql exited with {returncode}{detail}: {stderr}",
+                          next_action="read the error above; nothing was committed (single transaction).", step=step)
 
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=libpq_env(url))
+
+def _feed(proc: subprocess.Popen, source, step: str) -> bool:
+    """Copy the backup into psql's stdin; True when psql stopped reading before the end."""
+    cut_short = False
     try:
         shutil.copyfileobj(source, proc.stdin, 1 << 20)
         proc.stdin.close()
+    except BrokenPipeError:
+        cut_short = True  # psql stopped reading: it exited on an error (ON_ERROR_STOP), reported below
     except (OSError, EOFError, zlib.error) as err:
         proc.kill()
         proc.wait()
         raise FailedError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
                           step=step) from None
-    stderr = proc.stderr.read().decode(errors="replace")
-    if proc.wait() != 0:
-        raise FailedError(f"psql exited with {proc.returncode}: {stderr.strip()[-2000:]}",
-                          next_action="read the error above; nothing was committed (single transaction).", step=step)
+    return cut_short

@@ -125,3 +125,24 @@ def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
     run = json.loads(next(incident.reports.rglob("run.json")).read_text())
     assert run["validation"]["passed"] is True
     assert run["backup"]["format"] == "plain-gzip" and run["backup"]["has_manifest"] is False
+
+
+def test_a_backup_with_a_failing_statement_aborts_and_drops_its_copy(incident, tmp_path):
+    """It passes every file check; only restoring it shows the fault. The live database is never touched."""
+    good = gzip.decompress(_plain_gz(incident, tmp_path).read_bytes())
+    marker = b"CREATE TABLE public.users"
+    bad_sql = good.replace(marker, b"SELECT 1/0;\n" + marker, 1)
+    assert bad_sql != good
+    bad = tmp_path / "backup_prod_pre_migration_failing.sql.gz"
+    bad.write_bytes(gzip.compress(bad_sql))
+    _before_the_migration(bad)
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(bad), "--yes"))
+
+    assert result.exit_code == 3, result.output
+    assert server_snapshot(incident) == before  # the half-restored copy was dropped again
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    assert run["error"]["phase"] == "02_execute" and run["error"]["step"] == "restore"
+    assert "division by zero" in run["error"]["message"]
+    assert "the live database was not touched" in run["error"]["message"]
