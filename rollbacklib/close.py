@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 
 from .journal import read_events
@@ -11,9 +13,12 @@ from .summary import summarize, write_summary
 
 def timeline(ctx: RunContext) -> pd.DataFrame:
     """Every journal event that changed something or ended a step badly, with its time."""
+    events = read_events(ctx.run_dir)
+    start = datetime.fromisoformat(events[0]["ts"]) if events else None
     rows = [
-        {"time": e["ts"], "phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
-        for e in read_events(ctx.run_dir)
+        {"time (UTC)": e["ts"][11:23], "elapsed s": round((datetime.fromisoformat(e["ts"]) - start).total_seconds(), 1),
+         "phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
+        for e in events
         if e["status"] in ("changed", "aborted", "refused", "failed") or e["step"] in ("phase", "service-restored")
     ]
     return pd.DataFrame(rows)

@@ -140,10 +140,19 @@ def open_run(*, migration_id: str, environment: str, config_path: str = "", run_
     run_id = run_id or new_run_id()
     run_dir = run_folder(reports_dir or default_reports_dir(), migration_id, environment, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _show_tables_whole()
     ctx = RunContext(config, env, migration_id, run_id, run_dir, phase or "adhoc", bool(dry_run), str(approve or ""))
     ctx.record("phase", "started", f"{ctx.phase} of {migration_id} on {environment}",
                dry_run=ctx.dry_run, strategy=env.strategy, config=str(config.path))
     return ctx
+
+
+def _show_tables_whole() -> None:
+    """The notebooks are the evidence: a plan or a check cut at 50 characters proves nothing."""
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.max_rows", 500)
 
 
 def describe(ctx: RunContext) -> str:
