@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
+from .database import row_counts
 from .errors import ConfigError
 from .prisma import (
     MIGRATIONS_TABLE,
@@ -121,20 +121,8 @@ def _commit(conn: psycopg.Connection) -> None:
 
 
 def table_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row count of every table in the current schema but Prisma's own, by name."""
-    names = [
-        row[0]
-        for row in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname <> %s "
-            "ORDER BY c.relname",
-            (MIGRATIONS_TABLE,),
-        )
-    ]
-    counts = {
-        name: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
-        for name in names
-    }
+    """Exact row count of every user table but Prisma's own, by name."""
+    counts = {name: n for name, n in row_counts(conn).items() if name != MIGRATIONS_TABLE}
     _commit(conn)
     return counts
 
