@@ -20,10 +20,6 @@ class EmbeddedServer:
         params = conninfo_to_dict(self._server.get_uri())
         return "postgresql://postgres@/" + dbname + "?host=" + params["host"]
 
-    @property
-    def socket_dir(self) -> str:
-        return conninfo_to_dict(self._server.get_uri())["host"]
-
     def stop(self) -> None:
         self._server.cleanup()
 
