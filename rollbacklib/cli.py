@@ -32,7 +32,7 @@ def _fail(error: RollbackError) -> None:
     raise typer.Exit(error.exit_code)
 
 
-def _summary_table(summary: dict, budget: float | None = None) -> Table:
+def _summary_table(summary: dict) -> Table:
     table = Table(title=f"Run {summary['run_id']}: {summary['status'].upper()}", show_lines=False)
     for col in ("phase", "status", "seconds"):
         table.add_column(col)
@@ -64,10 +64,10 @@ def print_event(event: dict) -> None:
     out.print(text, markup=False, highlight=False)
 
 
-def print_run(summary: dict, run_dir: Path, budget: float) -> None:
+def print_run(summary: dict, run_dir: Path) -> None:
     out.print(_summary_table(summary))
-    rto = summary["rto_seconds"]
-    if rto is not None:
+    rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
+    if rto is not None and budget:
         verdict = "[green]within[/]" if rto < budget else "[red]OVER[/]"
         out.print(f"RTO {rto:.1f} s, {verdict} the {budget / 60:.0f} min target")
     checks = [c for c in summary["validation"]["checks"] if not c.get("skipped")]
@@ -101,7 +101,6 @@ def run(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
-    from .config import load_config
     from .runner import run_phases
 
     try:
@@ -112,7 +111,6 @@ def run(
                 out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {env} "
                           "to the backup (the live database is kept, never dropped).")
                 return typer.prompt("Type the migration ID to go on, anything else to stop")
-        budget = load_config(config).environment(env).thresholds.rto_budget_seconds
 
         def progress(phase, status, seconds):
             out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
@@ -123,7 +121,7 @@ def run(
                             on_event=print_event, confirm=confirm)
     except RollbackError as error:
         _fail(error)
-    print_run(result.summary, result.run_dir, budget)
+    print_run(result.summary, result.run_dir)
     raise typer.Exit(result.exit_code)
 
 
@@ -135,18 +133,15 @@ def drill(
     keep: bool = typer.Option(False, "--keep", help="Leave the server running and print how to connect."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
-    from .config import load_config
     from .drill import run_drill
 
     try:
-        budget_env = load_config(config)
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
                            on_event=print_event)
     except RollbackError as error:
         _fail(error)
-    budget = budget_env.environment(budget_env.drill.environment).thresholds.rto_budget_seconds
-    print_run(result.run.summary, result.run.run_dir, budget)
+    print_run(result.run.summary, result.run.run_dir)
     for label, seconds in result.setup_seconds.items():
         out.print(f"  setup: {label}: {seconds:.1f} s", highlight=False)
     out.print("Rolled back: " + ("[green]yes[/]" if result.rolled_back else "[red]NO[/]"))

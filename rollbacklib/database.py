@@ -269,12 +269,15 @@ def block_statements(database: str) -> list[sql.Composable]:
     ]
 
 
+def connection_limit_statement(database: str, limit: int) -> sql.Composable:
+    return sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(database), sql.Literal(limit))
+
+
 def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
-    db = sql.Identifier(database)
     return [
-        sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(db, sql.Literal(settings["connection_limit"])),
+        connection_limit_statement(database, settings["connection_limit"]),
         sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-            db, sql.SQL("true" if settings["allow_connections"] else "false")
+            sql.Identifier(database), sql.SQL("true" if settings["allow_connections"] else "false")
         ),
     ]
 

@@ -26,7 +26,7 @@ from .errors import AbortedError, FailedError, RefusedError, RollbackError
 from .pgclient import with_database
 from .prisma import applied_migrations, migration_state
 from .run import RunContext, confirm, step
-from .services import platform_for
+from .service import scale_services
 from .validation import against_expectations, against_manifest
 
 MAX_IDENTIFIER = 63
@@ -121,16 +121,7 @@ def _skip(ctx: RunContext, name: str) -> bool:
 
 @step("stop-services")
 def stop_services(ctx: RunContext) -> pd.DataFrame:
-    if _dry(ctx, "stop-services"):
-        return pd.DataFrame()
-    platform = platform_for(ctx.env.service_platform)
-    evidence = [platform.scale(s, 0) for s in ctx.env.services]
-    if platform.name == "none":
-        ctx.record("stop-services", "skipped", "no service platform configured: stop the services using the "
-                   "database by hand", services=[s.name for s in ctx.env.services])
-    else:
-        ctx.record("stop-services", "changed", "services scaled to 0", services=evidence)
-    return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
+    return scale_services(ctx, "stop-services", stop=True)
 
 
 @step("restore")
@@ -226,10 +217,9 @@ def unblock_advice(ctx: RunContext) -> str:
     blocked = ctx.state().get("blocked")
     if not blocked:
         return "nothing was blocked."
-    prev = blocked["previous"]
+    statements = db.unblock_statements(blocked["database"], blocked["previous"])
     return (f"the live database {blocked['database']} refuses new connections; to return to how it was run: "
-            f"ALTER DATABASE \"{blocked['database']}\" WITH ALLOW_CONNECTIONS {str(prev['allow_connections']).lower()} "
-            f"CONNECTION LIMIT {prev['connection_limit']};")
+            + "; ".join(s.as_string(None) for s in statements) + ";")
 
 
 @step("drain")
@@ -286,7 +276,7 @@ def _finish_swap(ctx: RunContext, admin, live: str, kept: str, new: str) -> pd.D
         raise FailedError(f"Putting the restored copy in place failed ({err}); the original is back as {live}.",
                           next_action=unblock_advice(ctx), escalate="L3") from None
     # Until phase 04 reopens it, only the runbook's (superuser/owner) sessions may use it.
-    admin.execute(db.sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT 0").format(db.sql.Identifier(live)))
+    admin.execute(db.connection_limit_statement(live, 0))
     names = {n: db.database_exists(admin, n) for n in (live, kept, new)}
     ctx.remember(swap={"kept": kept, "live": live, "restored": new, "completed": True})
     ctx.record("swap", "changed", f"restored copy is now {live}; the pre-rollback database is kept as {kept}",

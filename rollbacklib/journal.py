@@ -81,6 +81,11 @@ class Journal:
         return read_events(self.path)
 
 
+def changes_made(events: list[dict]) -> bool:
+    """Did any event record a change to a live database (the line between exit 3 and exit 5)?"""
+    return any(e["status"] == "changed" for e in events)
+
+
 def read_events(path: Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .config import Config, ResolvedEnvironment, load_config
 from .errors import AbortedError, ConfigError, RefusedError, RollbackError
-from .journal import JOURNAL_NAME, Journal
+from .journal import JOURNAL_NAME, Journal, changes_made
 from .pgclient import ClientTools, client_tools, database_name
 from .prisma import validate_migration_id
 
@@ -127,7 +127,7 @@ class RunContext:
         return self.journal.record(self.phase, step, status, message, **evidence)
 
     def changes_began(self) -> bool:
-        return any(e["status"] == "changed" for e in self.journal.events())
+        return changes_made(self.journal.events())
 
 
 def open_run(*, migration_id: str, environment: str, config_path: str = "", run_id: str = "",
@@ -143,7 +143,8 @@ def open_run(*, migration_id: str, environment: str, config_path: str = "", run_
     _show_tables_whole()
     ctx = RunContext(config, env, migration_id, run_id, run_dir, phase or "adhoc", bool(dry_run), str(approve or ""))
     ctx.record("phase", "started", f"{ctx.phase} of {migration_id} on {environment}",
-               dry_run=ctx.dry_run, strategy=env.strategy, config=str(config.path))
+               dry_run=ctx.dry_run, strategy=env.strategy, config=str(config.path),
+               rto_budget_seconds=env.thresholds.rto_budget_seconds)
     return ctx
 
 

@@ -16,7 +16,7 @@ import papermill as pm
 
 from .config import load_config
 from .errors import ConfigError, RefusedError
-from .journal import JOURNAL_NAME, Journal, read_events
+from .journal import JOURNAL_NAME, Journal, changes_made, read_events
 from .prisma import validate_migration_id
 from .run import default_reports_dir, new_run_id, run_folder
 from .summary import PHASES, first_error, write_summary
@@ -164,14 +164,10 @@ def _execute(source: Path, output: Path, parameters: dict, run_dir: Path) -> boo
             # The failure came from outside the library's steps (a kernel death, a notebook edit):
             # journal it so the summary names it.
             Journal(run_dir / JOURNAL_NAME).record(
-                output.stem, "notebook", "failed" if _changed(run_dir) else "aborted",
+                output.stem, "notebook", "failed" if changes_made(read_events(run_dir)) else "aborted",
                 f"cell {err.exec_count} raised {err.ename}: {err.evalue}",
                 error=err.ename, next_action=f"open {output} at cell {err.exec_count}; escalate to L1.")
         return False
-
-
-def _changed(run_dir: Path) -> bool:
-    return any(e["status"] == "changed" for e in read_events(run_dir))
 
 
 def failed_cell(run_dir: Path) -> str | None:

@@ -36,7 +36,8 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
                           expected=previous, found=after, escalate="L1")
     kept = swap.get("kept")
     ctx.record("reopen-connections", "changed", f"{live} accepts connections again", settings=after,
-               kept=kept, open_kept=f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true CONNECTION LIMIT -1' if kept else None)
+               kept=kept, open_kept="; ".join(s.as_string(None) for s in db.unblock_statements(
+                   kept, {"allow_connections": True, "connection_limit": -1})) if kept else None)
     return pd.DataFrame([{"database": live, **after}])
 
 
@@ -68,16 +69,23 @@ def check_database_health(ctx: RunContext, attempts: int = HEALTH_ATTEMPTS, paus
     return pd.DataFrame(tries)
 
 
-@step("start-services")
-def start_services(ctx: RunContext) -> pd.DataFrame:
+def scale_services(ctx: RunContext, name: str, *, stop: bool) -> pd.DataFrame:
+    """Scale the environment's services to 0 (``stop``) or back to their replicas, and journal it."""
     if ctx.dry_run:
-        ctx.record("start-services", "skipped", "dry run")
+        ctx.record(name, "skipped", "dry run")
         return pd.DataFrame()
     platform = platform_for(ctx.env.service_platform)
-    evidence = [platform.scale(s, s.replicas) for s in ctx.env.services]
+    wanted = [(s, 0 if stop else s.replicas) for s in ctx.env.services]
+    evidence = [platform.scale(s, replicas) for s, replicas in wanted]
+    verb = "stop" if stop else "start"
     if platform.name == "none":
-        ctx.record("start-services", "skipped", "no service platform configured: start the services by hand",
-                   services=[{"name": s.name, "replicas": s.replicas} for s in ctx.env.services])
+        ctx.record(name, "skipped", f"no service platform configured: {verb} the services by hand",
+                   services=[{"name": s.name, "replicas": replicas} for s, replicas in wanted])
     else:
-        ctx.record("start-services", "changed", "services scaled back", services=evidence)
+        ctx.record(name, "changed", "services scaled to 0" if stop else "services scaled back", services=evidence)
     return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
+
+
+@step("start-services")
+def start_services(ctx: RunContext) -> pd.DataFrame:
+    return scale_services(ctx, "start-services", stop=False)

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
-from .journal import read_events
+from .journal import changes_made, read_events
 
 PHASES = ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close")
 RUN_SUMMARY = "run.json"
@@ -49,7 +49,7 @@ def summarize(run_dir: Path) -> dict:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     phases = phase_table(events)
     error = first_error(events)
-    changed = any(e["status"] == "changed" for e in events)
+    changed = changes_made(events)
     dry_run = any(e["step"] == "phase" and e["status"] == "started" and e["evidence"].get("dry_run") for e in events)
     done = {p["name"] for p in phases if p["status"] == "succeeded"}
 
@@ -81,6 +81,7 @@ def summarize(run_dir: Path) -> dict:
         "duration_seconds": _seconds(started_at, finished_at),
         "phases": [{k: p[k] for k in ("name", "status", "seconds", "started_at", "finished_at")} for p in phases],
         "rto_seconds": _seconds(started_at, restored["ts"]) if restored else None,
+        "rto_budget_seconds": first.get("rto_budget_seconds"),
         "rpo_seconds": _seconds(backup_taken, blocked["ts"]) if blocked and backup_taken else None,
         "changes_made": changed,
         "validation": {

@@ -113,6 +113,14 @@ def sample_difference(before: list[dict], after: list[dict], key: str = "id") ->
 
 # --- phase 03 ---------------------------------------------------------------------------------
 
+def _swap_back(swap: dict) -> str:
+    live, kept = swap.get("live"), swap.get("kept")
+    if not live or not kept:
+        return "(no swap recorded in this run)"
+    return (db.rename_statement(live, f"{live}__failed").as_string(None) + "; "
+            + db.rename_statement(kept, live).as_string(None) + ";")
+
+
 def expected_description(ctx) -> tuple[dict, bool]:
     """What the live database must now equal: the manifest, or (plain backups) the restored copy."""
     from pathlib import Path
@@ -163,8 +171,7 @@ def validate_restored(ctx) -> pd.DataFrame:
         raise ValidationFailed(
             f"The restored database does not match the backup:\n{describe_failures(checks)}",
             next_action=(f"keep connections closed. The pre-rollback database is kept as {swap.get('kept')}; to put it "
-                         f"back: ALTER DATABASE \"{swap.get('live')}\" RENAME TO \"{swap.get('live')}__failed\"; "
-                         f"ALTER DATABASE \"{swap.get('kept')}\" RENAME TO \"{swap.get('live')}\";"),
+                         f"back: {_swap_back(swap)}"),
             escalate="L3",
         )
     return as_frame(checks)
