@@ -242,7 +242,7 @@ def _read_plain_tail(path: Path, fmt: str, keep: int = 4096) -> bytes:
 
 
 def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_age_seconds: float,
-                  migration_id: str, migration_started_at: datetime | None) -> BackupVerification:
+                  migration_id: str | None, migration_started_at: datetime | None) -> BackupVerification:
     """Every check the plan asks of a backup before it is trusted. Reads only; changes nothing."""
     if path is None or not Path(path).is_file():
         return BackupVerification(Path(path or "-"), "unknown", None,
@@ -268,7 +268,7 @@ def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_
     checks.append(Check("age under limit", 0 <= age <= max_age_seconds, f"0 .. {max_age_seconds:.0f} s before {ref_name}",
                         f"{age:.0f} s", f"backup time from {source}"))
 
-    if manifest is not None:
+    if manifest is not None and migration_id:
         state = migration_state(manifest.get("prisma_migrations", []), migration_id)
         checks.append(Check("backup predates the migration", state in ("absent", "rolled-back"),
                             f"{migration_id} not applied in the backup", state,

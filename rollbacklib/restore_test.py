@@ -24,13 +24,10 @@ def verify(path: Path | None, env: ResolvedEnvironment, tools: ClientTools, migr
     if migration_id:
         validate_migration_id(migration_id)
     t = env.thresholds
-    return bk.verify_backup(path, tools, min_bytes=t.min_backup_bytes, max_age_seconds=_age_limit(path, t, migration_id),
-                            migration_id=migration_id or "-", migration_started_at=None)
-
-
-def _age_limit(path, thresholds, migration_id: str) -> float:
-    # Outside an incident there is no migration start to measure against: age is then only reported.
-    return thresholds.max_backup_age_seconds if migration_id else float("inf")
+    # Outside an incident there is no migration to measure against: the age is then only reported.
+    max_age = t.max_backup_age_seconds if migration_id else float("inf")
+    return bk.verify_backup(path, tools, min_bytes=t.min_backup_bytes, max_age_seconds=max_age,
+                            migration_id=migration_id or None, migration_started_at=None)
 
 
 def _restore(verification: bk.BackupVerification, url: str, name: str, tools: ClientTools, env) -> float:
