@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import RollbackError
+from rollbacklib.errors import RollbackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
@@ -81,7 +81,7 @@ def print_run(summary: dict, run_dir: Path) -> None:
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
         if e.get("next_action"):
             err.print(f"Next: {e['next_action']}", markup=False, highlight=False)
-        from .runner import failed_cell
+        from rollbacklib.pipeline import failed_cell
 
         cell = failed_cell(run_dir)
         if cell:
@@ -101,7 +101,7 @@ def run(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
-    from .runner import run_phases
+    from rollbacklib.pipeline import run_phases
 
     try:
         approve = migration if yes else ""
@@ -133,7 +133,7 @@ def drill(
     keep: bool = typer.Option(False, "--keep", help="Leave the server running and print how to connect."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
-    from .drill import run_drill
+    from rollbacklib.drill import run_drill
 
     try:
         result = run_drill(config_path=str(config) if config else None, users=users,
@@ -146,7 +146,7 @@ def drill(
         out.print(f"  setup: {label}: {seconds:.1f} s", highlight=False)
     out.print("Rolled back: " + ("[green]yes[/]" if result.rolled_back else "[red]NO[/]"))
     if keep:
-        from .pgclient import client_tools
+        from rollbacklib.postgres.client import client_tools
 
         psql = client_tools("embedded").path("psql")
         out.print(f"Server left running in {result.workdir}. Connect with:\n  {psql} '{result.url}'", highlight=False)
@@ -156,9 +156,9 @@ def drill(
 @app.command()
 def backup(env: str = EnvOpt, config: Optional[Path] = ConfigOpt):
     """Take a backup (pg_dump custom format) with its manifest into the environment's backup_dir."""
-    from .backup import take_backup
-    from .config import load_config
-    from .pgclient import client_tools
+    from rollbacklib.postgres.backup import take_backup
+    from rollbacklib.config import load_config
+    from rollbacklib.postgres.client import client_tools
 
     try:
         cfg = load_config(config)
@@ -179,10 +179,10 @@ def verify_backup(
     restore_test: bool = typer.Option(False, "--restore-test", help="Restore into a throwaway database, validate, drop it."),
 ):
     """Check a backup (the plan's Test 2 with --restore-test). Never touches the live database."""
-    from .backup import find_backup
-    from .config import load_config
-    from .pgclient import client_tools
-    from .restore_test import restore_test as do_restore_test, verify
+    from rollbacklib.postgres.backup import find_backup
+    from rollbacklib.config import load_config
+    from rollbacklib.postgres.client import client_tools
+    from rollbacklib.trial_restore import restore_test as do_restore_test, verify
 
     try:
         cfg = load_config(config)

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from rollbacklib.errors import ConfigError
+from rollbacklib.resources import default_config
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CONFIG_NAME = "runbook.toml"
@@ -222,16 +223,16 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _resolve_paths(config: Config, base: Path) -> None:
-    def resolve(p: Path | None) -> Path | None:
+def _resolve_paths(config: Config, base: Path, data_base: Path) -> None:
+    def resolve(p: Path | None, against: Path = base) -> Path | None:
         if p is None:
             return None
         p = Path(os.path.expanduser(p))
-        return p if p.is_absolute() else (base / p).resolve()
+        return p if p.is_absolute() else (against / p).resolve()
 
     for name, env in config.environments.items():
         env.name = name
-        env.backup_dir = resolve(env.backup_dir)
+        env.backup_dir = resolve(env.backup_dir, data_base)
         if env.client_binaries not in (None, "embedded", "path"):
             env.client_binaries = str(resolve(Path(env.client_binaries)))
         if env.release and env.release.migrations_dir:
@@ -245,13 +246,13 @@ def _resolve_paths(config: Config, base: Path) -> None:
 def load_config(path: str | os.PathLike | None = None) -> Config:
     """Read and validate a runbook config; ``path`` defaults to $ROLLBACK_CONFIG or ./runbook.toml."""
     if not path and not os.environ.get("ROLLBACK_CONFIG") and not Path(DEFAULT_CONFIG_NAME).exists():
-        path = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_NAME  # the repository's own
+        path = default_config()  # the one shipped in the package
     path = Path(path or os.environ.get("ROLLBACK_CONFIG") or DEFAULT_CONFIG_NAME).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"Config file {path} not found.",
             next_action="pass --config PATH (or set ROLLBACK_CONFIG) to the runbook.toml to use; "
-            "the repository ships one at its root.",
+            f"the package ships a default one at {default_config()}.",
             step="config",
         )
     try:
@@ -267,5 +268,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             next_action=f"fix the key(s) named above in {path}; README.md has the config reference.",
             step="config",
         ) from None
-    _resolve_paths(config, path.resolve().parent)
+    # The packaged default keeps its scenarios beside it, but its backups go under the working
+    # directory, never into the installed package.
+    real = path.resolve()
+    packaged = real == default_config().resolve()
+    _resolve_paths(config, real.parent, Path.cwd() if packaged else real.parent)
     return config

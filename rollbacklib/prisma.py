@@ -1,7 +1,8 @@
-"""Prisma Migrate's bookkeeping, reproduced faithfully: migration folders and ``_prisma_migrations``.
+"""Prisma Migrate's bookkeeping as the runbook reads it: migration IDs, folders and ``_prisma_migrations``.
 
-This module knows how Prisma names, checksums and records migrations on PostgreSQL, and how
-``prisma migrate deploy`` applies them; it knows nothing about any particular project.
+This module knows how Prisma names, checksums and records migrations on PostgreSQL; it never
+writes them (the drill's ``prisma migrate deploy`` emulation is in ``rollbacklib.drill``) and
+knows nothing about any particular project.
 
 Every function that takes ``conn`` expects a psycopg 3 connection; autocommit may be on or off,
 and what the function writes is committed before it returns.
@@ -12,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
 
-from .errors import AbortedError, ConfigError, FailedError
+from rollbacklib.errors import ConfigError
 
 MIGRATIONS_TABLE = "_prisma_migrations"
 MIGRATION_SCRIPT = "migration.sql"
@@ -31,21 +31,6 @@ EXPECTED_PROVIDER = "postgresql"
 MIGRATION_ID_PATTERN = re.compile(r"(?P<timestamp>[0-9]{14})_(?P<name>[A-Za-z0-9_]+)")
 MIGRATION_ID_FORM = "YYYYMMDDHHMMSS_name"
 MIGRATION_ID_EXAMPLE = "20251202020032_update_user_schema_final"
-
-#: Exactly what the schema engine runs on PostgreSQL (prisma-engines,
-#: sql-schema-connector/src/flavour/postgres.rs, ``create_migrations_table``).
-PRISMA_MIGRATIONS_DDL = """\
-CREATE TABLE _prisma_migrations (
-    id                      VARCHAR(36) PRIMARY KEY NOT NULL,
-    checksum                VARCHAR(64) NOT NULL,
-    finished_at             TIMESTAMPTZ,
-    migration_name          VARCHAR(255) NOT NULL,
-    logs                    TEXT,
-    rolled_back_at          TIMESTAMPTZ,
-    started_at              TIMESTAMPTZ NOT NULL DEFAULT now(),
-    applied_steps_count     INTEGER NOT NULL DEFAULT 0
-);
-"""
 
 _ROW_COLUMNS = (
     "id",
@@ -146,19 +131,6 @@ def _check_lock_file(lock: Path) -> None:
         )
 
 
-def _find_migration(migrations_dir: str | Path, name: str) -> MigrationFile:
-    migrations = list_migrations(migrations_dir)
-    for migration in migrations:
-        if migration.name == name:
-            return migration
-    known = ", ".join(m.name for m in migrations) or "none"
-    raise ConfigError(
-        f"Migration {name} is not in {migrations_dir}.",
-        next_action=f"use one of: {known}.",
-        step="config",
-    )
-
-
 def _commit(conn: psycopg.Connection) -> None:
     if not conn.autocommit:
         conn.commit()
@@ -168,12 +140,6 @@ def _migrations_table_exists(conn: psycopg.Connection) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()[0]
 
 
-def _ensure_migrations_table(conn: psycopg.Connection) -> None:
-    if not _migrations_table_exists(conn):
-        conn.execute(PRISMA_MIGRATIONS_DDL)
-    _commit(conn)
-
-
 def _serializable(row: tuple) -> dict:
     record = dict(zip(_ROW_COLUMNS, row))
     for key, value in record.items():
@@ -181,92 +147,6 @@ def _serializable(row: tuple) -> dict:
             # In UTC, so rows read by sessions with different TimeZone settings compare equal.
             record[key] = value.astimezone(timezone.utc).isoformat()
     return record
-
-
-def _row_by_id(conn: psycopg.Connection, row_id: str) -> dict:
-    return _serializable(conn.execute(f"{_SELECT_ROW} WHERE id = %s", (row_id,)).fetchone())
-
-
-def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: str) -> dict:
-    """Apply one migration the way ``prisma migrate deploy`` does, and return its row.
-
-    Like the schema engine: record the start (own commit), run the script (on its own, so it
-    is all-or-nothing), then count the step and set ``finished_at``. When the script fails,
-    the row keeps ``finished_at`` NULL and gets the error in ``logs``, which is what Prisma
-    calls a failed migration; FailedError is raised.
-    """
-    migration = _find_migration(migrations_dir, name)
-    script = migration.path.read_text(encoding="utf-8")
-    _ensure_migrations_table(conn)
-    row_id = str(uuid.uuid4())
-    conn.execute(
-        f"INSERT INTO {MIGRATIONS_TABLE} (id, checksum, started_at, migration_name) "
-        "VALUES (%s, %s, now(), %s)",
-        (row_id, migration.checksum, migration.name),
-    )
-    _commit(conn)
-    try:
-        # No parameters: psycopg sends the text as one simple query, so the script may hold
-        # several statements and its % signs are left alone.
-        conn.execute(script)
-        _commit(conn)
-    except psycopg.Error as err:
-        if not conn.autocommit:
-            conn.rollback()
-        logs = f"Database error code: {err.sqlstate}\n\nDatabase error:\n{err}"
-        conn.execute(f"UPDATE {MIGRATIONS_TABLE} SET logs = %s WHERE id = %s", (logs, row_id))
-        _commit(conn)
-        raise FailedError(
-            f"Migration {name} failed: {err}",
-            next_action="the database is unchanged by the script and the migration is recorded as "
-            "failed; fix the cause, then `prisma migrate resolve --rolled-back "
-            f"{name}` before deploying again.",
-            step="apply-migration",
-            expected="the script runs without error",
-            found=f"SQLSTATE {err.sqlstate}",
-        ) from err
-    conn.execute(
-        f"UPDATE {MIGRATIONS_TABLE} "
-        "SET applied_steps_count = applied_steps_count + 1, finished_at = now() WHERE id = %s",
-        (row_id,),
-    )
-    _commit(conn)
-    return _row_by_id(conn, row_id)
-
-
-def apply_migrations(
-    conn: psycopg.Connection,
-    migrations_dir: str | Path,
-    until: str | None = None,
-    including: bool = True,
-) -> list[dict]:
-    """Apply pending migrations in order, like ``prisma migrate deploy``; return the new rows.
-
-    ``until`` stops at that migration (applied too when ``including``). Migrations already
-    applied are skipped. A failed migration in the database stops everything before any
-    change (AbortedError), as Prisma's P3009 does.
-    """
-    migrations = list_migrations(migrations_dir)
-    if until is not None:
-        validate_migration_id(until)
-        _find_migration(migrations_dir, until)  # ConfigError naming the known migrations
-        names = [m.name for m in migrations]
-        migrations = migrations[: names.index(until) + (1 if including else 0)]
-    rows = applied_migrations(conn)
-    failed = [r["migration_name"] for r in rows if migration_state(rows, r["migration_name"]) == "failed"]
-    if failed:
-        raise AbortedError(
-            f"Failed migrations in the database: {', '.join(sorted(set(failed)))}; "
-            "new migrations will not be applied (Prisma P3009).",
-            next_action="resolve them first: restore the database, then "
-            "`prisma migrate resolve --rolled-back NAME` for each.",
-            step="apply-migration",
-        )
-    applied = []
-    for migration in migrations:
-        if migration_state(rows, migration.name) != "applied":
-            applied.append(apply_migration(conn, migrations_dir, migration.name))
-    return applied
 
 
 def applied_migrations(conn: psycopg.Connection) -> list[dict]:

@@ -17,18 +17,18 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from .config import Config, ResolvedEnvironment, load_config
-from .errors import AbortedError, ConfigError, RefusedError, RollbackError
-from .journal import JOURNAL_NAME, Journal, changes_made
-from .pgclient import ClientTools, client_tools, database_name
-from .prisma import validate_migration_id
+from rollbacklib.config import Config, ResolvedEnvironment, load_config
+from rollbacklib.errors import AbortedError, ConfigError, RefusedError, RollbackError
+from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made
+from rollbacklib.postgres.client import ClientTools, client_tools, database_name
+from rollbacklib.prisma import validate_migration_id
 
 STATE_NAME = "state.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_reports_dir() -> Path:
-    return Path(os.environ.get("ROLLBACK_REPORTS") or REPO_ROOT / "reports")
+    """$ROLLBACK_REPORTS, or ``reports/`` under the working directory."""
+    return Path(os.environ.get("ROLLBACK_REPORTS") or "reports")
 
 
 def new_run_id() -> str:
@@ -73,7 +73,7 @@ class RunContext:
     @property
     def admin_url(self) -> str:
         """The same server, on the maintenance database: renames need the target free of us too."""
-        from .pgclient import with_database
+        from rollbacklib.postgres.client import with_database
 
         return with_database(self.url, self.env.maintenance_database)
 
@@ -158,7 +158,7 @@ def _show_tables_whole() -> None:
 
 def describe(ctx: RunContext) -> str:
     """A markdown header for a phase notebook: which run, against what (no secrets)."""
-    from .pgclient import redact_url
+    from rollbacklib.postgres.client import redact_url
 
     return (f"**Run** `{ctx.run_id}` · phase `{ctx.phase}` · migration `{ctx.migration_id}` · environment "
             f"`{ctx.env.name}` · database `{redact_url(ctx.url)}` (from `${ctx.env.database_url_env}`) · strategy "

@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
-from .journal import changes_made, read_events
+from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from rollbacklib.journal import changes_made, read_events
 
 PHASES = ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close")
 RUN_SUMMARY = "run.json"

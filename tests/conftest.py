@@ -8,7 +8,7 @@ import os
 import psycopg
 import pytest
 
-from rollbacklib.embedded import start_server
+from rollbacklib.drill.embedded import start_server
 
 _counter = itertools.count(1)
 
@@ -34,14 +34,16 @@ def fresh_db(pg_server, request):
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from rollbacklib import database as db  # noqa: E402
+from rollbacklib.postgres import database as db  # noqa: E402
 from rollbacklib.config import load_config  # noqa: E402
 from rollbacklib.drill import stage_incident  # noqa: E402
-from rollbacklib.pgclient import client_tools, database_name, with_database  # noqa: E402
-from rollbacklib.scenario import load_scenario  # noqa: E402
+from rollbacklib.postgres.client import client_tools, database_name, with_database  # noqa: E402
+from rollbacklib.drill.scenario import load_scenario
+from rollbacklib.resources import scenarios_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "runbook.toml"
+CONFIG_HOME = CONFIG.resolve().parent  # relative paths in the config resolve here
 MIGRATION = "20251202020032_update_user_schema_final"
 DRILL_URL_ENV = "ROLLBACK_DRILL_DATABASE_URL"
 
@@ -70,7 +72,7 @@ def incident(fresh_db, tmp_path, monkeypatch):
     """A database in the state the seed plan rolls back from, and its pre-migration backup."""
     monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
     config = load_config(CONFIG)
-    backup = stage_incident(fresh_db, load_scenario(REPO / "scenarios" / "auth-platform"), MIGRATION, users=200,
+    backup = stage_incident(fresh_db, load_scenario(scenarios_dir() / "auth-platform"), MIGRATION, users=200,
                             backup_dir=tmp_path / "backups", tools=client_tools("embedded"),
                             probes=config.all_queries(), say=lambda _line: None)
     return Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from rollbacklib.backup import manifest_path
+from rollbacklib.postgres.backup import manifest_path
 from rollbacklib.cli import app
-from rollbacklib.pgclient import client_tools
+from rollbacklib.postgres.client import client_tools
 
 from conftest import server_snapshot
 
@@ -86,7 +86,7 @@ def sha256_mismatch(incident, tmp_path):
 def too_small(incident, tmp_path):
     config = tmp_path / "runbook.toml"
     text = incident.config.read_text().replace("min_backup_bytes = 1024", "min_backup_bytes = 1073741824")
-    config.write_text(text.replace('"scenarios/', f'"{incident.config.parent}/scenarios/'))
+    config.write_text(text.replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/'))
     incident.config = config
     return incident.backup
 

@@ -23,15 +23,15 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from typer.testing import CliRunner
 
-from rollbacklib import database as db
-from rollbacklib.backup import manifest_path, restore_into, take_backup
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres.backup import manifest_path, restore_into, take_backup
 from rollbacklib.checks import describe_failures, failed
 from rollbacklib.cli import app
 from rollbacklib.config import load_config
 from rollbacklib.errors import ConfigError
-from rollbacklib.pgclient import PROGRAMS, client_tools, with_database
+from rollbacklib.postgres.client import PROGRAMS, client_tools, with_database
 from rollbacklib.prisma import applied_migrations
-from rollbacklib.validation import against_manifest
+from rollbacklib.phases.validate import against_manifest
 
 from conftest import CONFIG, DRILL_URL_ENV, server_snapshot
 
@@ -46,7 +46,7 @@ def _config(tmp_path: Path, backup_dir: Path, client_binaries: str | None = None
     text = CONFIG.read_text()
     assert 'backup_dir = "backups/drill"' in text
     text = text.replace('backup_dir = "backups/drill"', f'backup_dir = "{backup_dir}"')
-    text = text.replace('"scenarios/', f'"{CONFIG.parent}/scenarios/')
+    text = text.replace('"scenarios/', f'"{CONFIG.resolve().parent}/scenarios/')
     if client_binaries is not None:
         assert 'client_binaries = "embedded"' in text
         text = text.replace('client_binaries = "embedded"', f'client_binaries = "{client_binaries}"', 1)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rollbacklib.cli import app
-from rollbacklib.runner import environment_lock
+from rollbacklib.pipeline import environment_lock
 
 from conftest import CONFIG, DRILL_URL_ENV, MIGRATION, server_snapshot
 
@@ -94,7 +94,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
 
 
 def test_the_run_asks_after_the_read_only_phase_and_a_wrong_answer_changes_nothing(incident):
-    from rollbacklib.runner import run_phases
+    from rollbacklib.pipeline import run_phases
 
     asked = []
     before = server_snapshot(incident)
@@ -120,7 +120,7 @@ def test_a_release_that_would_apply_the_migration_again_aborts_before_anything(i
     config = tmp_path / "runbook.toml"
     text = incident.config.read_text().replace(
         'start_command = "node dist/main.js"', 'start_command = "npx prisma migrate deploy && node dist/main.js"')
-    config.write_text(text.replace('"scenarios/', f'"{incident.config.parent}/scenarios/'))
+    config.write_text(text.replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/'))
     incident.config = config
     before = server_snapshot(incident)
 

@@ -8,7 +8,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from rollbacklib.cli import app
-from rollbacklib.runner import run_phases
+from rollbacklib.pipeline import run_phases
 
 from conftest import MIGRATION
 

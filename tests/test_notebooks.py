@@ -16,7 +16,8 @@ from rollbacklib import run as rb_run
 from rollbacklib.cli import app
 from rollbacklib.errors import RefusedError
 
-from conftest import DRILL_URL_ENV, MIGRATION, REPO
+from conftest import DRILL_URL_ENV, MIGRATION
+from rollbacklib.resources import notebooks_dir
 
 PASSWORD = "Sup3r-S3cret-Pa55word"
 
@@ -24,7 +25,7 @@ PASSWORD = "Sup3r-S3cret-Pa55word"
 def test_prepare_runs_alone_under_plain_papermill(incident, tmp_path):
     out = tmp_path / "out.ipynb"
     proc = subprocess.run(
-        [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "01_prepare.ipynb"), str(out),
+        [sys.executable, "-m", "papermill", str(notebooks_dir() / "01_prepare.ipynb"), str(out),
          "-p", "migration_id", MIGRATION, "-p", "environment", "drill", "-p", "config_path", str(incident.config),
          "-p", "reports_dir", str(incident.reports), "-p", "run_id", "by-hand", "-p", "backup", str(incident.backup)],
         capture_output=True, text=True, cwd=tmp_path)
@@ -83,7 +84,7 @@ def test_the_gate_asks_for_the_migration_id_in_jupyter(monkeypatch, typed, allow
 
 
 def test_notebooks_are_committed_without_outputs_and_with_parameters():
-    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+    for path in sorted((notebooks_dir()).glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]

@@ -12,18 +12,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rollbacklib.resources import scenarios_dir
 from rollbacklib.errors import AbortedError, ConfigError, FailedError
+from rollbacklib.drill.prisma_migrate import apply_migration, apply_migrations
 from rollbacklib.prisma import (
     MIGRATION_ID_EXAMPLE,
-    apply_migration,
-    apply_migrations,
     applied_migrations,
     list_migrations,
     migration_checksum,
     migration_state,
     validate_migration_id,
 )
-from rollbacklib.scenario import (
+from rollbacklib.drill.scenario import (
     generate_data,
     load_scenario,
     prepare_until,
@@ -31,7 +31,7 @@ from rollbacklib.scenario import (
     write_after_migration,
 )
 
-SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "auth-platform"
+SCENARIO_DIR = scenarios_dir() / "auth-platform"
 MIGRATIONS_DIR = SCENARIO_DIR / "prisma" / "migrations"
 INITIAL = "20251202014452_initial_schema_with_authorizer_id"
 BAD = "20251202020032_update_user_schema_final"

@@ -7,7 +7,7 @@ import json
 import psycopg
 from typer.testing import CliRunner
 
-from rollbacklib import dbproperties as dbp
+from rollbacklib.postgres import properties as dbp
 from rollbacklib.cli import app
 
 
@@ -59,7 +59,7 @@ def _changes(run_dir) -> list[str]:
 
 
 def test_running_execute_again_on_a_swapped_run_changes_nothing(incident):
-    from rollbacklib.runner import run_phases
+    from rollbacklib.pipeline import run_phases
 
     common = dict(migration_id=incident.migration_id, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="twice", approve=incident.migration_id,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import backup as bk
-from . import database as db
-from .checks import Check, as_frame, describe_failures
-from .errors import AbortedError, ConfigError
-from .prisma import applied_migrations, migration_state
-from .run import RunContext, step
+from rollbacklib.postgres import backup as bk
+from rollbacklib.postgres import database as db
+from rollbacklib.checks import Check, as_frame, describe_failures
+from rollbacklib.errors import AbortedError, ConfigError
+from rollbacklib.prisma import applied_migrations, migration_state
+from rollbacklib.run import RunContext, step
 
 
 @step("migration")

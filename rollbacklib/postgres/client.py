@@ -16,7 +16,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import ConfigError, FailedError
+from rollbacklib.errors import ConfigError, FailedError
 
 _LIBPQ_ENV = {
     "host": "PGHOST",

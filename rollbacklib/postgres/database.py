@@ -15,7 +15,7 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
-from .errors import AbortedError, FailedError
+from rollbacklib.errors import AbortedError, FailedError
 
 APPLICATION_NAME = "rollbacklib"
 

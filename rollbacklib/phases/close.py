@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pandas as pd
 
-from .journal import read_events
-from .run import RunContext, finish_phase
-from .summary import summarize, write_summary
+from rollbacklib.journal import read_events
+from rollbacklib.run import RunContext, finish_phase
+from rollbacklib.summary import summarize, write_summary
 
 
 def timeline(ctx: RunContext) -> pd.DataFrame:

@@ -14,23 +14,24 @@ from typing import Callable
 
 import papermill as pm
 
-from .config import load_config
-from .errors import ConfigError, RefusedError
-from .journal import JOURNAL_NAME, Journal, changes_made, read_events
-from .prisma import validate_migration_id
-from .run import default_reports_dir, new_run_id, run_folder
-from .summary import PHASES, first_error, write_summary
+from rollbacklib.config import load_config
+from rollbacklib.errors import ConfigError, RefusedError
+from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
+from rollbacklib.prisma import validate_migration_id
+from rollbacklib.resources import notebooks_dir as packaged_notebooks
+from rollbacklib.run import default_reports_dir, new_run_id, run_folder
+from rollbacklib.summary import PHASES, first_error, write_summary
 
 GATED_PHASE = "02_execute"
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def notebooks_dir() -> Path:
-    """The phase notebooks: $ROLLBACK_NOTEBOOKS, or the repository's notebooks/ folder."""
-    folder = Path(os.environ.get("ROLLBACK_NOTEBOOKS", NOTEBOOKS))
+    """The phase notebooks: $ROLLBACK_NOTEBOOKS, or the ones shipped in the package."""
+    folder = Path(os.environ.get("ROLLBACK_NOTEBOOKS") or packaged_notebooks())
     if not (folder / f"{PHASES[0]}.ipynb").exists():
         raise ConfigError(f"The phase notebooks are not in {folder}.",
-                          next_action="run from a checkout (pip install -e .) or set ROLLBACK_NOTEBOOKS.")
+                          next_action="reinstall rollbacklib (its wheel ships them), or set ROLLBACK_NOTEBOOKS "
+                          "to a folder holding 01_prepare.ipynb ... 05_close.ipynb.")
     return folder
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .config import Service
-from .errors import ConfigError
+from rollbacklib.config import Service
+from rollbacklib.errors import ConfigError
 
 
 class ServicePlatform(Protocol):

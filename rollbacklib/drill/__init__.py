@@ -17,16 +17,16 @@ from typing import Callable
 
 import psycopg
 
-from . import database as db
-from .backup import take_backup
-from .config import load_config
-from .errors import ConfigError
-from .embedded import EmbeddedServer, start_server
-from .pgclient import ClientTools, client_tools
-from .prisma import apply_migration
-from .run import default_reports_dir, new_run_id, run_folder
-from .runner import RunResult, run_phases
-from .scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres.backup import take_backup
+from rollbacklib.config import load_config
+from rollbacklib.errors import ConfigError
+from rollbacklib.drill.embedded import EmbeddedServer, start_server
+from rollbacklib.postgres.client import ClientTools, client_tools
+from rollbacklib.drill.prisma_migrate import apply_migration
+from rollbacklib.run import default_reports_dir, new_run_id, run_folder
+from rollbacklib.pipeline import RunResult, run_phases
+from rollbacklib.drill.scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
 
 
 @dataclass

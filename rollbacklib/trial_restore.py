@@ -9,14 +9,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import backup as bk
-from . import database as db
-from .checks import describe_failures, failed
-from .errors import AbortedError, RollbackError
-from .config import ResolvedEnvironment
-from .pgclient import ClientTools, database_name, with_database
-from .prisma import validate_migration_id
-from .validation import against_manifest
+from rollbacklib.postgres import backup as bk
+from rollbacklib.postgres import database as db
+from rollbacklib.checks import describe_failures, failed
+from rollbacklib.errors import AbortedError, RollbackError
+from rollbacklib.config import ResolvedEnvironment
+from rollbacklib.postgres.client import ClientTools, database_name, with_database
+from rollbacklib.prisma import validate_migration_id
+from rollbacklib.phases.validate import against_manifest
 
 
 def verify(path: Path | None, env: ResolvedEnvironment, tools: ClientTools, migration_id: str = "") -> bk.BackupVerification:

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from . import database as db
-from .checks import Check, compare, describe_failures, failed, skipped
-from .errors import BackupCheckFailed, FailedError
-from .pgclient import ClientTools, display_command, libpq_env, with_database
-from .prisma import applied_migrations, migration_state
+from rollbacklib import __version__
+from rollbacklib.postgres import database as db
+from rollbacklib.checks import Check, compare, describe_failures, failed, skipped
+from rollbacklib.errors import BackupCheckFailed, FailedError
+from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
+from rollbacklib.prisma import applied_migrations, migration_state
 
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 BACKUP_SUFFIXES = (".dump", ".sql.gz", ".sql")

@@ -6,10 +6,10 @@ import time
 
 import pandas as pd
 
-from . import database as db
-from .errors import FailedError
-from .run import RunContext, step
-from .services import platform_for
+from rollbacklib.postgres import database as db
+from rollbacklib.errors import FailedError
+from rollbacklib.run import RunContext, step
+from rollbacklib.platforms import platform_for
 
 HEALTH_ATTEMPTS = 10
 

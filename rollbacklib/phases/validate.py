@@ -12,13 +12,13 @@ import json
 
 import pandas as pd
 
-from . import database as db
-from . import dbproperties as dbp
-from .checks import Check, as_frame, compare, describe_failures, failed, skipped
-from .config import Expectations
-from .errors import ValidationFailed
-from .prisma import applied_migrations, migration_state
-from .run import step
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres import properties as dbp
+from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed, skipped
+from rollbacklib.config import Expectations
+from rollbacklib.errors import ValidationFailed
+from rollbacklib.prisma import applied_migrations, migration_state
+from rollbacklib.run import step
 
 
 def _schema_diff(expected: dict, found: dict) -> str:
@@ -125,7 +125,7 @@ def expected_description(ctx) -> tuple[dict, bool]:
     """What the live database must now equal: the manifest, or (plain backups) the restored copy."""
     from pathlib import Path
 
-    from . import backup as bk
+    from rollbacklib.postgres import backup as bk
 
     backup = ctx.require("backup", "01_prepare (verify_backup)")
     manifest = bk.load_manifest(Path(backup["path"]))

@@ -23,15 +23,10 @@ from pathlib import Path
 
 import psycopg
 
-from .database import row_counts
-from .errors import ConfigError
-from .prisma import (
-    MIGRATIONS_TABLE,
-    MigrationFile,
-    apply_migrations,
-    list_migrations,
-    validate_migration_id,
-)
+from rollbacklib.postgres.database import row_counts
+from rollbacklib.errors import ConfigError
+from rollbacklib.drill.prisma_migrate import apply_migrations
+from rollbacklib.prisma import MIGRATIONS_TABLE, MigrationFile, list_migrations, validate_migration_id
 
 SCENARIO_FILE = "scenario.toml"
 DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")

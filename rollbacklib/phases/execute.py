@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import backup as bk
-from . import database as db
-from . import dbproperties as dbp
-from .checks import as_frame, describe_failures, failed
-from .errors import AbortedError, FailedError, RefusedError, RollbackError
-from .pgclient import with_database
-from .prisma import applied_migrations, migration_state
-from .run import RunContext, confirm, step
-from .service import scale_services
-from .validation import against_expectations, against_manifest
+from rollbacklib.postgres import backup as bk
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres import properties as dbp
+from rollbacklib.checks import as_frame, describe_failures, failed
+from rollbacklib.errors import AbortedError, FailedError, RefusedError, RollbackError
+from rollbacklib.postgres.client import with_database
+from rollbacklib.prisma import applied_migrations, migration_state
+from rollbacklib.run import RunContext, confirm, step
+from rollbacklib.phases.restore_service import scale_services
+from rollbacklib.phases.validate import against_expectations, against_manifest
 
 MAX_IDENTIFIER = 63
 
