@@ -64,6 +64,21 @@ def print_event(event: dict) -> None:
     out.print(text, markup=False, highlight=False)
 
 
+def print_plan(plan) -> None:
+    """Every step after phase 01, with each statement or command exactly as it will run."""
+    from rollbacklib.steps import Phase
+
+    out.print(f"\n[bold]Plan {plan.digest[:12]}[/] (sha256 {plan.digest}); [red]![/] marks a destructive step:")
+    for step in plan.steps:
+        if step.phase == Phase.PREPARE:
+            continue
+        mark = "[red]![/]" if step.destructive else " "
+        out.print(f"  {step.phase:<19} {mark} [bold]{step.name}[/]: {step.summary}", highlight=False)
+        for action in step.actions:
+            out.print(f"      {action.kind:<8} {action.text}", markup=False, highlight=False)
+    out.print("")
+
+
 def print_run(summary: dict, run_dir: Path) -> None:
     out.print(_summary_table(summary))
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
@@ -75,7 +90,9 @@ def print_run(summary: dict, run_dir: Path) -> None:
         passed = sum(1 for c in checks if c["passed"])
         out.print(f"Validation: {passed}/{len(checks)} checks passed")
     if summary.get("kept_database"):
-        out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/]")
+        out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/], closed to connections"
+                  + (f"; to open it for inspection: {summary['open_kept_database']}"
+                     if summary.get("open_kept_database") else ""), highlight=False)
     if summary["error"]:
         e = summary["error"]
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
@@ -107,10 +124,11 @@ def run(
         approve = migration if yes else ""
         confirm = None
         if not yes and not dry_run and sys.stdin.isatty():
-            def confirm() -> str:
+            def confirm(plan) -> str:
                 out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {env} "
-                          "to the backup (the live database is kept, never dropped).")
-                return typer.prompt("Type the migration ID to go on, anything else to stop")
+                          f"to the backup by the plan above ({plan.digest[:12]}; the live database is kept, "
+                          "never dropped).")
+                return typer.prompt("Type the migration ID to approve this plan, anything else to stop")
 
         def progress(phase, status, seconds):
             out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
@@ -118,9 +136,11 @@ def run(
         result = run_phases(migration_id=migration, environment=env, config_path=str(config) if config else None,
                             reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id, dry_run=dry_run,
                             approve=approve, backup=str(backup) if backup else None, progress=progress,
-                            on_event=print_event, confirm=confirm)
+                            on_event=print_event, confirm=confirm, on_plan=print_plan)
     except RollbackError as error:
         _fail(error)
+    if dry_run:
+        out.print("[bold]DRY RUN[/]: phase 01 only read; every later step was printed above and not executed.")
     print_run(result.summary, result.run_dir)
     raise typer.Exit(result.exit_code)
 

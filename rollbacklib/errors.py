@@ -7,6 +7,11 @@ message that says what to do next. The exit code tells the outcome apart:
     3  aborted safely, nothing changed (AbortedError)
     4  refused by a gate or a lock     (RefusedError)
     5  failed after changes began      (FailedError: a person must act)
+
+Lower layers (client programs, catalog reads, renames) raise ``StepError``, which says what
+went wrong but not what it means for the run. The step dispatcher (``rollbacklib.steps``)
+decides: aborted (exit 3) when no change was made yet in the run, failed (exit 5) after one.
+It applies the same rule to every error but ``ConfigError`` and ``RefusedError``.
 """
 
 from __future__ import annotations
@@ -107,3 +112,13 @@ class FailedError(RollbackError):
 
 class ValidationFailed(FailedError):
     """The restored database does not match what the backup promised."""
+
+
+class StepError(RollbackError):
+    """A step could not do its work; the dispatcher decides whether that aborts or fails the run."""
+
+    exit_code = EXIT_ABORTED
+    outcome = "aborted"
+
+
+OUTCOME_EXIT = {"aborted": EXIT_ABORTED, "failed": EXIT_FAILED, "refused": EXIT_REFUSED, "bad-usage": EXIT_USAGE}

@@ -14,9 +14,9 @@ from typing import Iterable
 
 JOURNAL_NAME = "journal.jsonl"
 
-# started/ok: a step's life; planned: what a dry run would do; changed: a change to a live
+# started/ok: a step's life; planned: what a dry run would do; ran: an action executed; changed: a change to a live
 # database took effect; aborted/refused/failed: how a step ended badly; skipped/info: notes.
-STATUSES = {"started", "ok", "planned", "changed", "skipped", "info", "aborted", "refused", "failed", "bad-usage"}
+STATUSES = {"started", "ok", "planned", "ran", "changed", "skipped", "info", "aborted", "refused", "failed", "bad-usage"}
 
 
 def utc_now() -> str:

@@ -20,9 +20,13 @@ from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.resources import notebooks_dir as packaged_notebooks
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
-from rollbacklib.summary import PHASES, first_error, write_summary
+from rollbacklib.run import record_approval
+from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
+from rollbacklib.summary import first_error, phase_table, write_summary
 
-GATED_PHASE = "02_execute"
+PREPARE = Phase.PREPARE
+
+GATED_PHASE = Phase.EXECUTE
 
 
 def notebooks_dir() -> Path:
@@ -107,12 +111,15 @@ def environment_lock(reports_dir: Path, environment: str):
 def run_phases(*, migration_id: str, environment: str, config_path: str | None = None, reports_dir: str | None = None,
                run_id: str | None = None, dry_run: bool = False, approve: str = "", backup: str | None = None,
                phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None,
-               on_event: Callable[[dict], None] | None = None, confirm: Callable[[], str] | None = None) -> RunResult:
+               on_event: Callable[[dict], None] | None = None, confirm: Callable[[Plan], str] | None = None,
+               on_plan: Callable[[Plan], None] | None = None) -> RunResult:
     """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure.
 
-    ``progress`` hears of each phase starting and ending; ``on_event`` of each journal event as
-    it is written (the step-by-step progress of a long phase). ``confirm``, when the run has no
-    approval, is asked for the migration ID after the read-only phase 01 and before phase 02.
+    ``progress`` hears of each phase starting and ending (with its time from the journal);
+    ``on_event`` of each journal event as it is written (the step-by-step progress of a long
+    phase); ``on_plan`` of the plan once phase 01 has written it. ``confirm``, when the run
+    has no approval, is shown the plan and asked for the migration ID before phase 02; the
+    approval it gives is recorded against the plan's digest.
     """
     validate_migration_id(migration_id)
     config = load_config(config_path)
@@ -124,16 +131,20 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     with environment_lock(reports, environment):
         run_dir.mkdir(parents=True, exist_ok=True)
         for phase in phases:
-            if phase == GATED_PHASE and not dry_run and not approve and confirm is not None:
-                approve = confirm().strip()
-                if approve != migration_id:
-                    Journal(run_dir / JOURNAL_NAME).record(
-                        phase, "gate", "refused", f"typed {approve!r}, not the migration ID",
-                        next_action="nothing was changed; run again and type the migration ID to go on.")
-                    break
+            if phase == GATED_PHASE and not dry_run:
+                plan = read_plan(run_dir)
+                if plan is not None and approve == migration_id:
+                    record_approval(run_dir, migration_id, "--yes / approve given to the runner", plan.digest)
+                elif plan is not None and confirm is not None:
+                    typed = confirm(plan).strip()
+                    if typed != migration_id:
+                        Journal(run_dir / JOURNAL_NAME).record(
+                            phase, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
+                            next_action="nothing was changed; run again and type the migration ID to go on.")
+                        break
+                    record_approval(run_dir, migration_id, "typed at the terminal", plan.digest)
             if progress:
                 progress(phase, "started", None)
-            started = time.monotonic()
             follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
             if follower:
                 follower.start()
@@ -147,11 +158,18 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                 if follower:
                     follower.stop()
             if progress:
-                progress(phase, "ok" if ok else "failed", time.monotonic() - started)
+                progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
+            if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
+                on_plan(read_plan(run_dir))
             if not ok:
                 break
         summary = write_summary(run_dir)
     return RunResult(run_dir, summary)
+
+
+def phase_seconds(run_dir: Path, phase: str) -> float | None:
+    """A phase's time as the journal measured it: the same figure the summary shows."""
+    return next((p["seconds"] for p in phase_table(read_events(run_dir)) if p["name"] == phase), None)
 
 
 def _execute(source: Path, output: Path, parameters: dict, run_dir: Path) -> bool:

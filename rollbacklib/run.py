@@ -1,14 +1,14 @@
-"""A run of the runbook: its folder, journal, shared state between phases, and its gates.
+"""A run of the runbook: its folder, journal, typed state shared between phases, and its plan.
 
 Each phase notebook starts with ``ctx = open_run(...)`` and calls one library function per
-cell with ``ctx``. Notebooks run in separate kernels, so everything a later phase needs is
-kept in the run folder (``state.json`` and the journal), never in memory.
+cell with ``ctx``; each of those runs one step through ``rollbacklib.steps.dispatch``.
+Notebooks run in separate kernels, so everything a later phase needs is kept in the run
+folder (``state.json``, ``plan.json`` and the journal), never in memory.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,12 +18,13 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from rollbacklib.config import Config, ResolvedEnvironment, load_config
-from rollbacklib.errors import AbortedError, ConfigError, RefusedError, RollbackError
-from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made
+from rollbacklib.errors import AbortedError, ConfigError
+from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, utc_now
+from rollbacklib.state import Approval, RunState, StepRecord, load_state, save_state
+from rollbacklib.steps import Phase, Plan, Step, StepName, read_plan
 from rollbacklib.postgres.client import ClientTools, client_tools, database_name
 from rollbacklib.prisma import validate_migration_id
 
-STATE_NAME = "state.json"
 
 
 def default_reports_dir() -> Path:
@@ -97,30 +98,29 @@ class RunContext:
         return self.config.migration(self.migration_id)
 
     # --- state shared between phases ---
-    @property
-    def state_path(self) -> Path:
-        return self.run_dir / STATE_NAME
+    def state(self) -> RunState:
+        return load_state(self.run_dir)
 
-    def state(self) -> dict:
-        return json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-
-    def remember(self, **values) -> dict:
+    def update(self, **fields) -> RunState:
+        """Set fields of the run's state (validated against ``RunState``) and write it atomically."""
         state = self.state()
-        state.update(values)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, default=str))
-        os.replace(tmp, self.state_path)
-        return state
+        return save_state(self.run_dir, RunState.model_validate({**dict(state), **fields}))
 
-    def require(self, key: str, produced_by: str):
+    def mark_step(self, name: str, status: str) -> None:
         state = self.state()
-        if key not in state:
-            raise AbortedError(
-                f"This run has no {key!r} yet; it is produced by {produced_by}.",
-                next_action=f"run {produced_by} first for run {self.run_id} (same --reports-dir and run_id).",
-                step=self.phase,
-            )
-        return state[key]
+        steps = {**state.steps, name: StepRecord(status=status, at=utc_now())}
+        save_state(self.run_dir, RunState.model_validate({**dict(state), "steps": steps}))
+
+    def plan(self) -> Plan | None:
+        return read_plan(self.run_dir)
+
+    def planned(self, name: str) -> Step:
+        """Step ``name`` as phase 01 rendered it into ``plan.json``: what runs is what was shown."""
+        plan = self.plan()
+        if plan is None:
+            raise AbortedError("This run has no plan.json.", next_action="run 01_prepare first for this run "
+                               "(same reports folder and run_id).", step=name)
+        return plan.step(name)
 
     # --- journal ---
     def record(self, step: str, status: str, message: str = "", **evidence) -> dict:
@@ -166,63 +166,11 @@ def describe(ctx: RunContext) -> str:
             f"Report folder: `{ctx.run_dir}`")
 
 
-def finish_phase(ctx: RunContext) -> None:
-    ctx.record("phase", "ok", f"{ctx.phase} finished")
-
-
-def step(name: str):
-    """Journal a library step: started, then ok or how it failed (with the error's next action)."""
-
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(ctx: RunContext, *args, **kwargs):
-            ctx.record(name, "started")
-            try:
-                result = fn(ctx, *args, **kwargs)
-            except RollbackError as err:
-                if err.step is None:
-                    err.step = name
-                evidence = {k: v for k, v in err.to_dict().items() if k not in ("message", "step")}
-                ctx.record(name, err.outcome, err.message, **evidence)
-                raise
-            except Exception as err:
-                outcome = "failed" if ctx.changes_began() else "aborted"
-                ctx.record(name, outcome, f"{type(err).__name__}: {err}", error=type(err).__name__,
-                           exit_code=5 if outcome == "failed" else 3,
-                           next_action="read the traceback in the executed notebook; escalate to L1.")
-                raise
-            ctx.record(name, "ok")
-            return result
-
-        return wrapper
-
-    return decorate
-
-
-def confirm(ctx: RunContext, action: str) -> None:
-    """The gate before a destructive step: the migration ID must be given (approve) or typed."""
-    if ctx.approve == ctx.migration_id:
-        ctx.record("gate", "info", f"approved by parameter: {action}")
-        return
-    if ctx.approve:
-        raise RefusedError(
-            f"The approval given ({ctx.approve!r}) is not the migration ID.",
-            next_action=f"pass approve={ctx.migration_id} (or --yes on the CLI) to allow: {action}",
-            step="gate",
-        )
-    try:
-        typed = input(f"{action}\nType the migration ID ({ctx.migration_id}) to go on, anything else to stop: ")
-    except Exception:  # papermill and other headless kernels have no stdin
-        typed = None
-    if typed is None:
-        raise RefusedError(
-            f"Refused: {action} needs confirmation and this run has no one to ask.",
-            next_action=f"re-run with -p approve {ctx.migration_id} (papermill) or --yes (rollback run) once the "
-            "dry run (-p dry_run True / --dry-run) shows what will happen.",
-            step="gate",
-        )
-    if typed.strip() != ctx.migration_id:
-        raise RefusedError(f"Refused: typed {typed.strip()!r}, not the migration ID.",
-                           next_action="nothing was changed; run the cell again to retry.", step="gate")
-    ctx.record("gate", "info", f"approved interactively: {action}")
-
+def record_approval(run_dir: Path, migration_id: str, how: str, digest: str) -> Approval:
+    """Record that the plan with ``digest`` was approved, and how: the precondition of every destructive step."""
+    approval = Approval(how=how, at=utc_now(), plan_digest=digest, migration_id=migration_id)
+    state = load_state(run_dir)
+    save_state(run_dir, RunState.model_validate({**dict(state), "approval": approval}))
+    Journal(Path(run_dir) / JOURNAL_NAME).record(Phase.EXECUTE, StepName.GATE, "info",
+                                                 f"plan {digest[:12]} approved: {how}", approval=approval.model_dump())
+    return approval

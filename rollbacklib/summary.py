@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import changes_made, read_events
+from rollbacklib.postgres.database import open_database_sql
+from rollbacklib.state import load_state
+from rollbacklib.steps import PHASES, StepName
 
-PHASES = ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close")
 RUN_SUMMARY = "run.json"
 _BAD = {"aborted": EXIT_ABORTED, "refused": EXIT_REFUSED, "failed": EXIT_FAILED, "bad-usage": EXIT_USAGE}
 
@@ -45,8 +47,7 @@ def summarize(run_dir: Path) -> dict:
     """Status, timings, RTO, RPO, validation: everything read from the journal and the state."""
     run_dir = Path(run_dir)
     events = read_events(run_dir)
-    state_file = run_dir / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state = load_state(run_dir)
     phases = phase_table(events)
     error = first_error(events)
     changed = changes_made(events)
@@ -63,16 +64,18 @@ def summarize(run_dir: Path) -> dict:
 
     started_at = events[0]["ts"] if events else None
     finished_at = events[-1]["ts"] if events else None
-    restored = next((e for e in events if e["step"] == "service-restored"), None)
-    blocked = next((e for e in events if e["step"] == "block-connections" and e["status"] == "changed"), None)
-    validation_event = next((e for e in reversed(events) if e["step"] == "validation" and e["status"] == "info"), None)
-    backup_taken = (state.get("backup") or {}).get("taken_at")
+    healthy = state.steps.get(StepName.HEALTH)
+    restored_at = healthy.at if healthy and healthy.status == "ok" else None
+    blocked_at = state.blocked.at if state.blocked else None
+    validation_event = next((e for e in reversed(events) if e["step"] == StepName.VALIDATION and e["status"] == "info"
+                             and "checks" in e["evidence"]), None)
+    backup_taken = state.backup.taken_at if state.backup else None
     first = events[0]["evidence"] if events else {}
     return {
         "status": status,
         "exit_code": exit_code,
         "dry_run": dry_run,
-        "migration_id": state.get("migration_id") or _from_path(run_dir, 2),
+        "migration_id": _from_path(run_dir, 2),
         "environment": _from_path(run_dir, 1),
         "run_id": run_dir.name,
         "strategy": first.get("strategy"),
@@ -80,16 +83,19 @@ def summarize(run_dir: Path) -> dict:
         "finished_at": finished_at,
         "duration_seconds": _seconds(started_at, finished_at),
         "phases": [{k: p[k] for k in ("name", "status", "seconds", "started_at", "finished_at")} for p in phases],
-        "rto_seconds": _seconds(started_at, restored["ts"]) if restored else None,
+        "rto_seconds": _seconds(started_at, restored_at),
         "rto_budget_seconds": first.get("rto_budget_seconds"),
-        "rpo_seconds": _seconds(backup_taken, blocked["ts"]) if blocked and backup_taken else None,
+        "rpo_seconds": _seconds(backup_taken, blocked_at),
         "changes_made": changed,
         "validation": {
             "passed": validation_event["evidence"]["passed"],
             "checks": validation_event["evidence"]["checks"],
         } if validation_event else {"passed": None, "checks": []},
-        "backup": state.get("backup"),
-        "kept_database": (state.get("swap") or {}).get("kept"),
+        "backup": state.backup.model_dump() if state.backup else None,
+        "plan_digest": state.plan_digest,
+        "approval": state.approval.model_dump() if state.approval else None,
+        "kept_database": state.swap.kept if state.swap else None,
+        "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
     }
@@ -101,8 +107,5 @@ def _from_path(run_dir: Path, up: int) -> str:
 
 def write_summary(run_dir: Path, **extra) -> dict:
     summary = summarize(run_dir) | extra
-    path = Path(run_dir) / RUN_SUMMARY
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_json(Path(run_dir) / RUN_SUMMARY, summary)
     return summary

@@ -85,12 +85,19 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     run = _run_json(incident)
     assert run["dry_run"] is True and run["changes_made"] is False
     plan = json.loads(next(incident.reports.rglob("plan.json")).read_text())
-    actions = " ".join(step["action"] for step in plan)
+    assert plan["digest"] == run["plan_digest"] and len(plan["digest"]) == 64
+    actions = " ".join(a["text"] for step in plan["steps"] for a in step["actions"])
     assert f'ALTER DATABASE "{incident.database}" WITH ALLOW_CONNECTIONS false' in actions
     assert f'ALTER DATABASE "{incident.database}" RENAME TO "{incident.database}__pre_rollback_' in actions
     assert "pg_restore" in actions and "pg_terminate_backend" in actions
     executed = next(incident.reports.rglob("02_execute.ipynb")).read_text()
     assert "RENAME TO" in executed  # the plan is shown in the executed notebook
+    for step in plan["steps"][5:]:  # ... and in the terminal, every statement after phase 01 verbatim
+        assert step["phase"] != "01_prepare"
+        for action in step["actions"]:
+            if action["kind"] in ("sql", "command"):
+                assert action["text"] in result.output, action["text"]
+    assert "see the plan above" not in result.output
 
 
 def test_the_run_asks_after_the_read_only_phase_and_a_wrong_answer_changes_nothing(incident):
@@ -100,8 +107,8 @@ def test_the_run_asks_after_the_read_only_phase_and_a_wrong_answer_changes_nothi
     before = server_snapshot(incident)
     result = run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                         reports_dir=str(incident.reports), backup=str(incident.backup),
-                        confirm=lambda: asked.append(True) or "yes")
-    assert asked == [True]
+                        confirm=lambda plan: asked.append(plan.digest) or "yes")
+    assert asked == [json.loads((result.run_dir / "plan.json").read_text())["digest"]]
     assert result.exit_code == 4 and result.summary["error"]["step"] == "gate"
     assert (result.run_dir / "01_prepare.ipynb").exists() and not (result.run_dir / "02_execute.ipynb").exists()
     assert server_snapshot(incident) == before

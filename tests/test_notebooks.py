@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
-from rollbacklib import run as rb_run
+from rollbacklib.phases import execute
 from rollbacklib.cli import app
 from rollbacklib.errors import RefusedError
 
@@ -63,24 +63,18 @@ def runner_invoke(incident):
 class _Ctx:
     migration_id = MIGRATION
     approve = ""
-
-    def __init__(self):
-        self.events = []
-
-    def record(self, *args, **kwargs):
-        self.events.append(args)
+    database = "automation_platform"
+    run_id = "r1"
 
 
 @pytest.mark.parametrize("typed, allowed", [(MIGRATION, True), ("yes", False), ("", False)])
 def test_the_gate_asks_for_the_migration_id_in_jupyter(monkeypatch, typed, allowed):
     monkeypatch.setattr("builtins.input", lambda prompt: typed)
-    ctx = _Ctx()
     if allowed:
-        rb_run.confirm(ctx, "swap")
-        assert ctx.events[-1][1] == "info"
+        assert execute._ask(_Ctx(), "0" * 64) == "typed at the notebook's prompt"
     else:
         with pytest.raises(RefusedError, match="not the migration ID"):
-            rb_run.confirm(ctx, "swap")
+            execute._ask(_Ctx(), "0" * 64)
 
 
 def test_notebooks_are_committed_without_outputs_and_with_parameters():

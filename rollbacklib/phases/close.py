@@ -7,8 +7,17 @@ from datetime import datetime
 import pandas as pd
 
 from rollbacklib.journal import read_events
-from rollbacklib.run import RunContext, finish_phase
-from rollbacklib.summary import summarize, write_summary
+from rollbacklib.run import RunContext
+from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, finish_phase
+from rollbacklib.summary import RUN_SUMMARY, summarize, write_summary
+
+PHASE = Phase.CLOSE
+
+
+def plan_steps(ctx: RunContext) -> list[Step]:
+    return [Step(StepName.CLOSE, PHASE, str(ctx.run_dir), "the timeline and the success metrics, from the journal",
+                 (Action("file", str(ctx.run_dir / RUN_SUMMARY), f"write {RUN_SUMMARY}"),),
+                 requires=(StepName.HEALTH,), postcondition=f"{RUN_SUMMARY} written")]
 
 
 def timeline(ctx: RunContext) -> pd.DataFrame:
@@ -49,5 +58,6 @@ def _metric(name, target, actual, ok) -> dict:
 
 def finish(ctx: RunContext) -> dict:
     """End phase 05 and write ``run.json``."""
+    dispatch(ctx, ctx.planned(StepName.CLOSE), lambda c, s: None)
     finish_phase(ctx)
     return write_summary(ctx.run_dir)

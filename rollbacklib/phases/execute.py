@@ -1,44 +1,40 @@
 """Phase 02, execute: the ``swap`` strategy.
 
-1. restore the backup into a new database beside the live one and validate it against the
-   manifest (the live database is not touched; any failure aborts with nothing changed);
-2. the gate: the migration ID must be given or typed;
-3. stop new connections to the live database, wait for sessions to drain, terminate the rest;
+1. restore the backup into a new database beside the live one and validate it (the live
+   database is not touched; any failure drops the copy and aborts with nothing changed);
+2. the gate: an approval of the plan (its digest) is recorded, or the run stops here;
+3. stop the services, stop new connections to the live database, wait for sessions to
+   drain, terminate the rest;
 4. swap by renaming: live -> ``<db>__pre_rollback_<run>`` (kept, never dropped), restored -> live;
 5. assert the Prisma bookkeeping is the backup's.
 
-Every step is described as data first (``plan``); a dry run prints the plan and does nothing.
+Every step is rendered in phase 01 (``plan_steps``) and executed from ``plan.json``; a
+destructive step refuses without an approval of that plan.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed
+from rollbacklib.errors import AbortedError, RefusedError, RollbackError, StepError
+from rollbacklib.files import atomic_write_json
+from rollbacklib.journal import utc_now
+from rollbacklib.phases.restore_service import scale_services, service_actions
+from rollbacklib.phases.validate import against_expectations, against_manifest
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
-from rollbacklib.checks import as_frame, describe_failures, failed
-from rollbacklib.errors import AbortedError, FailedError, RefusedError, RollbackError
 from rollbacklib.postgres.client import with_database
 from rollbacklib.prisma import applied_migrations, migration_state
-from rollbacklib.run import RunContext, confirm, step
-from rollbacklib.phases.restore_service import scale_services
-from rollbacklib.phases.validate import against_expectations, against_manifest
+from rollbacklib.run import RunContext, record_approval
+from rollbacklib.state import Blocked, RestoredCopy, Swap
+from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, execute_actions, plan_frame
 
+PHASE = Phase.EXECUTE
 MAX_IDENTIFIER = 63
-
-
-@dataclass
-class PlannedStep:
-    name: str
-    target: str
-    action: str
-    destructive: bool
-    undo: str
 
 
 def _name(base: str, suffix: str) -> str:
@@ -53,253 +49,443 @@ def kept_name(ctx: RunContext) -> str:
     return _name(ctx.database, f"__pre_rollback_{ctx.run_id}")
 
 
-def plan(ctx: RunContext) -> list[PlannedStep]:
-    """Exactly what phase 02 will run, in order, against what; nothing is executed."""
+# --- the plan of this phase ---------------------------------------------------------------------
+
+def read_live_facts(ctx: RunContext, admin) -> dict:
+    """What the plan is rendered from: the live database's settings, properties and size."""
+    return {"settings": db.database_settings(admin, ctx.database),
+            "properties": dbp.read_properties(admin, ctx.database),
+            "size": admin.execute("SELECT pg_size_pretty(pg_database_size(%s))", (ctx.database,)).fetchone()[0]}
+
+
+def _sql(admin, target: str, statements) -> tuple[Action, ...]:
+    return tuple(Action("sql", target, s.as_string(admin)) for s in statements)
+
+
+def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     live, restored, kept = ctx.database, restored_name(ctx), kept_name(ctx)
-    backup = ctx.require("backup", "01_prepare (verify_backup)")
-    with db.connect(ctx.admin_url, step="plan") as admin:
-        settings = db.database_settings(admin, live)
-        size = admin.execute("SELECT pg_size_pretty(pg_database_size(%s))", (live,)).fetchone()[0]
-        props = dbp.read_properties(admin, live)
-        render = lambda s: s.as_string(admin)  # noqa: E731
-        create = render(dbp.create_statement(restored, props))
-        carry = "; ".join(render(s) for s in dbp.apply_statements(restored, props)) or "(none to carry)"
-        block = "; ".join(render(s) for s in db.block_statements(live))
-        unblock = "; ".join(render(s) for s in db.unblock_statements(live, settings))
-        rename = db.rename_statement
-        rename_live, rename_restored = render(rename(live, kept)), render(rename(restored, live))
-        undo_keep, undo_restored = render(rename(kept, live)), render(rename(live, restored))
-        drop_restored = render(db.drop_database_statement(restored))
-    t = ctx.env.thresholds
-    services = ", ".join(f"{s.name}" for s in ctx.env.services) or "(none configured)"
+    backup = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
+    props, t = facts["properties"], ctx.env.thresholds
+    drop_restored = db.drop_database_statement(restored).as_string(admin)
+    restore_argv = bk.restore_command(backup, restored, ctx.tools, ctx.env.restore_keep_owners)
+    carry = dbp.apply_statements(restored, props)
+    unblock = [s.as_string(admin) for s in db.unblock_statements(live, facts["settings"])]
+    services = tuple(service_actions(ctx, stop=True))
     return [
-        PlannedStep("stop services", ctx.env.service_platform, f"scale to 0: {services}", False, "scale back in phase 04"),
-        PlannedStep("create restore target", restored, f"{create} -- needs free disk on the server for a copy "
-                    f"of about the live database's size ({size})", False, drop_restored),
-        PlannedStep("restore backup", restored, bk.describe_restore(Path(backup["path"]), restored, ctx.tools, ctx.env.restore_keep_owners),
-                    False, drop_restored),
-        PlannedStep("validate restored copy", restored, "compare with the backup's manifest", False, "-"),
-        PlannedStep("carry database settings and grants", restored, carry, False, drop_restored),
-        PlannedStep("gate", live, f"type or approve {ctx.migration_id}", False, "-"),
-        PlannedStep("block new connections", live, block, True, unblock),
-        PlannedStep("drain sessions", live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end", False, "-"),
-        PlannedStep("terminate sessions", live,
-                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{live}' AND pid <> pg_backend_pid()",
-                    True, "sessions reconnect once connections are allowed again"),
-        PlannedStep("swap: keep the live database", live, rename_live, True, undo_keep),
-        PlannedStep("swap: restored copy goes live", restored, rename_restored, True,
-                    f"{undo_restored}; then {undo_keep}"),
-        PlannedStep("check Prisma bookkeeping", live, "_prisma_migrations must equal the backup's rows", False, "-"),
+        Step(StepName.CREATE_COPY, PHASE, restored,
+             f"create the empty copy beside the live database (needs free disk for about {facts['size']})",
+             _sql(admin, restored, [dbp.create_statement(restored, props)]),
+             postcondition=f"{restored} exists (or has been swapped in)", undo=(drop_restored,)),
+        Step(StepName.RESTORE, PHASE, restored, f"restore {backup.name} into the copy; the live database serves on",
+             (Action("command", restored, bk.describe_restore(backup, restored, ctx.tools, ctx.env.restore_keep_owners),
+                     tuple(restore_argv)),),
+             requires=(StepName.CREATE_COPY,), postcondition=f"{restored} holds tables", undo=(drop_restored,)),
+        Step(StepName.VALIDATE_COPY, PHASE, restored,
+             "compare the copy with the backup's manifest and the migration's expectations",
+             (Action("read", restored, "schema fingerprint, row counts, _prisma_migrations, first rows, probes, "
+                     "configured expectations"),),
+             requires=(StepName.RESTORE,), postcondition="every check passes; a failure drops the copy",
+             undo=(drop_restored,)),
+        Step(StepName.CARRY_PROPERTIES, PHASE, restored,
+             "give the copy the live database's settings, grants and comment (a dump does not carry them)",
+             _sql(admin, restored, carry), requires=(StepName.VALIDATE_COPY,),
+             postcondition=f"{restored} has the live database's settings, grants and comment",
+             undo=(drop_restored,)),
+        Step(StepName.GATE, PHASE, live, "approve this plan: the migration ID typed, or given as approve / --yes",
+             (Action("prompt", live, f"type {ctx.migration_id} to approve the plan (its digest is in plan.json)"),),
+             requires=(StepName.CARRY_PROPERTIES,), postcondition="an approval of this plan's digest is recorded",
+             undo=(drop_restored,)),
+        Step(StepName.STOP_SERVICES, PHASE, ctx.env.service_platform, "scale the services that use the database to 0",
+             services, destructive=any(a.kind == "platform" for a in services), requires=(StepName.GATE,),
+             postcondition="the platform reports 0 replicas", undo=tuple(a.text for a in service_actions(ctx, stop=False))),
+        Step(StepName.BLOCK, PHASE, live, "stop new connections to the live database, superusers included",
+             _sql(admin, live, db.block_statements(live)), destructive=True,
+             requires=(StepName.GATE, StepName.VALIDATE_COPY, StepName.CARRY_PROPERTIES),
+             postcondition=f"{live}: ALLOW_CONNECTIONS false, CONNECTION LIMIT 0", undo=tuple(unblock)),
+        Step(StepName.DRAIN, PHASE, live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end on their own",
+             (Action("wait", live, f"poll pg_stat_activity every {t.poll_interval_seconds} s for client sessions "
+                     f"on {live}"),), requires=(StepName.BLOCK,), postcondition="(reports what is left)"),
+        Step(StepName.TERMINATE, PHASE, live, "terminate the sessions left (kept as evidence), wait for them to go",
+             _sql(admin, live, [db.terminate_statement(live)]) + (
+                 Action("wait", live, f"up to {t.terminate_timeout_seconds:.0f} s for them to go"),),
+             destructive=True, requires=(StepName.DRAIN,), postcondition=f"no other session on {live}",
+             undo=("sessions reconnect once connections are allowed again",)),
+        Step(StepName.SWAP_KEEP, PHASE, live, f"rename the live database to {kept}: kept, never dropped",
+             _sql(admin, live, [db.rename_statement(live, kept)]), destructive=True, requires=(StepName.TERMINATE,),
+             postcondition=f"{kept} exists and {live} does not (until the copy takes its name)",
+             undo=(db.rename_statement(kept, live).as_string(admin),)),
+        Step(StepName.SWAP_PROMOTE, PHASE, restored, f"the restored copy takes the name {live}, still closed",
+             _sql(admin, restored, [db.rename_statement(restored, live), db.connection_limit_statement(live, 0)]),
+             destructive=True, requires=(StepName.SWAP_KEEP,),
+             postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
+             undo=(db.rename_statement(live, restored).as_string(admin), db.rename_statement(kept, live).as_string(admin))),
+        Step(StepName.BOOKKEEPING, PHASE, live, "assert _prisma_migrations equals the backup's (never edited)",
+             (Action("read", live, "SELECT * FROM _prisma_migrations"),), requires=(StepName.SWAP_PROMOTE,),
+             postcondition="_prisma_migrations equals the backup's manifest"),
     ]
 
 
-@step("plan")
 def show_plan(ctx: RunContext) -> pd.DataFrame:
-    steps = plan(ctx)
-    (ctx.run_dir / "plan.json").write_text(json.dumps([asdict(s) for s in steps], indent=2))
-    for s in steps:
-        ctx.record("plan", "planned" if ctx.dry_run else "info", s.name, **asdict(s))
-    return pd.DataFrame([asdict(s) for s in steps])
+    """The whole plan of this run, as rendered in phase 01 (this phase's steps first)."""
+    plan = ctx.plan()
+    if plan is None:
+        raise AbortedError("This run has no plan.json.", next_action="run 01_prepare first for this run.",
+                           step=StepName.PLAN)
+    ctx.record(StepName.PLAN, "info", f"plan {plan.digest[:12]} shown", digest=plan.digest)
+    return plan_frame(plan.for_phase(PHASE) + [s for s in plan.steps if s.phase > PHASE])
 
 
-def _dry(ctx: RunContext, name: str) -> bool:
-    if ctx.dry_run:
-        ctx.record(name, "skipped", "dry run: see the plan above for what would run")
-    return ctx.dry_run
+def _swapped(ctx: RunContext) -> bool:
+    swap = ctx.state().swap
+    return bool(swap and swap.completed)
 
 
-def _skip(ctx: RunContext, name: str) -> bool:
-    """Dry run, or this run already swapped: a step re-run (a cell run twice) must not act again."""
-    if _dry(ctx, name):
-        return True
-    swap = ctx.state().get("swap") or {}
-    if swap.get("completed"):
-        ctx.record(name, "skipped", f"already done: this run swapped {swap['live']} in at an earlier attempt")
-        return True
-    return False
+# --- the copy -----------------------------------------------------------------------------------
+
+def _copy_exists(ctx: RunContext, step: Step) -> Check:
+    if _swapped(ctx):
+        return Check("the copy was swapped in", True)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        return compare(f"{step.target} exists", True, db.database_exists(admin, step.target))
 
 
-@step("stop-services")
-def stop_services(ctx: RunContext) -> pd.DataFrame:
-    return scale_services(ctx, "stop-services", stop=True)
+def create_copy(ctx: RunContext) -> None:
+    """CREATE DATABASE for the copy, with the live database's owner, encoding, locale and tablespace."""
+    return dispatch(ctx, ctx.planned(StepName.CREATE_COPY), _create_copy, postcondition=_copy_exists)
 
 
-@step("restore")
-def restore_copy(ctx: RunContext) -> pd.DataFrame:
-    """Restore the backup into a new database and validate it. The live database is untouched."""
-    if _skip(ctx, "restore"):
-        return pd.DataFrame()
-    backup = ctx.require("backup", "01_prepare (verify_backup)")
-    path = Path(backup["path"])
-    manifest = bk.load_manifest(path)
-    restored = restored_name(ctx)
-    with db.connect(ctx.admin_url, step="restore") as admin:
-        props = dbp.read_properties(admin, ctx.database)
+def _create_copy(ctx: RunContext, step: Step) -> None:
+    restored = step.target
+    with db.connect(ctx.admin_url, step=step.name) as admin:
         if db.database_exists(admin, restored):
-            if ctx.state().get("restored", {}).get("name") != restored or ctx.state().get("swap"):
+            state = ctx.state()
+            if state.restored is None or state.restored.name != restored or state.swap:
                 raise AbortedError(f"A database named {restored} already exists and this run did not make it.",
                                    next_action="inspect it and drop it by hand, or start a new run.")
             admin.execute(db.drop_database_statement(restored))  # our own half-done copy from a retried step
-        admin.execute(dbp.create_statement(restored, props))
-    ctx.remember(restored={"name": restored, "validated": False}, live_properties=props)
-    ctx.record("restore", "info", f"restoring {path.name} ({path.stat().st_size / 1e6:.1f} MB) into {restored}",
-               command=bk.describe_restore(path, restored, ctx.tools, ctx.env.restore_keep_owners))
+            ctx.record(step.name, "info", f"dropped this run's earlier, unfinished copy {restored}")
+        live_props = dbp.read_properties(admin, ctx.database)
+        execute_actions(ctx, admin, step)
+    ctx.update(restored=RestoredCopy(name=restored), live_properties=live_props)
+
+
+def restore_copy(ctx: RunContext) -> pd.DataFrame:
+    """Restore the backup into the copy. The live database is untouched; a failure drops the copy."""
+    def restored_has_tables(c: RunContext, s: Step) -> Check:
+        if _swapped(c):
+            return Check("the copy was swapped in", True)
+        with db.connect(with_database(c.url, s.target), step=s.name) as conn:
+            return compare(f"{s.target} holds tables", True, len(db.user_tables(conn)) > 0)
+
+    return dispatch(ctx, ctx.planned(StepName.RESTORE), _restore, postcondition=restored_has_tables)
+
+
+def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
+    backup = ctx.state().need("backup", "verify_backup (01_prepare)")
+    (command,) = step.actions
+    path = Path(backup.path)
+    ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target,
+               size_mb=round(path.stat().st_size / 1e6, 1))
     try:
-        seconds = bk.restore_into(path, ctx.url, restored, ctx.tools, keep_owners=ctx.env.restore_keep_owners)
-        with db.connect(with_database(ctx.url, restored), step="restore") as conn:
+        seconds = bk.run_restore(list(command.argv), path, with_database(ctx.url, step.target), step=step.name)
+    except RollbackError as err:
+        _drop_copy(ctx, step.target, step.name)
+        raise AbortedError(f"Restoring into {step.target} failed; the live database was not touched.\n{err.message}",
+                           next_action="ABORT: nothing was changed. " + err.next_action, escalate="L3") from None
+    ctx.update(restored=RestoredCopy(name=step.target, seconds=round(seconds, 3)))
+    ctx.record(step.name, "info", f"restored into {step.target} in {seconds:.1f} s", seconds=seconds)
+    return pd.DataFrame([{"restored into": step.target, "seconds": round(seconds, 1)}])
+
+
+def validate_copy(ctx: RunContext) -> pd.DataFrame:
+    """The copy against the backup's manifest and the migration's expectations; a failure drops it."""
+    def still_valid(c: RunContext, s: Step) -> Check:
+        restored = c.state().restored
+        return Check("the copy was validated", _swapped(c) or bool(restored and restored.validated))
+
+    return dispatch(ctx, ctx.planned(StepName.VALIDATE_COPY), _validate_copy, postcondition=still_valid)
+
+
+def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
+    backup = ctx.state().need("backup", "verify_backup (01_prepare)")
+    manifest = bk.load_manifest(Path(backup.path))
+    try:
+        with db.connect(with_database(ctx.url, step.target), step=step.name) as conn:
             checks = against_manifest(conn, manifest) if manifest else []
             checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None, manifest)
             description = bk.describe_database(conn, ctx.config.all_queries())
-        if failed(checks):
-            raise AbortedError(f"The restored copy fails its checks:\n{describe_failures(checks)}",
-                               next_action="this backup does not give the state the migration's checks expect "
-                               "(or is not what its manifest says): use another backup, or fix the expectations.")
-    except Exception as err:
-        _drop_restored(ctx, restored)
-        message = err.message if isinstance(err, RollbackError) else f"{type(err).__name__}: {err}"
-        advice = err.next_action if isinstance(err, RollbackError) else "read the error above."
-        raise AbortedError(f"Restoring into {restored} failed; the live database was not touched.\n{message}",
-                           next_action="ABORT: nothing was changed. " + advice, escalate="L3") from None
-    with db.connect(ctx.admin_url, step="restore") as admin:  # after the restore: they could get in its way
-        for statement in dbp.apply_statements(restored, props):
-            admin.execute(statement)
-    if manifest is None:  # the plan's plain format: what was restored becomes what is expected
-        (ctx.run_dir / "restored_description.json").write_text(json.dumps(description, indent=2, default=str))
-    ctx.remember(restored={"name": restored, "validated": True, "seconds": round(seconds, 3),
-                           "row_counts": description["row_counts"]})
-    ctx.record("restore", "info", f"restored into {restored} in {seconds:.1f} s",
-               seconds=seconds, checks=[c.to_dict() for c in checks], row_counts=description["row_counts"])
-    return as_frame(checks) if checks else pd.DataFrame([{"table": t, "rows": n} for t, n in description["row_counts"].items()])
-
-
-def _drop_restored(ctx: RunContext, restored: str) -> None:
-    with db.connect(ctx.admin_url, step="restore") as admin:
-        admin.execute(db.drop_database_statement(restored))
-    ctx.record("restore", "info", f"dropped the failed copy {restored} (it held nothing but the failed restore)")
-    ctx.remember(restored=None)
-
-
-@step("gate")
-def approve_swap(ctx: RunContext) -> str:
-    if _skip(ctx, "gate"):
-        return "dry run: no gate"
-    try:
-        confirm(ctx, f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept_name(ctx)}).")
-    except RefusedError:
-        restored = ctx.state().get("restored")
-        if restored:  # leave the server as it was: the copy is ours and holds only the backup
-            _drop_restored(ctx, restored["name"])
+    except RollbackError:
+        _drop_copy(ctx, step.target, step.name)
         raise
-    return "approved"
+    ctx.record(step.name, "info", f"{len(checks) - len(failed(checks))}/{len(checks)} checks passed",
+               checks=[c.to_dict() for c in checks], row_counts=description["row_counts"])
+    if failed(checks):
+        _drop_copy(ctx, step.target, step.name)
+        raise AbortedError(f"The restored copy fails its checks; the live database was not touched:\n"
+                           f"{describe_failures(checks)}",
+                           next_action="ABORT: nothing was changed. This backup does not give the state the "
+                           "migration's checks expect (or is not what its manifest says): use another backup, "
+                           "or fix the expectations.", escalate="L3")
+    if manifest is None:  # the plan's plain format: what was restored becomes what is expected
+        atomic_write_json(ctx.run_dir / "restored_description.json", description)
+    restored = ctx.state().need("restored", "restore_copy (02_execute)")
+    ctx.update(restored=restored.model_copy(update={"validated": True, "row_counts": description["row_counts"]}))
+    return as_frame(checks) if checks else pd.DataFrame(
+        [{"table": t, "rows": n} for t, n in description["row_counts"].items()])
 
 
-@step("block-connections")
+def _drop_copy(ctx: RunContext, restored: str, step: str) -> None:
+    statement = db.drop_database_statement(restored)
+    with db.connect(ctx.admin_url, step=step) as admin:
+        admin.execute(statement)
+        ctx.record(step, "ran", statement.as_string(admin), kind="sql", target=restored,
+                   why="the copy held nothing but a failed or refused restore")
+    ctx.update(restored=None)
+
+
+def carry_properties(ctx: RunContext) -> pd.DataFrame:
+    """Settings, grants and comment of the live database, given to the copy (a dump leaves them out)."""
+    def carried(c: RunContext, s: Step) -> Check:
+        if _swapped(c):
+            return Check("the copy was swapped in", True)
+        with db.connect(c.admin_url, step=s.name) as admin:
+            live, copy = dbp.read_properties(admin, c.database), dbp.read_properties(admin, s.target)
+        keys = ("settings", "grants", "comment")
+        return compare("the copy has the live database's settings, grants and comment",
+                       {k: live[k] for k in keys}, {k: copy[k] for k in keys})
+
+    return dispatch(ctx, ctx.planned(StepName.CARRY_PROPERTIES), _carry, postcondition=carried)
+
+
+def _carry(ctx: RunContext, step: Step) -> pd.DataFrame:
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        execute_actions(ctx, admin, step)
+    return pd.DataFrame([{"statement": a.text} for a in step.actions]) if step.actions else pd.DataFrame(
+        [{"statement": "(nothing to carry)"}])
+
+
+# --- the gate -----------------------------------------------------------------------------------
+
+def _approved(ctx: RunContext, step: Step) -> Check:
+    approval, plan = ctx.state().approval, ctx.plan()
+    return Check("an approval of this plan is recorded", bool(approval and plan and approval.plan_digest == plan.digest),
+                 plan.digest if plan else None, approval.plan_digest if approval else None)
+
+
+def approve_swap(ctx: RunContext) -> str:
+    """The gate: record an approval of this plan, or refuse (and drop the copy: the server is as it was)."""
+    return dispatch(ctx, ctx.planned(StepName.GATE), _gate, postcondition=_approved)
+
+
+def _gate(ctx: RunContext, step: Step) -> str:
+    plan = ctx.plan()
+    existing = ctx.state().approval
+    if existing and existing.plan_digest == plan.digest and existing.migration_id == ctx.migration_id:
+        ctx.record(step.name, "info", f"plan {plan.digest[:12]} approved earlier ({existing.how}, {existing.at})")
+        return f"approved ({existing.how})"
+    try:
+        how = _ask(ctx, plan.digest)
+    except RefusedError:
+        if ctx.state().restored:  # leave the server as it was: the copy is ours and holds only the backup
+            _drop_copy(ctx, ctx.state().restored.name, step.name)
+        raise
+    record_approval(ctx.run_dir, ctx.migration_id, how, plan.digest)
+    return f"approved ({how})"
+
+
+def _ask(ctx: RunContext, digest: str) -> str:
+    """How the plan was approved: the ``approve`` parameter, or the migration ID typed at a prompt."""
+    action = (f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept_name(ctx)}); "
+              f"plan {digest[:12]}.")
+    if ctx.approve == ctx.migration_id:
+        return "approve parameter"
+    if ctx.approve:
+        raise RefusedError(f"The approval given ({ctx.approve!r}) is not the migration ID.",
+                           next_action=f"pass approve={ctx.migration_id} (or --yes on the CLI) to allow: {action}")
+    try:
+        typed = input(f"{action}\nType the migration ID ({ctx.migration_id}) to go on, anything else to stop: ")
+    except Exception:  # papermill and other headless kernels have no stdin
+        typed = None
+    if typed is None:
+        raise RefusedError(
+            f"Refused: {action} needs confirmation and this run has no one to ask.",
+            next_action=f"re-run with -p approve {ctx.migration_id} (papermill) or --yes (rollback run) once the "
+            "dry run (-p dry_run True / --dry-run) shows what will happen.")
+    if typed.strip() != ctx.migration_id:
+        raise RefusedError(f"Refused: typed {typed.strip()!r}, not the migration ID.",
+                           next_action="nothing was changed; run the cell again to retry.")
+    return "typed at the notebook's prompt"
+
+
+# --- services, connections ----------------------------------------------------------------------
+
+def stop_services(ctx: RunContext) -> pd.DataFrame:
+    return dispatch(ctx, ctx.planned(StepName.STOP_SERVICES), lambda c, s: scale_services(c, s, stop=True))
+
+
+def _blocked(ctx: RunContext, step: Step) -> Check:
+    if _swapped(ctx):
+        return Check("the database was swapped after blocking", True)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        found = db.database_settings(admin, ctx.database)
+    return compare(f"{ctx.database} refuses new connections", {"allow_connections": False, "connection_limit": 0},
+                   found)
+
+
 def block_connections(ctx: RunContext) -> pd.DataFrame:
-    if _skip(ctx, "block-connections"):
-        return pd.DataFrame()
-    ctx.require("restored", "restore_copy")
+    return dispatch(ctx, ctx.planned(StepName.BLOCK), _block, postcondition=_blocked)
+
+
+def _block(ctx: RunContext, step: Step) -> pd.DataFrame:
     live = ctx.database
-    with db.connect(ctx.admin_url, step="block-connections") as admin:
-        settings = db.database_settings(admin, live)
-        if "blocked" not in ctx.state():
-            ctx.remember(blocked={"database": live, "previous": settings})
-        for statement in db.block_statements(live):
-            admin.execute(statement)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        before = db.database_settings(admin, live)
+        if ctx.state().blocked is None:
+            ctx.update(blocked=Blocked(database=live, previous=before, at=utc_now()))
+        execute_actions(ctx, admin, step)
         after = db.database_settings(admin, live)
-    ctx.record("block-connections", "changed", f"new connections to {live} stopped", before=settings, after=after)
-    if after["allow_connections"] or after["connection_limit"] != 0:
-        raise FailedError(f"Blocking connections to {live} did not take effect.", next_action=unblock_advice(ctx),
-                          expected={"allow_connections": False, "connection_limit": 0}, found=after)
-    return pd.DataFrame([{"setting": k, "before": settings[k], "after": after[k]} for k in ("allow_connections", "connection_limit")])
+    return pd.DataFrame([{"setting": k, "before": before[k], "after": after[k]}
+                         for k in ("allow_connections", "connection_limit")])
 
 
 def unblock_advice(ctx: RunContext) -> str:
-    blocked = ctx.state().get("blocked")
+    blocked = ctx.state().blocked
     if not blocked:
         return "nothing was blocked."
-    statements = db.unblock_statements(blocked["database"], blocked["previous"])
-    return (f"the live database {blocked['database']} refuses new connections; to return to how it was run: "
+    statements = db.unblock_statements(blocked.database, blocked.previous)
+    return (f"the live database {blocked.database} refuses new connections; to return to how it was run: "
             + "; ".join(s.as_string(None) for s in statements) + ";")
 
 
-@step("drain")
+def _no_sessions(ctx: RunContext, step: Step) -> Check:
+    if _swapped(ctx):
+        return Check("the database was swapped after draining", True)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        left = db.sessions(admin, ctx.database)
+    return compare(f"no other session on {ctx.database}", [], [s["pid"] for s in left])
+
+
 def drain_connections(ctx: RunContext) -> pd.DataFrame:
-    """Wait for sessions to end, then terminate what is left (never the runbook's own)."""
-    if _skip(ctx, "drain"):
-        return pd.DataFrame()
-    ctx.require("blocked", "block_connections")
+    """Wait for sessions to end on their own (what is left is terminated by the next step)."""
+    def drained(c: RunContext, s: Step) -> Check:
+        return Check("waited for sessions to drain", True)
+
+    return dispatch(ctx, ctx.planned(StepName.DRAIN), _drain, postcondition=drained)
+
+
+def _drain(ctx: RunContext, step: Step) -> pd.DataFrame:
     t = ctx.env.thresholds
-    live = ctx.database
-    with db.connect(ctx.admin_url, step="drain") as admin:
-        left = db.wait_for_no_sessions(admin, live, t.drain_wait_seconds, t.poll_interval_seconds)
-        ctx.record("drain", "info", f"{len(left)} session(s) left after waiting {t.drain_wait_seconds:.0f} s")
-        terminated = []
-        if left:
-            terminated = db.terminate_sessions(admin, live)
-            (ctx.run_dir / "terminated_sessions.json").write_text(json.dumps(terminated, indent=2, default=str))
-            ctx.record("drain", "changed", f"terminated {len(terminated)} session(s)", terminated=terminated)
-            left = db.wait_for_no_sessions(admin, live, t.terminate_timeout_seconds, t.poll_interval_seconds)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        left = db.wait_for_no_sessions(admin, ctx.database, t.drain_wait_seconds, t.poll_interval_seconds)
+    ctx.record(step.name, "info", f"{len(left)} session(s) left after waiting up to {t.drain_wait_seconds:.0f} s",
+               sessions=left)
+    return pd.DataFrame(left)
+
+
+def terminate_sessions(ctx: RunContext) -> pd.DataFrame:
+    """Terminate every other session left on the live database (never the runbook's own)."""
+    return dispatch(ctx, ctx.planned(StepName.TERMINATE), _terminate, postcondition=_no_sessions)
+
+
+def _terminate(ctx: RunContext, step: Step) -> pd.DataFrame:
+    t = ctx.env.thresholds
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        victims = db.sessions(admin, ctx.database)
+        atomic_write_json(ctx.run_dir / "terminated_sessions.json", victims)
+        execute_actions(ctx, admin, step)
+        ctx.record(step.name, "info", f"terminated {len(victims)} session(s)", terminated=victims)
+        left = db.wait_for_no_sessions(admin, ctx.database, t.terminate_timeout_seconds, t.poll_interval_seconds)
     if left:
-        raise FailedError(f"{len(left)} session(s) on {live} survived termination.",
-                          next_action="find them with pg_stat_activity and end them, then re-run this cell; or " + unblock_advice(ctx),
-                          expected=0, found=[s["pid"] for s in left], escalate="L3")
-    return pd.DataFrame(terminated)
+        raise StepError(f"{len(left)} session(s) on {ctx.database} survived termination.",
+                        next_action="find them with pg_stat_activity and end them, then re-run this cell; or "
+                        + unblock_advice(ctx), expected=0, found=[s["pid"] for s in left], escalate="L3")
+    return pd.DataFrame(victims)
 
 
-@step("swap")
-def swap_in(ctx: RunContext) -> pd.DataFrame:
-    if _skip(ctx, "swap"):
-        return pd.DataFrame()
-    restored = ctx.require("restored", "restore_copy")
-    if not restored or not restored.get("validated"):
-        raise AbortedError("The restored copy was not validated.", next_action="run restore_copy again.")
-    live, kept, new = ctx.database, kept_name(ctx), restored["name"]
-    with db.connect(ctx.admin_url, step="swap") as admin:
-        if db.database_exists(admin, kept) and not db.database_exists(admin, live) and db.database_exists(admin, new):
-            ctx.record("swap", "info", f"finishing a swap cut short: {live} is already kept as {kept}")
-            return _finish_swap(ctx, admin, live, kept, new)
-        if db.sessions(admin, live):
-            raise FailedError(f"Sessions are still connected to {live}.", next_action="run drain_connections again.")
-        db.rename_database(admin, live, kept)
-        ctx.remember(swap={"kept": kept, "live": live, "restored": new, "completed": False})
-        ctx.record("swap", "changed", f"{live} renamed to {kept} (kept)")
-        return _finish_swap(ctx, admin, live, kept, new)
+# --- the swap -----------------------------------------------------------------------------------
+
+def _catalog(ctx: RunContext, admin) -> dict[str, bool]:
+    live, kept, restored = ctx.database, kept_name(ctx), restored_name(ctx)
+    return {name: db.database_exists(admin, name) for name in (live, kept, restored)}
 
 
-def _finish_swap(ctx: RunContext, admin, live: str, kept: str, new: str) -> pd.DataFrame:
-    try:
-        db.rename_database(admin, new, live)
-    except Exception as err:
-        db.rename_database(admin, kept, live)
-        ctx.remember(swap=None)
-        ctx.record("swap", "changed", f"undone: {kept} renamed back to {live}")
-        raise FailedError(f"Putting the restored copy in place failed ({err}); the original is back as {live}.",
-                          next_action=unblock_advice(ctx), escalate="L3") from None
-    # Until phase 04 reopens it, only the runbook's (superuser/owner) sessions may use it.
-    admin.execute(db.connection_limit_statement(live, 0))
-    names = {n: db.database_exists(admin, n) for n in (live, kept, new)}
-    ctx.remember(swap={"kept": kept, "live": live, "restored": new, "completed": True})
-    ctx.record("swap", "changed", f"restored copy is now {live}; the pre-rollback database is kept as {kept}",
-               kept=kept, live=live, databases=names)
-    return pd.DataFrame([{"database": live, "is": "the restored copy"}, {"database": kept, "is": "the pre-rollback database, kept"}])
+def swap_keep_live(ctx: RunContext) -> pd.DataFrame:
+    def kept(c: RunContext, s: Step) -> Check:
+        with db.connect(c.admin_url, step=s.name) as admin:
+            found = _catalog(c, admin)
+        return Check(f"{kept_name(c)} is kept", found[kept_name(c)], True, found)
+
+    return dispatch(ctx, ctx.planned(StepName.SWAP_KEEP), _swap_keep, postcondition=kept)
 
 
-@step("bookkeeping")
+def _swap_keep(ctx: RunContext, step: Step) -> pd.DataFrame:
+    live, kept, restored = ctx.database, kept_name(ctx), restored_name(ctx)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        found = _catalog(ctx, admin)
+        if found[kept] and not found[live]:
+            ctx.record(step.name, "info", f"{live} is already renamed to {kept}: finishing a swap cut short")
+        else:
+            if db.sessions(admin, live):
+                raise StepError(f"Sessions are still connected to {live}.",
+                                next_action="run terminate_sessions again, then this cell.")
+            execute_actions(ctx, admin, step)
+        ctx.update(swap=Swap(live=live, kept=kept, restored=restored))
+        return pd.DataFrame([_catalog(ctx, admin)])
+
+
+def swap_promote_copy(ctx: RunContext) -> pd.DataFrame:
+    def promoted(c: RunContext, s: Step) -> Check:
+        with db.connect(c.admin_url, step=s.name) as admin:
+            found = _catalog(c, admin)
+        live, kept, restored = c.database, kept_name(c), restored_name(c)
+        return compare("the copy is live, the old database kept", {live: True, kept: True, restored: False}, found)
+
+    return dispatch(ctx, ctx.planned(StepName.SWAP_PROMOTE), _swap_promote, postcondition=promoted)
+
+
+def _swap_promote(ctx: RunContext, step: Step) -> pd.DataFrame:
+    live, kept, restored = ctx.database, kept_name(ctx), restored_name(ctx)
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        found = _catalog(ctx, admin)
+        if found[live] and not found[restored]:
+            ctx.record(step.name, "info", f"the copy already carries the name {live}: finishing a swap cut short")
+            admin.execute(step.actions[-1].text.encode())  # keep it closed until phase 04
+        else:
+            try:
+                execute_actions(ctx, admin, step)
+            except Exception as err:
+                undo = db.rename_statement(kept, live)
+                admin.execute(undo)
+                ctx.record(step.name, "changed", f"undone: {undo.as_string(admin)}")
+                ctx.update(swap=None)
+                raise StepError(f"Putting the restored copy in place failed ({err}); the original is back as {live}.",
+                                next_action=unblock_advice(ctx), escalate="L3") from None
+        ctx.update(swap=Swap(live=live, kept=kept, restored=restored, completed=True))
+        ctx.record(step.name, "info", f"restored copy is now {live}; the pre-rollback database is kept as {kept} "
+                   "(closed to connections)", kept=kept, live=live, databases=_catalog(ctx, admin))
+    return pd.DataFrame([{"database": live, "is": "the restored copy"},
+                         {"database": kept, "is": "the pre-rollback database, kept (closed to connections)"}])
+
+
+# --- Prisma's bookkeeping -----------------------------------------------------------------------
+
 def check_bookkeeping(ctx: RunContext) -> str:
     """After a full restore ``_prisma_migrations`` must equal the backup's rows: assert, never edit."""
-    if _dry(ctx, "bookkeeping"):
-        return "dry run"
-    backup = ctx.require("backup", "01_prepare")
-    manifest = bk.load_manifest(Path(backup["path"]))
-    with db.connect(ctx.url, step="bookkeeping") as conn:
+    return dispatch(ctx, ctx.planned(StepName.BOOKKEEPING), _bookkeeping)
+
+
+def _bookkeeping(ctx: RunContext, step: Step) -> str:
+    backup = ctx.state().need("backup", "verify_backup (01_prepare)")
+    manifest = bk.load_manifest(Path(backup.path))
+    with db.connect(ctx.url, step=step.name) as conn:
         rows = applied_migrations(conn)
     expected = manifest["prisma_migrations"] if manifest else None
     state = migration_state(rows, ctx.migration_id)
-    ctx.record("bookkeeping", "info", f"{ctx.migration_id} is {state} after the restore", rows=rows, state=state)
+    ctx.record(step.name, "info", f"{ctx.migration_id} is {state} after the restore", rows=rows, state=state)
     if expected is not None and rows != expected:
-        raise FailedError("_prisma_migrations after the restore differs from the backup's manifest.",
-                          next_action="compare the rows in the journal with the manifest before reopening.",
-                          expected=expected, found=rows, escalate="L3")
+        raise StepError("_prisma_migrations after the restore differs from the backup's manifest.",
+                        next_action="compare the rows in the journal with the manifest before reopening.",
+                        expected=expected, found=rows, escalate="L3")
     return prisma_warning(ctx.migration_id, state)
 
 
@@ -312,4 +498,3 @@ def prisma_warning(migration_id: str, state: str) -> str:
         f"- Do **not** run `prisma migrate resolve --rolled-back {migration_id}`: with no row for it Prisma "
         "answers P3011, and for a successful migration P3012; `--rolled-back` only applies to a failed one."
     )
-

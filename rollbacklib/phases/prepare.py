@@ -1,6 +1,7 @@
-"""Phase 01, prepare: know the migration, trust the backup, capture the state. Reads only.
+"""Phase 01, prepare: know the migration, trust the backup, capture the state, write the plan. Reads only.
 
-Any failure here aborts the run with nothing changed (exit 3).
+Any failure here aborts the run with nothing changed (exit 3). Its last step renders the
+plan of every later phase into ``plan.json``: what the gate approves and what runs.
 """
 
 from __future__ import annotations
@@ -10,24 +11,45 @@ from pathlib import Path
 
 import pandas as pd
 
-from rollbacklib.postgres import backup as bk
-from rollbacklib.postgres import database as db
 from rollbacklib.checks import Check, as_frame, describe_failures
 from rollbacklib.errors import AbortedError, ConfigError
-from rollbacklib.prisma import applied_migrations, migration_state
-from rollbacklib.run import RunContext, step
+from rollbacklib.files import atomic_write_json
+from rollbacklib.postgres import backup as bk
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres.client import display_command
+from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_state
+from rollbacklib.run import RunContext
+from rollbacklib.state import BackupRef, Captured
+from rollbacklib.steps import Action, Phase, Plan, Step, StepName, dispatch, plan_frame, write_plan
+
+PHASE = Phase.PREPARE
 
 
-@step("migration")
+def _read(ctx: RunContext, text: str) -> Action:
+    return Action("read", ctx.database, text)
+
+
+# --- the migration ----------------------------------------------------------------------------
+
+def migration_step(ctx: RunContext) -> Step:
+    return Step(StepName.MIGRATION, PHASE, ctx.database, "find the migration in the live _prisma_migrations",
+                (_read(ctx, f"server version, current user; SELECT * FROM {MIGRATIONS_TABLE} ORDER BY started_at"),),
+                postcondition="the migration has a row in _prisma_migrations")
+
+
 def check_migration(ctx: RunContext) -> pd.DataFrame:
     """The migration must be recorded in the live ``_prisma_migrations``; remember when it ran."""
+    return dispatch(ctx, migration_step(ctx), _check_migration)
+
+
+def _check_migration(ctx: RunContext, step: Step) -> pd.DataFrame:
     if ctx.database == ctx.env.maintenance_database:
         raise ConfigError(
             f"The database to roll back ({ctx.database}) is also the maintenance database: the swap renames it "
             "from another database's connection.",
             next_action=f"set maintenance_database for environment {ctx.env.name!r} to another database on the "
             "server (for example template1 or postgres).")
-    with db.connect(ctx.url, step="migration") as conn:
+    with db.connect(ctx.url, step=step.name) as conn:
         info = db.server_info(conn)
         rows = applied_migrations(conn)
     ctx.tools.check_server(info["server_version_num"])
@@ -40,25 +62,38 @@ def check_migration(ctx: RunContext) -> pd.DataFrame:
             next_action=f"check the migration ID (latest recorded: {known}) and the environment; nothing was changed.",
             expected=ctx.migration_id, found=known,
         )
-    ctx.remember(database=ctx.database, server=info, migration=row, migration_state=state)
-    ctx.record("migration", "info", f"{ctx.migration_id} is {state} on {ctx.database}",
+    ctx.update(database=ctx.database, server=info, migration=row, migration_state=state)
+    ctx.record(step.name, "info", f"{ctx.migration_id} is {state} on {ctx.database}",
                started_at=row["started_at"], finished_at=row["finished_at"], state=state,
                server_version=info["server_version"], superuser=info["superuser"])
     if ctx.migration is None:
-        ctx.record("migration", "info", "no expectations configured for this migration: generic checks only")
+        ctx.record(step.name, "info", "no expectations configured for this migration: generic checks only")
     return pd.DataFrame(rows)
 
 
-@step("release")
+# --- the release ------------------------------------------------------------------------------
+
+def release_step(ctx: RunContext) -> Step:
+    release = ctx.env.release
+    where = str(release.migrations_dir) if release and release.migrations_dir else "(not configured)"
+    return Step(StepName.RELEASE, PHASE, where, "the release to redeploy must not apply the migration again",
+                (Action("read", where, f"look for {ctx.migration_id}/ in {where}; read start_command"),),
+                postcondition="the release does not both contain the migration and run migrate deploy")
+
+
 def check_release(ctx: RunContext) -> pd.DataFrame:
     """The release redeployed after the rollback must not apply the migration again.
 
     After a full restore ``_prisma_migrations`` has no row for the migration, so Prisma sees
     it as not yet applied: a ``prisma migrate deploy`` at start-up would apply it again.
     """
+    return dispatch(ctx, release_step(ctx), _check_release)
+
+
+def _check_release(ctx: RunContext, step: Step) -> pd.DataFrame:
     release = ctx.env.release
     if release is None or release.migrations_dir is None:
-        ctx.record("release", "skipped", "no [environments.<env>.release] configured: redeploy check not made")
+        ctx.record(step.name, "info", "no [environments.<env>.release] configured: redeploy check not made")
         return pd.DataFrame([{"check": "release", "verdict": "skipped", "detail": "not configured"}])
     contains = (Path(release.migrations_dir) / ctx.migration_id).is_dir()
     command = release.start_command
@@ -69,7 +104,7 @@ def check_release(ctx: RunContext) -> pd.DataFrame:
               command or "start_command not configured"),
     ]
     ok = not contains or not runs_deploy
-    ctx.record("release", "info", "checked the release", checks=[c.to_dict() for c in checks], ok=ok)
+    ctx.record(step.name, "info", "checked the release", checks=[c.to_dict() for c in checks], ok=ok)
     if not ok:
         raise AbortedError(
             f"The release to redeploy contains {ctx.migration_id} and runs `prisma migrate deploy` on start: "
@@ -81,17 +116,46 @@ def check_release(ctx: RunContext) -> pd.DataFrame:
     return as_frame(checks)
 
 
-@step("verify-backup")
+# --- the backup -------------------------------------------------------------------------------
+
+def _backup_path(ctx: RunContext, backup: str | None) -> Path | None:
+    if backup:
+        return Path(backup).expanduser().resolve()
+    state = ctx.state()
+    if state.backup is not None:
+        return Path(state.backup.path)
+    started = bk.parse_time((state.migration or {}).get("started_at"))
+    return bk.find_backup(ctx.env.backup_dir, started)
+
+
+def verify_backup_step(ctx: RunContext, path: Path | None) -> Step:
+    shown = str(path) if path else f"(no backup found in {ctx.env.backup_dir})"
+    actions = [Action("read", shown, "present; size; sha256 and size against the manifest; age before the "
+                      "migration; the migration not applied in it")]
+    if path is not None and path.name.endswith(".dump"):
+        actions += [Action("command", shown, display_command(argv), tuple(argv))
+                    for argv in bk.readable_commands(path, ctx.tools)]
+    elif path is not None:
+        actions.append(Action("read", shown, "read the whole gzip/plain stream; it must end with the dump's "
+                              "completion line"))
+    return Step(StepName.VERIFY_BACKUP, PHASE, shown, "verify the backup before trusting it", tuple(actions),
+                requires=(StepName.MIGRATION,), postcondition="every backup check passes")
+
+
 def verify_backup(ctx: RunContext, backup: str | None = None) -> pd.DataFrame:
     """Present, readable, sha256, size, age, predates the migration: all before anything is touched."""
-    migration = ctx.require("migration", "check_migration")
+    path = _backup_path(ctx, backup)
+    return dispatch(ctx, verify_backup_step(ctx, path), lambda c, s: _verify_backup(c, s, path))
+
+
+def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFrame:
+    migration = ctx.state().need("migration", "check_migration (01_prepare)")
     started = bk.parse_time(migration.get("started_at"))
-    path = Path(backup).resolve() if backup else bk.find_backup(ctx.env.backup_dir, started)
     t = ctx.env.thresholds
     result = bk.verify_backup(path if path else ctx.env.backup_dir / "(none)", ctx.tools,
                               min_bytes=t.min_backup_bytes, max_age_seconds=t.max_backup_age_seconds,
                               migration_id=ctx.migration_id, migration_started_at=started)
-    ctx.record("verify-backup", "info", "backup checks", backup=str(result.path), format=result.format,
+    ctx.record(step.name, "info", "backup checks", backup=str(result.path), format=result.format,
                checks=[c.to_dict() for c in result.checks])
     if not result.ok:
         raise AbortedError(
@@ -101,21 +165,43 @@ def verify_backup(ctx: RunContext, backup: str | None = None) -> pd.DataFrame:
             escalate="L3",
         )
     manifest = result.manifest or {}
-    ctx.remember(backup={"path": str(result.path), "format": result.format, "has_manifest": bool(result.manifest),
-                         "taken_at": bk.backup_time(result.path, result.manifest)[0].isoformat(),
-                         "sha256": manifest.get("sha256"), "size_bytes": result.path.stat().st_size})
+    ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
+                                taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
+                                sha256=manifest.get("sha256"), size_bytes=result.path.stat().st_size))
     return as_frame(result.checks)
 
 
-@step("capture")
+# --- the state before the rollback ------------------------------------------------------------
+
+def _capture_folder(ctx: RunContext) -> Path:
+    return ctx.run_dir / "capture"
+
+
+def capture_step(ctx: RunContext) -> Step:
+    argv = capture_command(ctx)
+    return Step(StepName.CAPTURE, PHASE, ctx.database, "capture the state before the rollback, for the post-mortem",
+                (Action("command", ctx.database, display_command(argv), tuple(argv)),
+                 _read(ctx, "row counts, _prisma_migrations, schema catalog, the configured sample of rows")),
+                postcondition="the capture files are in the run folder")
+
+
+def capture_command(ctx: RunContext) -> list[str]:
+    schema_file = _capture_folder(ctx) / "schema_before_rollback.sql"
+    return [ctx.tools.path("pg_dump"), "--schema-only", f"--file={schema_file}", f"--dbname={ctx.database}"]
+
+
 def capture_state(ctx: RunContext) -> pd.DataFrame:
     """Schema-only dump, recent rows, counts and bookkeeping of the live database, for the post-mortem."""
-    folder = ctx.run_dir / "capture"
+    return dispatch(ctx, capture_step(ctx), _capture_state)
+
+
+def _capture_state(ctx: RunContext, step: Step) -> pd.DataFrame:
+    folder = _capture_folder(ctx)
     folder.mkdir(exist_ok=True)
-    schema_file = folder / "schema_before_rollback.sql"
-    ctx.tools.run("pg_dump", ["--schema-only", f"--file={schema_file}", f"--dbname={ctx.database}"],
-                  url=ctx.url, step="capture")
-    with db.connect(ctx.url, step="capture") as conn:
+    (command,) = [a for a in step.actions if a.kind == "command"]
+    ctx.tools.run_argv(list(command.argv), url=ctx.url, step=step.name)
+    ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target)
+    with db.connect(ctx.url, step=step.name) as conn:
         counts = db.row_counts(conn)
         migrations = applied_migrations(conn)
         catalog = db.schema_catalog(conn)
@@ -124,16 +210,69 @@ def capture_state(ctx: RunContext) -> pd.DataFrame:
         if expect and expect.sample:
             s = expect.sample
             sample = db.sample_rows(conn, s.table, s.order_by, s.limit)
-    files = {"schema": schema_file.name}
-    (folder / "row_counts.json").write_text(json.dumps(counts, indent=2))
-    (folder / "prisma_migrations.json").write_text(json.dumps(migrations, indent=2))
-    (folder / "schema_catalog.json").write_text(json.dumps(catalog, indent=2))
-    files.update(counts="row_counts.json", migrations="prisma_migrations.json", catalog="schema_catalog.json")
+    files = {"schema": "schema_before_rollback.sql", "counts": "row_counts.json",
+             "migrations": "prisma_migrations.json", "catalog": "schema_catalog.json"}
+    atomic_write_json(folder / files["counts"], counts)
+    atomic_write_json(folder / files["migrations"], migrations)
+    atomic_write_json(folder / files["catalog"], catalog)
     if sample is not None:
-        (folder / "sample_before_rollback.json").write_text(json.dumps(sample, indent=2, default=str))
         files["sample"] = "sample_before_rollback.json"
-    ctx.remember(captured={"folder": str(folder), "row_counts": counts, "files": files,
-                           "schema_fingerprint": db.schema_fingerprint(catalog)})
-    ctx.record("capture", "info", "captured the state before the rollback", row_counts=counts, files=files)
+        atomic_write_json(folder / files["sample"], sample)
+    ctx.update(captured=Captured(folder=str(folder), row_counts=counts, files=files,
+                                 schema_fingerprint=db.schema_fingerprint(catalog)))
+    ctx.record(step.name, "info", "captured the state before the rollback", row_counts=counts, files=files)
     return pd.DataFrame([{"table": t, "rows": n} for t, n in counts.items()])
 
+
+# --- the plan ---------------------------------------------------------------------------------
+
+def plan_step(ctx: RunContext) -> Step:
+    return Step(StepName.PLAN, PHASE, str(ctx.run_dir), "render every later step into plan.json, with its digest",
+                (Action("file", str(ctx.run_dir / "plan.json"), "write plan.json"),),
+                requires=(StepName.VERIFY_BACKUP,), postcondition="plan.json matches its digest")
+
+
+def build_plan(ctx: RunContext) -> Plan:
+    """Every step of the run, rendered once: phase 01 as it ran, then what the later phases will do."""
+    from rollbacklib.phases import close, execute, restore_service, validate
+
+    path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
+    steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), capture_step(ctx),
+             plan_step(ctx)]
+    with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
+        facts = execute.read_live_facts(ctx, admin)
+        steps += execute.plan_steps(ctx, facts, admin)
+        steps += validate.plan_steps(ctx)
+        steps += restore_service.plan_steps(ctx, facts, admin)
+    steps += close.plan_steps(ctx)
+    return Plan(steps)
+
+
+def write_run_plan(ctx: RunContext) -> pd.DataFrame:
+    """The last step of phase 01: the plan the gate approves and the later phases execute."""
+    return dispatch(ctx, plan_step(ctx), _write_plan)
+
+
+def _write_plan(ctx: RunContext, step: Step) -> pd.DataFrame:
+    plan = build_plan(ctx)
+    write_plan(ctx.run_dir, plan)
+    ctx.update(plan_digest=plan.digest)
+    ctx.record(step.name, "info", f"plan {plan.digest[:12]}: {len(plan.steps)} steps, "
+               f"{sum(s.destructive for s in plan.steps)} destructive", digest=plan.digest,
+               statements=plan.statements())
+    return plan_frame(plan.steps)
+
+
+def plan_summary(ctx: RunContext) -> str:
+    plan = ctx.plan()
+    if plan is None:
+        return "No plan yet."
+    return (f"**Plan `{plan.digest[:12]}`** ({len(plan.steps)} steps, {sum(s.destructive for s in plan.steps)} "
+            f"destructive). The gate in 02_execute approves exactly this plan; `plan.json` holds it whole.")
+
+
+def captured_sample(ctx: RunContext) -> list[dict] | None:
+    captured = ctx.state().captured
+    if captured is None or "sample" not in captured.files:
+        return None
+    return json.loads((Path(captured.folder) / captured.files["sample"]).read_text())

@@ -9,6 +9,7 @@ back (columns and nullability, counts, queries, relations, sample).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,8 +18,11 @@ from rollbacklib.postgres import properties as dbp
 from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed, skipped
 from rollbacklib.config import Expectations
 from rollbacklib.errors import ValidationFailed
+from rollbacklib.postgres import backup as bk
 from rollbacklib.prisma import applied_migrations, migration_state
-from rollbacklib.run import step
+from rollbacklib.steps import Action, Phase, Step, StepName, dispatch
+
+PHASE = Phase.VALIDATE
 
 
 def _schema_diff(expected: dict, found: dict) -> str:
@@ -113,65 +117,68 @@ def sample_difference(before: list[dict], after: list[dict], key: str = "id") ->
 
 # --- phase 03 ---------------------------------------------------------------------------------
 
-def _swap_back(swap: dict) -> str:
-    live, kept = swap.get("live"), swap.get("kept")
-    if not live or not kept:
+def plan_steps(ctx) -> list[Step]:
+    live = ctx.database
+    return [Step(StepName.VALIDATION, PHASE, live,
+                 "the live database (the restored copy, still closed) against the backup and the migration's checks",
+                 (Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
+                         "table, probes, configured expectations, database settings and grants, sampled rows"),),
+                 requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes")]
+
+
+def _swap_back(swap) -> str:
+    if swap is None:
         return "(no swap recorded in this run)"
+    live, kept = swap.live, swap.kept
     return (db.rename_statement(live, f"{live}__failed").as_string(None) + "; "
             + db.rename_statement(kept, live).as_string(None) + ";")
 
 
 def expected_description(ctx) -> tuple[dict, bool]:
     """What the live database must now equal: the manifest, or (plain backups) the restored copy."""
-    from pathlib import Path
-
-    from rollbacklib.postgres import backup as bk
-
-    backup = ctx.require("backup", "01_prepare (verify_backup)")
-    manifest = bk.load_manifest(Path(backup["path"]))
+    backup = ctx.state().need("backup", "verify_backup (01_prepare)")
+    manifest = bk.load_manifest(Path(backup.path))
     if manifest is not None:
         return manifest, True
     described = ctx.run_dir / "restored_description.json"
     return json.loads(described.read_text()), False
 
 
-@step("validation")
 def validate_restored(ctx) -> pd.DataFrame:
     """Schema, counts, bookkeeping, rows, the migration's own expectations: all against the live database."""
-    if ctx.dry_run:
-        ctx.record("validation", "skipped", "dry run: nothing was restored")
-        return pd.DataFrame()
+    return dispatch(ctx, ctx.planned(StepName.VALIDATION), _validate)
+
+
+def _validate(ctx, step: Step) -> pd.DataFrame:
     expected, from_manifest = expected_description(ctx)
-    with db.connect(ctx.url, step="validation") as conn:
+    state = ctx.state()
+    with db.connect(ctx.url, step=step.name) as conn:
         checks = against_manifest(conn, expected)
         checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None,
                                        expected if from_manifest else None)
-        state = migration_state(applied_migrations(conn), ctx.migration_id)
-        checks.append(Check(f"{ctx.migration_id} no longer applied", state in ("absent", "rolled-back"),
-                            "absent", state))
-        before = ctx.state().get("live_properties")
-        if before:
-            with db.connect(ctx.admin_url, step="validation") as admin:
+        migration = migration_state(applied_migrations(conn), ctx.migration_id)
+        checks.append(Check(f"{ctx.migration_id} no longer applied", migration in ("absent", "rolled-back"),
+                            "absent", migration))
+        if state.live_properties:
+            with db.connect(ctx.admin_url, step=step.name) as admin:
                 found = dbp.comparable(dbp.read_properties(admin, ctx.database))
             checks.append(compare("database settings, grants and locale equal pre-rollback",
-                                  dbp.comparable(before), found))
+                                  dbp.comparable(state.live_properties), found))
         sample = ctx.migration.expect.sample if ctx.migration and ctx.migration.expect.sample else None
         lost = None
-        captured = ctx.state().get("captured", {})
-        if sample and "sample" in captured.get("files", {}):
-            before = json.loads((ctx.run_dir / "capture" / captured["files"]["sample"]).read_text())
+        if sample and state.captured and "sample" in state.captured.files:
+            before = json.loads((Path(state.captured.folder) / state.captured.files["sample"]).read_text())
             after = db.sample_rows(conn, sample.table, sample.order_by, sample.limit)
             lost = sample_difference(before, json.loads(json.dumps(after, default=str)))
     passed = not failed(checks)
-    ctx.record("validation", "info", "passed" if passed else "FAILED", passed=passed,
+    ctx.record(step.name, "info", "passed" if passed else "FAILED", passed=passed,
                checks=[c.to_dict() for c in checks], expected_from="manifest" if from_manifest else "restored copy",
                sample_lost=lost)
     if not passed:
-        swap = ctx.state().get("swap") or {}
         raise ValidationFailed(
             f"The restored database does not match the backup:\n{describe_failures(checks)}",
-            next_action=(f"keep connections closed. The pre-rollback database is kept as {swap.get('kept')}; to put it "
-                         f"back: {_swap_back(swap)}"),
+            next_action=(f"keep connections closed. The pre-rollback database is kept as "
+                         f"{state.swap.kept if state.swap else None}; to put it back: {_swap_back(state.swap)}"),
             escalate="L3",
         )
     return as_frame(checks)

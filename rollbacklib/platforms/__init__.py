@@ -10,6 +10,7 @@ from typing import Protocol
 
 from rollbacklib.config import Service
 from rollbacklib.errors import ConfigError
+from rollbacklib.steps import Action
 
 
 class ServicePlatform(Protocol):
@@ -17,6 +18,9 @@ class ServicePlatform(Protocol):
 
     def scale(self, service: Service, replicas: int) -> dict:
         """Scale ``service`` to ``replicas``; return evidence of what the platform reports."""
+
+    def describe(self, service: Service, replicas: int) -> Action:
+        """The call ``scale`` will make, exactly (kind ``platform``), or a person's task (kind ``manual``)."""
 
 
 class NoServicePlatform:
@@ -27,6 +31,10 @@ class NoServicePlatform:
     def scale(self, service: Service, replicas: int) -> dict:
         return {"service": service.name, "replicas": replicas, "skipped": True,
                 "detail": "no service platform configured: scale it by hand"}
+
+    def describe(self, service: Service, replicas: int) -> Action:
+        return Action("manual", service.name, f"scale {service.name} to {replicas} replica(s) by hand: "
+                      "no service platform is configured")
 
 
 PLATFORMS: dict[str, type] = {"none": NoServicePlatform}

@@ -25,7 +25,7 @@ from pathlib import Path
 from rollbacklib import __version__
 from rollbacklib.postgres import database as db
 from rollbacklib.checks import Check, compare, describe_failures, failed, skipped
-from rollbacklib.errors import BackupCheckFailed, FailedError
+from rollbacklib.errors import BackupCheckFailed, StepError
 from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
 from rollbacklib.prisma import applied_migrations, migration_state
 
@@ -209,15 +209,21 @@ class BackupVerification:
             )
 
 
+def readable_commands(path: Path, tools: ClientTools) -> list[list[str]]:
+    """What reads a custom archive whole: its table of contents, then every data block into /dev/null."""
+    return [[tools.path("pg_restore"), "--list", str(path)], [tools.path("pg_restore"), "--file=/dev/null", str(path)]]
+
+
 def check_readable(path: Path, fmt: str, tools: ClientTools) -> Check:
     if fmt == "custom":
-        proc = subprocess.run([tools.path("pg_restore"), "--list", str(path)], capture_output=True, text=True)
+        list_toc, read_all = readable_commands(path, tools)
+        proc = subprocess.run(list_toc, capture_output=True, text=True)
         if proc.returncode != 0:
             return Check("archive readable", False, "pg_restore --list succeeds", proc.stderr.strip()[-300:])
         entries = sum(1 for line in proc.stdout.splitlines() if line and not line.startswith(";"))
         # --list reads only the table of contents at the head of the file; reading every data
         # block (into /dev/null) is what finds a truncated or damaged archive.
-        full = subprocess.run([tools.path("pg_restore"), "--file=/dev/null", str(path)], capture_output=True, text=True)
+        full = subprocess.run(read_all, capture_output=True, text=True)
         if full.returncode != 0:
             return Check("archive readable", False, "every data block reads", full.stderr.strip()[-300:],
                          f"{entries} TOC entries")
@@ -306,16 +312,19 @@ def describe_restore(path: Path, dbname: str, tools: ClientTools, keep_owners: b
 def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: str = "restore",
                  keep_owners: bool = True) -> float:
     """Restore ``path`` into the empty database ``dbname``; returns the seconds it took."""
+    return run_restore(restore_command(path, dbname, tools, keep_owners), path, with_database(url, dbname), step=step)
+
+
+def run_restore(cmd: list[str], path: Path, target_url: str, step: str = "restore") -> float:
+    """Run the restore command ``cmd`` exactly as given (``restore_command``), feeding plain dumps on stdin."""
     started = time.monotonic()
-    cmd = restore_command(path, dbname, tools, keep_owners)
-    target = with_database(url, dbname)
     fmt = backup_format(path)
     if fmt == "custom":
-        tools.run("pg_restore", cmd[1:], url=target, step=step)
+        ClientTools.run_argv(cmd, url=target_url, step=step)
     else:
         opener = gzip.open if fmt == "plain-gzip" else open
         with opener(path, "rb") as source:
-            _pipe_into(cmd, source, target, step)
+            _pipe_into(cmd, source, target_url, step)
     return time.monotonic() - started
 
 
@@ -330,7 +339,7 @@ def _pipe_into(cmd: list[str], source, url: str, step: str) -> None:
         stderr = errors.read().decode(errors="replace").strip()[-2000:]
     if returncode != 0 or cut_short:
         detail = " before reading the whole backup" if cut_short else ""
-        raise FailedError(f"psql exited with {returncode}{detail}: {stderr}",
+        raise StepError(f"psql exited with {returncode}{detail}: {stderr}",
                           next_action="read the error above; nothing was committed (single transaction).", step=step)
 
 
@@ -345,6 +354,6 @@ def _feed(proc: subprocess.Popen, source, step: str) -> bool:
     except (OSError, EOFError, zlib.error) as err:
         proc.kill()
         proc.wait()
-        raise FailedError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
+        raise StepError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
                           step=step) from None
     return cut_short

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rollbacklib.errors import ConfigError, FailedError
+from rollbacklib.errors import ConfigError, StepError
 
 _LIBPQ_ENV = {
     "host": "PGHOST",
@@ -121,8 +121,14 @@ class ClientTools:
 
     def run(self, program: str, args: list[str], *, url: str, step: str, stdin=None, stdout=None,
             timeout: float | None = None) -> subprocess.CompletedProcess:
-        """Run a client program against ``url``; raise FailedError with its stderr on failure."""
-        cmd = [self.path(program), *args]
+        """Run a client program against ``url``; raise StepError with its stderr on failure."""
+        return self.run_argv([self.path(program), *args], url=url, step=step, stdin=stdin, stdout=stdout,
+                             timeout=timeout)
+
+    @staticmethod
+    def run_argv(cmd: list[str], *, url: str, step: str, stdin=None, stdout=None,
+                 timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Run ``cmd`` exactly as given, connected to ``url`` through libpq's environment variables."""
         proc = subprocess.run(
             cmd,
             env=libpq_env(url),
@@ -133,8 +139,8 @@ class ClientTools:
         )
         if proc.returncode != 0:
             stderr = proc.stderr.decode(errors="replace").strip()
-            raise FailedError(
-                f"{program} exited with {proc.returncode}: {stderr[-2000:]}",
+            raise StepError(
+                f"{Path(cmd[0]).name} exited with {proc.returncode}: {stderr[-2000:]}",
                 next_action="read the error above; the command was: " + display_command(cmd),
                 step=step,
             )

@@ -15,7 +15,7 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
-from rollbacklib.errors import AbortedError, FailedError
+from rollbacklib.errors import AbortedError, StepError
 
 APPLICATION_NAME = "rollbacklib"
 
@@ -282,12 +282,16 @@ def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
     ]
 
 
-def terminate_sessions(conn: psycopg.Connection, database: str) -> list[dict]:
-    """Terminate every other session on ``database``; returns what was terminated."""
-    victims = sessions(conn, database)
-    for victim in victims:
-        conn.execute("SELECT pg_terminate_backend(%s)", (victim["pid"],))
-    return victims
+def open_database_sql(database: str) -> str:
+    """The SQL that opens ``database`` to connections (the kept pre-rollback database stays closed by design)."""
+    return "; ".join(s.as_string(None) for s in unblock_statements(
+        database, {"allow_connections": True, "connection_limit": -1})) + ";"
+
+
+def terminate_statement(database: str) -> sql.Composable:
+    """Terminate every other client session on ``database`` (never the one running it)."""
+    return sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} "
+                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").format(sql.Literal(database))
 
 
 def wait_for_no_sessions(conn: psycopg.Connection, database: str, timeout: float, poll: float) -> list[dict]:
@@ -307,7 +311,7 @@ def rename_statement(old: str, new: str) -> sql.Composable:
 def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
     conn.execute(rename_statement(old, new))
     if not database_exists(conn, new) or database_exists(conn, old):
-        raise FailedError(
+        raise StepError(
             f"Renaming database {old!r} to {new!r} did not take effect.",
             next_action="inspect pg_database by hand before going on.",
             step="swap",
