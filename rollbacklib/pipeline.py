@@ -15,7 +15,7 @@ from typing import Callable
 import papermill as pm
 
 from rollbacklib.config import load_config
-from rollbacklib.errors import ConfigError, RefusedError
+from rollbacklib.errors import ConfigError, RefusedError, RollbackError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.resources import notebooks_dir as packaged_notebooks
@@ -131,18 +131,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     with environment_lock(reports, environment):
         run_dir.mkdir(parents=True, exist_ok=True)
         for phase in phases:
-            if phase == GATED_PHASE and not dry_run:
-                plan = read_plan(run_dir)
-                if plan is not None and approve == migration_id:
-                    record_approval(run_dir, migration_id, "--yes / approve given to the runner", plan.digest)
-                elif plan is not None and confirm is not None:
-                    typed = confirm(plan).strip()
-                    if typed != migration_id:
-                        Journal(run_dir / JOURNAL_NAME).record(
-                            phase, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
-                            next_action="nothing was changed; run again and type the migration ID to go on.")
-                        break
-                    record_approval(run_dir, migration_id, "typed at the terminal", plan.digest)
+            if phase == GATED_PHASE and not dry_run and not _approve(run_dir, migration_id, approve, confirm):
+                break
             if progress:
                 progress(phase, "started", None)
             follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
@@ -165,6 +155,28 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                 break
         summary = write_summary(run_dir)
     return RunResult(run_dir, summary)
+
+
+def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[Plan], str] | None) -> bool:
+    """Before phase 02: record the approval given on the command line (or typed), bound to the plan's digest."""
+    journal = Journal(run_dir / JOURNAL_NAME)
+    try:
+        plan = read_plan(run_dir)
+    except RollbackError as err:
+        journal.record(GATED_PHASE, StepName.GATE, err.outcome, err.message, next_action=err.next_action)
+        return False
+    if plan is None or (approve != migration_id and confirm is None):
+        return True  # the gate step in the notebook decides (and refuses without a plan or an approval)
+    how = "--yes / approve given to the runner"
+    if approve != migration_id:
+        typed = confirm(plan).strip()
+        if typed != migration_id:
+            journal.record(GATED_PHASE, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
+                           next_action="nothing was changed; run again and type the migration ID to go on.")
+            return False
+        how = "typed at the terminal"
+    record_approval(run_dir, migration_id, how, plan.digest)
+    return True
 
 
 def phase_seconds(run_dir: Path, phase: str) -> float | None:

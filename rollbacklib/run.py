@@ -18,7 +18,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from rollbacklib.config import Config, ResolvedEnvironment, load_config
-from rollbacklib.errors import AbortedError, ConfigError
+from rollbacklib.errors import AbortedError, ConfigError, RefusedError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, utc_now
 from rollbacklib.state import Approval, RunState, StepRecord, load_state, save_state
 from rollbacklib.steps import Phase, Plan, Step, StepName, read_plan
@@ -112,7 +112,14 @@ class RunContext:
         save_state(self.run_dir, RunState.model_validate({**dict(state), "steps": steps}))
 
     def plan(self) -> Plan | None:
-        return read_plan(self.run_dir)
+        """The run's plan, refused if it is not the one phase 01 wrote (its digest is kept in the state too)."""
+        plan = read_plan(self.run_dir)
+        written = self.state().plan_digest
+        if plan is not None and written and plan.digest != written:
+            raise RefusedError(f"plan.json is not the plan 01_prepare wrote for run {self.run_id}.",
+                               next_action="run 01_prepare again to write a new plan, then approve that one.",
+                               step="plan", expected=written, found=plan.digest)
+        return plan
 
     def planned(self, name: str) -> Step:
         """Step ``name`` as phase 01 rendered it into ``plan.json``: what runs is what was shown."""
