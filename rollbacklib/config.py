@@ -42,6 +42,10 @@ class Thresholds(_Strict):
     drain_wait_seconds: float = 30
     terminate_timeout_seconds: float = 30
     poll_interval_seconds: float = 0.5
+    lock_timeout_seconds: float = 10
+    statement_timeout_seconds: float = 600
+    restore_statement_timeout_seconds: float = 4 * 3600
+    cell_timeout_seconds: float = 6 * 3600
 
 
 class ThresholdOverrides(_Strict):
@@ -52,6 +56,10 @@ class ThresholdOverrides(_Strict):
     drain_wait_seconds: float | None = None
     terminate_timeout_seconds: float | None = None
     poll_interval_seconds: float | None = None
+    lock_timeout_seconds: float | None = None
+    statement_timeout_seconds: float | None = None
+    restore_statement_timeout_seconds: float | None = None
+    cell_timeout_seconds: float | None = None
 
 
 class Service(_Strict):

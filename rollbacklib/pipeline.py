@@ -22,7 +22,9 @@ from rollbacklib.resources import notebooks_dir as packaged_notebooks
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
-from rollbacklib.summary import first_error, phase_table, write_summary
+from rollbacklib.state import load_state
+from rollbacklib.summary import finished_phases, first_error, phase_table, write_summary
+from rollbacklib.postgres.locks import database_lock
 
 PREPARE = Phase.PREPARE
 
@@ -115,6 +117,10 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                on_plan: Callable[[Plan], None] | None = None) -> RunResult:
     """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure.
 
+    On an existing run folder this is a resume: phases that finished in an earlier attempt are
+    skipped, and within a phase each step already done whose postcondition still holds on the
+    live system is skipped. ``run.json`` is written whatever happens.
+
     ``progress`` hears of each phase starting and ending (with its time from the journal);
     ``on_event`` of each journal event as it is written (the step-by-step progress of a long
     phase); ``on_plan`` of the plan once phase 01 has written it. ``confirm``, when the run
@@ -123,38 +129,68 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     """
     validate_migration_id(migration_id)
     config = load_config(config_path)
-    config.environment(environment).database_url()  # fail on a missing secret before anything runs
+    env = config.environment(environment)
+    env.database_url()  # fail on a missing secret before anything runs
     run_id = run_id or new_run_id()
     reports = Path(reports_dir or default_reports_dir()).resolve()
     run_dir = run_folder(reports, migration_id, environment, run_id)
     folder = notebooks_dir()
-    with environment_lock(reports, environment):
+    with environment_lock(reports, environment), database_lock(env, run_id):
         run_dir.mkdir(parents=True, exist_ok=True)
-        for phase in phases:
-            if phase == GATED_PHASE and not dry_run and not _approve(run_dir, migration_id, approve, confirm):
-                break
-            if progress:
-                progress(phase, "started", None)
-            follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
-            if follower:
-                follower.start()
-            try:
-                ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
-                    "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
-                    "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
-                    "backup": backup or "",
-                }, run_dir)
-            finally:
+        journal = Journal(run_dir / JOURNAL_NAME)
+        earlier = read_events(run_dir)
+        number = 1 + sum(1 for e in earlier if e["step"] == "attempt")
+        journal.record("run", "attempt", "info", f"attempt {number} of run {run_id}", attempt=number,
+                       dry_run=dry_run, pid=os.getpid())
+        finished = set() if dry_run else finished_phases(earlier)
+        try:
+            for phase in phases:
+                if phase in finished:
+                    journal.record(phase, "phase", "skipped", f"{phase} finished in an earlier attempt")
+                    if progress:
+                        progress(phase, "done earlier", None)
+                    continue
+                if phase == GATED_PHASE and not dry_run and not _approve(run_dir, migration_id, approve, confirm):
+                    break
+                if progress:
+                    progress(phase, "started", None)
+                follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
                 if follower:
-                    follower.stop()
-            if progress:
-                progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
-            if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
-                on_plan(read_plan(run_dir))
-            if not ok:
-                break
-        summary = write_summary(run_dir)
+                    follower.start()
+                try:
+                    ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
+                        "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
+                        "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
+                        "backup": backup or "",
+                    }, run_dir, timeout=env.thresholds.cell_timeout_seconds)
+                finally:
+                    if follower:
+                        follower.stop()
+                if progress:
+                    progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
+                if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
+                    on_plan(read_plan(run_dir))
+                if not ok:
+                    break
+        finally:
+            summary = write_summary(run_dir)
     return RunResult(run_dir, summary)
+
+
+def resume(run_dir: str | Path, **options) -> RunResult:
+    """Continue the run in ``run_dir`` (``reports/<migration>/<env>/<run_id>``) where it stopped."""
+    run_dir = Path(run_dir).resolve()
+    events = read_events(run_dir)
+    if not events:
+        raise ConfigError(f"{run_dir} is not a run folder (it has no {JOURNAL_NAME}).",
+                          next_action="pass the folder a run wrote: reports/<migration>/<environment>/<run_id>.")
+    config = next((e["evidence"].get("config") for e in events if e["step"] == "phase" and e["status"] == "started"),
+                  None)
+    state = load_state(run_dir)
+    return run_phases(migration_id=run_dir.parent.parent.name, environment=run_dir.parent.name,
+                      run_id=run_dir.name, reports_dir=str(run_dir.parent.parent.parent),
+                      config_path=options.pop("config_path", None) or config,
+                      backup=options.pop("backup", None) or (state.backup.path if state.backup else None), **options)
 
 
 def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[Plan], str] | None) -> bool:
@@ -184,20 +220,29 @@ def phase_seconds(run_dir: Path, phase: str) -> float | None:
     return next((p["seconds"] for p in phase_table(read_events(run_dir)) if p["name"] == phase), None)
 
 
-def _execute(source: Path, output: Path, parameters: dict, run_dir: Path) -> bool:
+def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeout: float | None = None) -> bool:
     try:
         pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                            progress_bar=False, log_output=False, cwd=str(run_dir),
+                            progress_bar=False, log_output=False, cwd=str(run_dir), execution_timeout=timeout,
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])
         return True
-    except pm.PapermillExecutionError as err:
-        if first_error(read_events(run_dir)) is None:
-            # The failure came from outside the library's steps (a kernel death, a notebook edit):
-            # journal it so the summary names it.
-            Journal(run_dir / JOURNAL_NAME).record(
-                output.stem, "notebook", "failed" if changes_made(read_events(run_dir)) else "aborted",
-                f"cell {err.exec_count} raised {err.ename}: {err.evalue}",
-                error=err.ename, next_action=f"open {output} at cell {err.exec_count}; escalate to L1.")
+    except Exception as err:  # a failed cell, a dead kernel, a cell over its timeout: all end the phase
+        events = read_events(run_dir)
+        started = max((i for i, e in enumerate(events) if e["phase"] == output.stem and e["step"] == "phase"
+                       and e["status"] == "started"), default=len(events))
+        if first_error(events[started:]) is None:
+            # The failure came from outside the library's steps (a kernel death, a timeout, a notebook
+            # edit): journal it so the summary names it, with the outcome the run has reached.
+            if isinstance(err, pm.PapermillExecutionError):
+                what = f"cell {err.exec_count} raised {err.ename}: {err.evalue}"
+                where = f"open {output} at cell {err.exec_count}"
+            else:
+                what = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                where = f"the kernel running {output.name} stopped ({type(err).__name__}); `rollback resume {run_dir}` " \
+                        "continues from what the live system shows"
+            outcome = "failed" if changes_made(events) else "aborted"
+            Journal(run_dir / JOURNAL_NAME).record(output.stem, "notebook", outcome, what,
+                                                   error=type(err).__name__, next_action=f"{where}; escalate to L1.")
         return False
 
 

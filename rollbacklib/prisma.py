@@ -30,6 +30,7 @@ EXPECTED_PROVIDER = "postgresql"
 #: to ``prisma migrate dev --name`` with everything but letters, digits and ``_`` replaced.
 MIGRATION_ID_PATTERN = re.compile(r"(?P<timestamp>[0-9]{14})_(?P<name>[A-Za-z0-9_]+)")
 MIGRATION_ID_FORM = "YYYYMMDDHHMMSS_name"
+MAX_MIGRATION_NAME = 255  # _prisma_migrations.migration_name is VARCHAR(255)
 MIGRATION_ID_EXAMPLE = "20251202020032_update_user_schema_final"
 
 _ROW_COLUMNS = (
@@ -58,6 +59,8 @@ def validate_migration_id(migration_id: str) -> str:
     """Return ``migration_id`` unchanged if it has Prisma's ``YYYYMMDDHHMMSS_name`` form."""
     match = MIGRATION_ID_PATTERN.fullmatch(migration_id) if isinstance(migration_id, str) else None
     problem = None if match else "wrong form"
+    if match and len(migration_id) > MAX_MIGRATION_NAME:
+        problem = f"{len(migration_id)} characters; Prisma's migration_name holds at most {MAX_MIGRATION_NAME}"
     if match:
         try:
             datetime.strptime(match["timestamp"], "%Y%m%d%H%M%S")

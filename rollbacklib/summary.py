@@ -11,6 +11,7 @@ from rollbacklib.journal import changes_made, read_events
 from rollbacklib.postgres.database import open_database_sql
 from rollbacklib.state import load_state
 from rollbacklib.steps import PHASES, StepName
+from rollbacklib.way_back import way_back
 
 RUN_SUMMARY = "run.json"
 _BAD = {"aborted": EXIT_ABORTED, "refused": EXIT_REFUSED, "failed": EXIT_FAILED, "bad-usage": EXIT_USAGE}
@@ -25,8 +26,13 @@ def _seconds(a: str | None, b: str | None) -> float | None:
 
 
 def phase_table(events: list[dict]) -> list[dict]:
+    """Each phase's latest status and times; a phase started again (a resumed run) starts over."""
     phases: dict[str, dict] = {}
     for e in events:
+        if e["phase"] not in PHASES:
+            continue
+        if e["step"] == "phase" and e["status"] == "skipped":
+            continue  # finished in an earlier attempt: its status and times stand
         p = phases.setdefault(e["phase"], {"name": e["phase"], "status": "running", "started_at": e["ts"], "finished_at": None})
         if e["step"] == "phase" and e["status"] == "started" and p["status"] != "running":
             p.update(status="running", finished_at=None)  # a resumed phase
@@ -43,24 +49,51 @@ def first_error(events: list[dict]) -> dict | None:
     return next((e for e in events if e["status"] in _BAD), None)
 
 
+def attempts(events: list[dict]) -> list[list[dict]]:
+    """The journal cut at each ``attempt`` marker the runner writes (one attempt if there is none)."""
+    cuts = [i for i, e in enumerate(events) if e["step"] == "attempt"] or [0]
+    cuts[0] = 0
+    return [events[a:b] for a, b in zip(cuts, cuts[1:] + [len(events)])]
+
+
+def finished_phases(events: list[dict]) -> set[str]:
+    """Phases whose latest run ended "phase ok" in a real run (a dry run finishes nothing)."""
+    done, dry = set(), {}
+    for e in events:
+        if e["step"] != "phase" or e["phase"] not in PHASES:
+            continue
+        if e["status"] == "started":
+            dry[e["phase"]] = bool(e["evidence"].get("dry_run"))
+            done.discard(e["phase"])
+        elif e["status"] == "ok" and not dry.get(e["phase"], False):
+            done.add(e["phase"])
+    return done
+
+
 def summarize(run_dir: Path) -> dict:
     """Status, timings, RTO, RPO, validation: everything read from the journal and the state."""
     run_dir = Path(run_dir)
     events = read_events(run_dir)
     state = load_state(run_dir)
     phases = phase_table(events)
-    error = first_error(events)
+    last = attempts(events)[-1]
     changed = changes_made(events)
-    dry_run = any(e["step"] == "phase" and e["status"] == "started" and e["evidence"].get("dry_run") for e in events)
+    dry_run = any(e["step"] == "phase" and e["status"] == "started" and e["evidence"].get("dry_run") for e in last)
     done = {p["name"] for p in phases if p["status"] == "succeeded"}
+    earlier = [e for a in attempts(events)[:-1] for e in a if e["status"] in _BAD]
 
-    if error is not None:
-        status = "failed" if error["status"] == "failed" or (changed and error["status"] != "refused") else "aborted"
-        exit_code = EXIT_FAILED if status == "failed" else _BAD[error["status"]]
-    elif all(name in done for name in PHASES):
+    # The outcome is the final state's: a last attempt that reached the goal succeeded, whatever came before.
+    error = None
+    if all(name in done for name in PHASES):
         status, exit_code = "succeeded", EXIT_OK
     else:
-        status, exit_code = ("failed" if changed else "aborted"), (EXIT_FAILED if changed else EXIT_ABORTED)
+        error = first_error(last) or first_error(events)
+        if error is not None:
+            status = "failed" if error["status"] == "failed" or (changed and error["status"] != "refused") else "aborted"
+            exit_code = EXIT_FAILED if status == "failed" else _BAD[error["status"]]
+        else:
+            status, exit_code = ("failed" if changed else "aborted"), (EXIT_FAILED if changed else EXIT_ABORTED)
+    back = way_back(state, run_dir.name) if status == "failed" else []
 
     started_at = events[0]["ts"] if events else None
     finished_at = events[-1]["ts"] if events else None
@@ -70,7 +103,7 @@ def summarize(run_dir: Path) -> dict:
     validation_event = next((e for e in reversed(events) if e["step"] == StepName.VALIDATION and e["status"] == "info"
                              and "checks" in e["evidence"]), None)
     backup_taken = state.backup.taken_at if state.backup else None
-    first = events[0]["evidence"] if events else {}
+    first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
     return {
         "status": status,
         "exit_code": exit_code,
@@ -98,6 +131,10 @@ def summarize(run_dir: Path) -> dict:
         "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
+        "way_back": back,
+        "attempts": len(attempts(events)),
+        "earlier_errors": [{"phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
+                           for e in earlier],
     }
 
 

@@ -48,10 +48,9 @@ def test_cli_names_the_failed_cell(incident):
     with psycopg.connect(incident.url, autocommit=True) as conn:
         conn.execute("DELETE FROM workflows WHERE id IN (SELECT id FROM workflows LIMIT 3)")
     result = CliRunner().invoke(app, incident.run_args("--run-id", "r1", "--yes", "--backup", str(incident.backup)))
-    # The whole run again on the same run: phase 01 finds the migration gone (rolled back already) and stops;
-    # since this run already changed the database, that is a failure for a person to look at, not a safe abort.
+    # The same run again resumes it: 01 and 02 finished, 03 finds the rows gone and fails: changes were made.
     assert result.exit_code == 5, result.output
-    assert "is not in _prisma_migrations" in result.output
+    assert "01_prepare           done earlier" in result.output and "rows in workflows equal backup" in result.output
     run = json.loads(next(incident.reports.rglob("r1/run.json")).read_text())
-    assert run["changes_made"] is True
-    assert "Failed cell:" in result.output and "01_prepare.ipynb cell" in result.output
+    assert run["changes_made"] is True and run["attempts"] == 2
+    assert "Failed cell:" in result.output and "03_validate.ipynb cell" in result.output

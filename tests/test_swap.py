@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import papermill as pm
 import psycopg
 from typer.testing import CliRunner
 
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.cli import app
+from rollbacklib.journal import read_events
+from rollbacklib.resources import notebooks_dir
 from rollbacklib.steps import StepName
 
 
@@ -71,9 +74,14 @@ def test_running_execute_again_on_a_swapped_run_changes_nothing(incident):
     with psycopg.connect(incident.admin_url) as admin:
         databases = admin.execute("SELECT datname, datallowconn, datconnlimit FROM pg_database ORDER BY 1").fetchall()
 
-    again = run_phases(**common, phases=("02_execute",))
-
-    assert again.summary["error"] is None
+    resumed = run_phases(**common, phases=("02_execute",))  # a resume: the phase finished, it is not run again
+    assert resumed.summary["error"] is None
+    assert any(e["step"] == "phase" and e["status"] == "skipped" for e in read_events(resumed.run_dir))
+    # the notebook run again by hand, every cell: each step is already done and its postcondition holds
+    pm.execute_notebook(str(notebooks_dir() / "02_execute.ipynb"), str(first.run_dir / "02_again.ipynb"),
+                        parameters={k: v for k, v in common.items() if k != "backup"}, kernel_name="python3",
+                        progress_bar=False, cwd=str(first.run_dir))
+    again = first
     assert _changes(again.run_dir) == changes  # not one more change
     with psycopg.connect(incident.admin_url) as admin:
         assert admin.execute("SELECT datname, datallowconn, datconnlimit FROM pg_database ORDER BY 1").fetchall() == databases
