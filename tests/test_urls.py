@@ -1,0 +1,142 @@
+"""The database URL as a Prisma app writes it: parsed, used by every command, and never shown.
+
+Every form is checked three ways: parsed alone, by `rollback backup`, and by `rollback run --dry-run`,
+against the session's real server (reached through its Unix socket, the embedded server's form).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from typer.testing import CliRunner
+
+from rollbacklib.cli import app
+from rollbacklib.config import load_config
+from rollbacklib.drill import stage_incident
+from rollbacklib.drill.scenario import load_scenario
+from rollbacklib.errors import ConfigError
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres.client import client_tools, display_command, redact_url
+from rollbacklib.postgres.urls import parse_database_url, search_path_option, secrets_in
+from rollbacklib.resources import scenarios_dir
+
+from conftest import CONFIG, CONFIG_HOME, DRILL_URL_ENV, MIGRATION
+
+runner = CliRunner()
+SOCK = "/tmp/sock"
+
+# The forms a Prisma app's DATABASE_URL takes, written for a server whose socket is in {sock}.
+FORMS = {
+    "schema": "postgresql://postgres@localhost/{db}?host={sock}&schema=public",
+    "socket": "postgresql://postgres@/{db}?host={sock}",
+    "sslmode-disable": "postgresql://postgres@localhost/{db}?host={sock}&sslmode=disable&schema=public",
+    "sslmode-prefer": "postgresql://postgres@localhost/{db}?sslmode=prefer&host={sock}",
+    "pool": "postgresql://postgres@localhost/{db}?host={sock}&schema=public&connection_limit=5&pool_timeout=20",
+}
+
+
+def form(name: str, url: str) -> str:
+    """The form ``name`` pointed where the libpq URL ``url`` points."""
+    params = conninfo_to_dict(url)
+    return FORMS[name].format(db=params["dbname"], sock=params["host"])
+
+
+# --- parsing alone --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected, dropped", [
+    ("schema", {"host": SOCK, "dbname": "app", "user": "postgres", "options": '-c search_path="public"'}, []),
+    ("socket", {"host": SOCK, "dbname": "app", "user": "postgres"}, []),
+    ("sslmode-disable", {"host": SOCK, "sslmode": "disable", "options": '-c search_path="public"'}, []),
+    ("sslmode-prefer", {"host": SOCK, "sslmode": "prefer"}, []),
+    ("pool", {"host": SOCK, "options": '-c search_path="public"'}, ["connection_limit", "pool_timeout"]),
+])
+def test_each_prisma_form_becomes_a_libpq_conninfo(name, expected, dropped):
+    url = parse_database_url(FORMS[name].format(db="app", sock=SOCK))
+    params = conninfo_to_dict(url.conninfo)
+    assert params.items() >= expected.items()
+    assert sorted(url.dropped) == dropped
+    assert "schema" not in params and "connection_limit" not in params
+
+
+def test_the_url_host_gives_way_to_the_socket_folder_as_in_prisma():
+    url = parse_database_url("postgresql://u:pw@localhost/db?host=/var/run/postgresql/")
+    assert conninfo_to_dict(url.conninfo)["host"] == "/var/run/postgresql/"
+    assert conninfo_to_dict(parse_database_url("postgresql://u@/db").conninfo)["host"] == "localhost"
+
+
+def test_user_password_and_database_are_percent_decoded_leniently_like_prisma():
+    url = parse_database_url("postgresql://jane%40corp:p%40ss%zz%25@db.internal:6543/my%20db?schema=app")
+    params = conninfo_to_dict(url.conninfo)
+    assert (params["user"], params["password"], params["dbname"], params["port"]) == (
+        "jane@corp", "p@ss%zz%", "my db", "6543")
+    assert url.schema == "app"
+    assert {"p%40ss%zz%25", "p@ss%zz%"} <= set(url.secrets)
+
+
+@pytest.mark.parametrize("query, sslmode, rootcert, dropped, says", [
+    ("sslaccept=strict", "verify-full", "system", [], "sslmode=verify-full"),
+    ("sslmode=require&sslaccept=strict&sslcert=/etc/ssl/ca.pem", "verify-full", "/etc/ssl/ca.pem", [], "verify-full"),
+    ("sslmode=require&sslaccept=accept_invalid_certs", "require", None, ["sslaccept"], "does not verify"),
+    ("sslmode=disable&sslaccept=strict", "disable", None, ["sslaccept"], "no TLS"),
+    ("sslmode=verify-full&sslrootcert=/ca.pem&sslaccept=strict", "verify-full", "/ca.pem", ["sslaccept"], "already"),
+    ("sslmode=bogus", "prefer", None, [], "reads it as prefer"),
+    ("sslcert=/etc/ssl/ca.pem", None, "/etc/ssl/ca.pem", [], "root certificate"),
+])
+def test_ssl_arguments_keep_prisma_s_meaning_and_say_how(query, sslmode, rootcert, dropped, says):
+    url = parse_database_url(f"postgresql://u@h/db?{query}")
+    params = conninfo_to_dict(url.conninfo)
+    assert params.get("sslmode") == sslmode and params.get("sslrootcert") == rootcert
+    assert "sslcert" not in params  # libpq's sslcert is a client certificate; Prisma's is the CA
+    assert sorted(url.dropped) == dropped
+    assert says in " ".join([*url.dropped.values(), *url.translated.values()])
+
+
+def test_prisma_only_arguments_are_dropped_with_the_reason_and_libpq_ones_kept():
+    url = parse_database_url(
+        "postgresql://u:pw@h/db?pgbouncer=true&statement_cache_size=0&socket_timeout=3&sslidentity=/id.p12"
+        "&sslpassword=p12secret&max_connection_lifetime=60&connect_timeout=7&application_name=api&sslkey=/k.pem"
+        "&target_session_attrs=read-write&colour=blue")
+    params = conninfo_to_dict(url.conninfo)
+    assert sorted(url.dropped) == ["colour", "max_connection_lifetime", "pgbouncer", "socket_timeout",
+                                   "sslidentity", "sslpassword", "statement_cache_size"]
+    assert "directUrl" in url.dropped["pgbouncer"] and "PKCS12" in url.dropped["sslidentity"]
+    assert params.items() >= {"connect_timeout": "7", "application_name": "api", "sslkey": "/k.pem",
+                              "target_session_attrs": "read-write"}.items()
+    assert "Prisma itself ignores it" in url.translated["sslkey"]
+    assert "p12secret" in url.secrets and "p12secret" not in json.dumps(url.evidence())
+
+
+SECRET = "S3cr%t"  # as written in the URLs below, a '%' that is no escape (Prisma keeps it as written)
+
+
+@pytest.mark.parametrize("value, says", [
+    (f"postgresql://u:{SECRET}/x@h/db", "host and port cannot be told apart"),
+    (f"postgresql://u:{SECRET}#x@h/db", "'#'"),
+    (f"postgresql://u:{SECRET}@h:54x2/db", "host and port cannot be told apart"),
+    (f"mysql://u:{SECRET}@h/db", "does not start with postgresql://"),
+    (f"host=h password={SECRET}", "does not start with postgresql://"),
+    (f"postgresql://u:{SECRET}@h/db?connection_limit=ten", "connection_limit argument is not a whole number"),
+    (f"postgresql://u:{SECRET}@h/db?pgbouncer=yes", "pgbouncer argument is neither true nor false"),
+    (f"postgresql://u:{SECRET}@h/db?schema=", "schema argument is empty"),
+    (f"postgresql://u:{SECRET}@h/db?sslcert=certs/ca.pem", "relative sslcert path"),
+    (f"prisma+postgres://accelerate.prisma-data.net/?api_key={SECRET}", "directUrl"),
+])
+def test_a_malformed_url_is_bad_usage_that_never_quotes_it(value, says):
+    with pytest.raises(ConfigError) as caught:
+        parse_database_url(value, source="$APP_DATABASE_URL")
+    error = caught.value
+    assert error.exit_code == 2
+    assert says in str(error) and "$APP_DATABASE_URL" in str(error)
+    assert SECRET not in str(error) and value not in str(error)
+
+
+def test_secrets_are_found_even_in_a_url_that_does_not_parse():
+    found = secrets_in("postgresql://u:pa/ss%40word@h/db")
+    assert "pa/ss%40word" in found and "pa/ss@word" in found
+    assert found[0] == "postgresql://u:pa/ss%40word@h/db"
