@@ -140,3 +140,16 @@ def test_secrets_are_found_even_in_a_url_that_does_not_parse():
     found = secrets_in("postgresql://u:pa/ss%40word@h/db")
     assert "pa/ss%40word" in found and "pa/ss@word" in found
     assert found[0] == "postgresql://u:pa/ss%40word@h/db"
+
+
+def test_redaction_uses_libpq_s_own_form_and_keeps_socket_hosts():
+    conninfo = parse_database_url("postgresql://postgres:it's%20a%20secret@/db?host=/tmp/sock&sslpassword=xyzw").conninfo
+    shown = redact_url(conninfo)
+    assert conninfo_to_dict(shown) == {"user": "postgres", "password": "***", "host": "/tmp/sock", "dbname": "db"}
+    assert "secret" not in shown
+
+
+def test_commands_are_shown_as_a_shell_reads_them():
+    cmd = ["/opt/pg/bin/pg_restore", "--dbname=shop", "/backups/it's here.dump"]
+    assert display_command(cmd) == shlex.join(cmd)
+    assert shlex.split(display_command(cmd)) == cmd

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from rollbacklib.errors import AbortedError, FailedError
 
@@ -224,29 +225,24 @@ def sample_rows(conn: psycopg.Connection, table: str, order_by: str, limit: int)
     query = sql.SQL("SELECT * FROM {t} ORDER BY {c} " + direction + " LIMIT {n}").format(
         t=_ident(table), c=sql.Identifier(column), n=sql.Literal(limit)
     )
-    cur = conn.execute(query)
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return conn.cursor(row_factory=dict_row).execute(query).fetchall()
 
 
 # --- connections ----------------------------------------------------------------------------
 
 def sessions(conn: psycopg.Connection, database: str) -> list[dict]:
     """Every other session connected to ``database`` (never this one)."""
-    cur = conn.execute(
+    rows = conn.cursor(row_factory=dict_row).execute(
         """
-        SELECT pid, usename, application_name, client_addr::text, state, backend_start, query_start,
-               left(query, 200)
+        SELECT pid, usename AS "user", application_name, client_addr::text AS client_addr, state,
+               backend_start, query_start, left(query, 200) AS query
         FROM pg_stat_activity
         WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'
         ORDER BY pid
         """,
         (database,),
-    )
-    keys = ["pid", "user", "application_name", "client_addr", "state", "backend_start", "query_start", "query"]
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, row)} for row in cur.fetchall()
-    ]
+    ).fetchall()
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
 
 
 def database_settings(conn: psycopg.Connection, database: str) -> dict:
