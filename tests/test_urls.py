@@ -153,3 +153,49 @@ def test_commands_are_shown_as_a_shell_reads_them():
     cmd = ["/opt/pg/bin/pg_restore", "--dbname=shop", "/backups/it's here.dump"]
     assert display_command(cmd) == shlex.join(cmd)
     assert shlex.split(display_command(cmd)) == cmd
+
+
+# --- through the CLI --------------------------------------------------------------------------
+
+def local_config(tmp_path: Path) -> Path:
+    """The repository's config, with the drill's backups in ``tmp_path`` and its paths absolute."""
+    text = CONFIG.read_text().replace('backup_dir = "backups/drill"', f'backup_dir = "{tmp_path / "backups"}"')
+    path = tmp_path / "runbook.toml"
+    path.write_text(text.replace('"scenarios/', f'"{CONFIG_HOME}/scenarios/'))
+    return path
+
+
+def run_json(reports: Path) -> dict:
+    return json.loads(next(reports.rglob("run.json")).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_backup_and_dry_run_take_each_form(name, incident, tmp_path, monkeypatch):
+    config = local_config(tmp_path)
+    monkeypatch.setenv(DRILL_URL_ENV, form(name, incident.url))
+
+    backup = runner.invoke(app, ["backup", "--env", "drill", "--config", str(config)])
+    assert backup.exit_code == 0, backup.output
+    manifest = json.loads(next((tmp_path / "backups").glob("*.manifest.json")).read_text())
+    assert manifest["database"] == incident.database and manifest["row_counts"]["users"] >= 200
+    if name == "pool":
+        assert "connection_limit: a setting of Prisma's connection pool" in backup.output
+
+    incident.config = config
+    dry = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--dry-run"))
+    assert dry.exit_code == 0, dry.output
+    assert run_json(incident.reports)["status"] == "succeeded"
+
+
+def test_a_malformed_url_stops_backup_and_run_with_exit_2_and_no_secret(tmp_path, monkeypatch):
+    value = f"postgresql://postgres:{SECRET}/x@localhost/db?schema=public"
+    monkeypatch.setenv(DRILL_URL_ENV, value)
+    config = local_config(tmp_path)
+    for args in (["backup", "--env", "drill", "--config", str(config)],
+                 ["run", "--env", "drill", "-m", MIGRATION, "--config", str(config), "--reports-dir",
+                  str(tmp_path / "reports"), "--dry-run"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"${DRILL_URL_ENV} is not a PostgreSQL URL" in result.output
+        assert SECRET not in result.output
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "backups").exists()

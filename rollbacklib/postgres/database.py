@@ -14,6 +14,7 @@ from typing import Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from rollbacklib.errors import AbortedError, FailedError
@@ -25,9 +26,14 @@ _SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AN
 
 @contextmanager
 def connect(url: str, *, autocommit: bool = True, step: str = "connect") -> Iterator[psycopg.Connection]:
-    """A connection tagged with the runbook's application_name; a clear error if it fails."""
+    """A connection tagged with the runbook's application_name; a clear error if it fails.
+
+    ``url`` is a libpq conninfo (``Environment.database_url()`` gives one); its own
+    connect_timeout, when it has one, is kept.
+    """
+    timeout = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": 10}
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME, **timeout)
     except psycopg.OperationalError as err:
         raise AbortedError(
             f"Cannot connect to the database: {_without_secrets(str(err))}",
