@@ -155,6 +155,31 @@ def test_commands_are_shown_as_a_shell_reads_them():
     assert shlex.split(display_command(cmd)) == cmd
 
 
+# --- against the real server ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_each_form_connects_and_reads_the_app_schema(name, fresh_db):
+    url = parse_database_url(form(name, fresh_db))
+    with db.connect(url.conninfo) as conn:
+        assert db.default_schema(conn) == "public"
+        assert conn.execute("SELECT current_database()").fetchone()[0] == conninfo_to_dict(fresh_db)["dbname"]
+
+
+def test_a_schema_with_odd_characters_is_the_search_path(fresh_db):
+    schema = 'odd "name", with\\slash'
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema.replace(chr(34), chr(34) * 2)}"')
+        conn.execute(f'CREATE TABLE "{schema.replace(chr(34), chr(34) * 2)}".users (id int PRIMARY KEY)')
+        conn.execute("CREATE TABLE public.users (id int PRIMARY KEY, extra text)")
+    url = parse_database_url(form("socket", fresh_db) + "&schema=" + quote(schema, safe=""))
+    assert search_path_option(schema) in conninfo_to_dict(url.conninfo)["options"]
+    with db.connect(url.conninfo) as conn:
+        assert db.default_schema(conn) == schema
+        assert db.row_counts(conn) == {"users": 0, "public.users": 0}
+        assert db.column_info(conn, "users", "extra") is None  # not public.users
+        assert db.column_info(conn, "public.users", "extra") == {"data_type": "text", "nullable": True}
+
+
 # --- through the CLI --------------------------------------------------------------------------
 
 def local_config(tmp_path: Path) -> Path:
@@ -199,3 +224,44 @@ def test_a_malformed_url_stops_backup_and_run_with_exit_2_and_no_secret(tmp_path
         assert f"${DRILL_URL_ENV} is not a PostgreSQL URL" in result.output
         assert SECRET not in result.output
     assert not (tmp_path / "reports").exists() and not (tmp_path / "backups").exists()
+
+
+def test_a_rollback_in_a_non_public_schema_with_an_odd_password(fresh_db, tmp_path, monkeypatch):
+    """Tables in schema ``app``; the app's URL says ``?schema=app`` and has a password full of odd characters."""
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA app")
+    config = load_config(CONFIG)
+    backup = stage_incident(fresh_db + "&options=-c%20search_path%3Dapp", load_scenario(scenarios_dir() / "auth-platform"),
+                            MIGRATION, users=200, backup_dir=tmp_path / "backups", tools=client_tools("embedded"),
+                            probes=config.all_queries(), say=lambda _line: None)
+    password = "P@ss w%rd:/'\"\\é"  # the server trusts the socket, so any password connects
+    written = quote(password, safe="") + "%zz"  # and a '%' that is no escape, kept as written
+    params = conninfo_to_dict(fresh_db)
+    monkeypatch.setenv(DRILL_URL_ENV, f"postgresql://postgres:{written}@localhost/{params['dbname']}"
+                                      f"?host={params['host']}&schema=app&connection_limit=3")
+    reports = tmp_path / "reports"
+
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--config", str(CONFIG), "--reports-dir",
+                                 str(reports), "--backup", str(backup), "--yes"])
+
+    assert result.exit_code == 0, result.output
+    run = run_json(reports)
+    checks = {c["name"]: c for c in run["validation"]["checks"]}
+    for name in ("users.passwordHash exists", "users.emailVerified nullable", "users.authorizerId nullable",
+                 "rows in users equal pre-migration", "foreign key workflows.userId -> users.id exists"):
+        assert checks[name]["passed"] and not checks[name]["skipped"], checks[name]
+    with psycopg.connect(fresh_db) as conn:  # the columns came back in app.users; public has no users at all
+        columns = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'app' AND table_name = 'users'")}
+        assert {"passwordHash", "emailVerified", "authorizerId"} <= columns
+        assert conn.execute("SELECT to_regclass('public.users')").fetchone()[0] is None
+    dropped = "connection_limit"
+    assert dropped in next(reports.rglob("01_prepare.ipynb")).read_text()  # the header names what was not used
+    decoded = password + "%zz"
+    forms = {written, decoded, json.dumps(decoded)[1:-1], json.dumps(decoded, ensure_ascii=False)[1:-1]}
+    files = [path for path in reports.rglob("*") if path.is_file()]
+    assert len(files) > 10
+    for secret in forms:
+        assert secret not in result.output
+        for path in files:
+            assert secret not in path.read_text(errors="replace"), path

@@ -134,8 +134,18 @@ def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def _table_key(schema: str, table: str) -> str:
-    return table if schema == "public" else f"{schema}.{table}"
+def default_schema(conn: psycopg.Connection) -> str:
+    """The schema unqualified names resolve to: the first existing one on the search_path.
+
+    Prisma's ``schema`` URL argument puts the application's schema there (``urls.py``); with
+    none of the search_path's schemas existing, ``public``.
+    """
+    return conn.execute("SELECT coalesce(current_schema(), 'public')").fetchone()[0]
+
+
+def _table_key(schema: str, table: str, default: str) -> str:
+    """``table`` for a table of the default schema, ``schema.table`` for any other."""
+    return table if schema == default else f"{schema}.{table}"
 
 
 def _ident(key: str) -> sql.Composable:
@@ -146,10 +156,11 @@ def _ident(key: str) -> sql.Composable:
 
 
 def row_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row count of every user table (``schema.table``, or ``table`` for public)."""
+    """Exact row count of every user table (``table`` in the default schema, else ``schema.table``)."""
     counts = {}
+    default = default_schema(conn)
     for schema, table in user_tables(conn):
-        key = _table_key(schema, table)
+        key = _table_key(schema, table, default)
         counts[key] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
     return counts
 
@@ -169,8 +180,9 @@ def primary_key_columns(conn: psycopg.Connection, table: str) -> list[str]:
 def table_digests(conn: psycopg.Connection, limit: int = 100) -> dict[str, dict]:
     """For every table with a primary key: the md5 of its first ``limit`` rows by key, as text."""
     digests = {}
+    default = default_schema(conn)
     for schema, table in user_tables(conn):
-        key = _table_key(schema, table)
+        key = _table_key(schema, table, default)
         pk = primary_key_columns(conn, key)
         if not pk:
             continue
@@ -191,11 +203,12 @@ def run_probe(conn: psycopg.Connection, query: str) -> object:
 
 
 def column_info(conn: psycopg.Connection, table: str, column: str) -> dict | None:
+    """Type and nullability of ``column`` of ``table`` (``schema.table``, or in the default schema)."""
     schema, _, name = table.rpartition(".")
     row = conn.execute(
         "SELECT data_type, is_nullable FROM information_schema.columns "
         "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
-        (schema or "public", name, column),
+        (schema or default_schema(conn), name, column),
     ).fetchone()
     return None if row is None else {"data_type": row[0], "nullable": row[1] == "YES"}
 
