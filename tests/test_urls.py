@@ -120,7 +120,8 @@ SECRET = "S3cr%t"  # as written in the URLs below, a '%' that is no escape (Pris
     (f"postgresql://u:{SECRET}#x@h/db", "'#'"),
     (f"postgresql://u:{SECRET}@h:54x2/db", "host and port cannot be told apart"),
     (f"mysql://u:{SECRET}@h/db", "does not start with postgresql://"),
-    (f"host=h password={SECRET}", "does not start with postgresql://"),
+    (f"{SECRET}", "does not start with postgresql://"),
+    (f"host=h password='{SECRET}", "nor a key=value string libpq can read"),
     (f"postgresql://u:{SECRET}@h/db?connection_limit=ten", "connection_limit argument is not a whole number"),
     (f"postgresql://u:{SECRET}@h/db?pgbouncer=yes", "pgbouncer argument is neither true nor false"),
     (f"postgresql://u:{SECRET}@h/db?schema=", "schema argument is empty"),
@@ -134,6 +135,13 @@ def test_a_malformed_url_is_bad_usage_that_never_quotes_it(value, says):
     assert error.exit_code == 2
     assert says in str(error) and "$APP_DATABASE_URL" in str(error)
     assert SECRET not in str(error) and value not in str(error)
+
+
+def test_a_libpq_key_value_string_is_taken_as_it_is():
+    url = parse_database_url("host=/tmp/sock dbname=shop user=ops password='it\\'s secret'")
+    assert conninfo_to_dict(url.conninfo) == {"host": "/tmp/sock", "dbname": "shop", "user": "ops",
+                                              "password": "it's secret"}
+    assert {"it's secret", "it\\'s secret"} <= set(url.secrets) and not url.dropped
 
 
 def test_secrets_are_found_even_in_a_url_that_does_not_parse():

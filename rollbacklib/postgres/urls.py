@@ -55,7 +55,8 @@ for every URL, so a run can journal it):
 
 Errors are ``ConfigError`` (exit 2) and never quote the URL or any part of it that could be the
 password: libpq's own parse errors can (``invalid percent-encoded token``), so the URL is never
-handed to libpq's URI parser; it is split here and given to libpq as key words.
+handed to libpq's URI parser; it is split here and given to libpq as key words. A libpq
+``key=value`` string (``host=... dbname=...``), which Prisma does not read, is taken as it is.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rollbacklib.errors import ConfigError
 
@@ -144,6 +145,8 @@ def parse_database_url(value: str, source: str = "the database URL") -> Database
     ``source`` names where the value came from (``$PRODUCTION_DATABASE_URL``) in errors, which
     never quote the value. Raises ConfigError when Prisma or libpq could not use it.
     """
+    if "://" not in value and "=" in value:
+        return _libpq_conninfo(value, source)
     parts = _split(value, source)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))  # the last of a repeated argument wins
     _check_prisma_values(query, source)
@@ -161,6 +164,14 @@ def parse_database_url(value: str, source: str = "the database URL") -> Database
     except psycopg.Error:
         raise _malformed(source, "libpq cannot read the connection it describes") from None
     return DatabaseUrl(conninfo, schema, dropped, translated, tuple(secrets_in(value)))
+
+
+def _libpq_conninfo(value: str, source: str) -> DatabaseUrl:
+    """A libpq ``key=value`` string: not a form Prisma reads, but libpq's own, so used as it is."""
+    try:
+        return DatabaseUrl(make_conninfo(value), secrets=tuple(secrets_in(value)))
+    except psycopg.Error:  # libpq's message quotes the string
+        raise _malformed(source, "it is neither a postgresql:// URL nor a key=value string libpq can read") from None
 
 
 def quote_ident(name: str) -> str:
@@ -192,6 +203,12 @@ def secrets_in(value: str) -> list[str]:
 
 def _raw_secrets(value: str) -> list[str]:
     """Password-like pieces of ``value`` as written (not decoded), found without trusting its syntax."""
+    if "://" not in value:
+        try:
+            params = conninfo_to_dict(value)
+        except psycopg.Error:
+            return [value.partition("password=")[2].split(" ")[0].strip("'")]
+        return [v for k, v in params.items() if k in SECRET_KEYWORDS and v]
     rest = value.split("://", 1)[-1]
     pieces = []
     userinfo = rest.split("/", 1)[0].rpartition("@")[0]  # as a URL parser reads it
@@ -232,7 +249,8 @@ def _split(value: str, source: str):
             step="config",
         )
     if scheme not in SCHEMES:
-        raise _malformed(source, "it does not start with postgresql:// or postgres://")
+        raise _malformed(source, "it does not start with postgresql:// or postgres:// (nor is it a libpq "
+                         "key=value string)")
     if "#" in value:
         raise _malformed(source, "it holds a '#', which ends a URL (in a password, write it %23)")
     try:
