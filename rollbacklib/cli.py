@@ -183,11 +183,19 @@ def backup(env: str = EnvOpt, config: Optional[Path] = ConfigOpt):
     try:
         cfg = load_config(config)
         environment = cfg.environment(env)
-        path = take_backup(environment.database_url(), environment.backup_dir,
+        url = environment.parsed_database_url()
+        path = take_backup(url.conninfo, environment.backup_dir,
                            client_tools(environment.client_binaries), probes=cfg.all_queries())
     except RollbackError as error:
         _fail(error)
     out.print(f"Backup: {path}\nManifest: {path}.manifest.json")
+    print_url_notes(url, environment.database_url_env)
+
+
+def print_url_notes(url, variable: str) -> None:
+    """Which arguments of the URL were not used, or used differently, and why."""
+    for name, why in {**url.translated, **url.dropped}.items():
+        out.print(f"${variable}: {name}: {why}", markup=False, highlight=False)
 
 
 @app.command("verify-backup")

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rollbacklib.errors import ConfigError
+from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -90,7 +91,15 @@ class Environment(_Strict):
     _check_env = field_validator("database_url_env")(_env_var_name)
 
     def database_url(self) -> str:
-        """The connection URL, read from the environment variable this environment names."""
+        """The libpq conninfo for the URL in the environment variable this environment names."""
+        return self.parsed_database_url().conninfo
+
+    def parsed_database_url(self) -> DatabaseUrl:
+        """The URL in the environment variable, read as Prisma reads it (``postgres/urls.py``).
+
+        Besides the conninfo: the schema, the URL arguments dropped or translated (for the
+        journal), and the secrets to keep out of every file.
+        """
         value = os.environ.get(self.database_url_env)
         if not value:
             raise ConfigError(
@@ -103,7 +112,7 @@ class Environment(_Strict):
                 ),
                 step="config",
             )
-        return value
+        return parse_database_url(value, source=f"${self.database_url_env}")
 
 
 class ColumnExpectation(_Strict):
@@ -221,6 +230,9 @@ class ResolvedEnvironment:
 
     def database_url(self) -> str:
         return self.raw.database_url()
+
+    def parsed_database_url(self) -> DatabaseUrl:
+        return self.raw.parsed_database_url()
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

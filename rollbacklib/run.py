@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict
-
 from rollbacklib.config import Config, ResolvedEnvironment, load_config
 from rollbacklib.errors import AbortedError, ConfigError, RefusedError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, utc_now
@@ -83,15 +81,11 @@ class RunContext:
         return client_tools(self.env.client_binaries)
 
     def secrets(self) -> list[str]:
+        """The URL and its password, as written and percent-decoded: what the journal redacts."""
+        from rollbacklib.postgres.urls import secrets_in
+
         value = os.environ.get(self.env.database_url_env, "")
-        secrets = [value]
-        try:
-            password = conninfo_to_dict(value).get("password") if value else None
-        except Exception:
-            password = None
-        if password:
-            secrets.append(password)
-        return secrets
+        return secrets_in(value) if value else []
 
     @property
     def migration(self):
@@ -165,10 +159,8 @@ def _show_tables_whole() -> None:
 
 def describe(ctx: RunContext) -> str:
     """A markdown header for a phase notebook: which run, against what (no secrets)."""
-    from rollbacklib.postgres.client import redact_url
-
     return (f"**Run** `{ctx.run_id}` · phase `{ctx.phase}` · migration `{ctx.migration_id}` · environment "
-            f"`{ctx.env.name}` · database `{redact_url(ctx.url)}` (from `${ctx.env.database_url_env}`) · strategy "
+            f"`{ctx.env.name}` · database `{ctx.env.parsed_database_url().display()}` (from `${ctx.env.database_url_env}`) · strategy "
             f"`{ctx.env.strategy}` · {'**DRY RUN**: nothing will change' if ctx.dry_run else 'live run'}\n\n"
             f"Report folder: `{ctx.run_dir}`")
 

@@ -8,33 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rollbacklib.errors import ConfigError, StepError
-
-_LIBPQ_ENV = {
-    "host": "PGHOST",
-    "hostaddr": "PGHOSTADDR",
-    "port": "PGPORT",
-    "dbname": "PGDATABASE",
-    "user": "PGUSER",
-    "password": "PGPASSWORD",
-    "passfile": "PGPASSFILE",
-    "sslmode": "PGSSLMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "application_name": "PGAPPNAME",
-    "options": "PGOPTIONS",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-}
+from rollbacklib.postgres.urls import SECRET_KEYWORDS
 
 PROGRAMS = ("pg_dump", "pg_restore", "psql")
 
@@ -57,24 +43,29 @@ def database_name(url: str) -> str:
 
 
 def libpq_env(url: str) -> dict[str, str]:
-    """The PG* variables that make a client program connect where ``url`` points."""
+    """The PG* variables that make a client program connect where ``url`` points.
+
+    Which variable stands for which key word is libpq's own table; a key word with no
+    variable (keepalives, for one) does not reach the programs.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    variables = {o.keyword.decode(): o.envvar.decode() for o in pq.Conninfo.get_defaults() if o.envvar}
     for key, value in conninfo_to_dict(url).items():
-        if key in _LIBPQ_ENV and value is not None:
-            env[_LIBPQ_ENV[key]] = str(value)
+        if key in variables and value is not None:
+            env[variables[key]] = str(value)
     return env
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password removed, for display."""
-    params = conninfo_to_dict(url)
-    if "password" in params:
-        params["password"] = "***"
-    host = params.get("host", "")
-    user = params.get("user", "")
-    port = params.get("port", "")
-    db = params.get("dbname", "")
-    return f"postgresql://{user}{':***' if 'password' in params else ''}@{host}{':' + port if port else ''}/{db}"
+    """The connection string with every secret replaced by ***, for display."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:  # libpq's message could quote the password
+        return "(a connection string libpq cannot read)"
+    for key in SECRET_KEYWORDS:
+        if params.get(key):
+            params[key] = "***"
+    return make_conninfo("", **params)
 
 
 @dataclass
@@ -148,11 +139,8 @@ class ClientTools:
 
 
 def display_command(cmd: list[str]) -> str:
-    return " ".join(_quote(part) for part in cmd)
-
-
-def _quote(part: str) -> str:
-    return part if re.match(r"^[\w./:=@,+-]+$", part) else "'" + part.replace("'", "'\\''") + "'"
+    """``cmd`` as a shell would take it (for messages and the plan)."""
+    return shlex.join(cmd)
 
 
 def client_tools(setting: str) -> ClientTools:

@@ -14,6 +14,8 @@ from typing import Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 
 from rollbacklib.errors import AbortedError, StepError
 
@@ -24,9 +26,14 @@ _SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AN
 
 @contextmanager
 def connect(url: str, *, autocommit: bool = True, step: str = "connect") -> Iterator[psycopg.Connection]:
-    """A connection tagged with the runbook's application_name; a clear error if it fails."""
+    """A connection tagged with the runbook's application_name; a clear error if it fails.
+
+    ``url`` is a libpq conninfo (``Environment.database_url()`` gives one); its own
+    connect_timeout, when it has one, is kept.
+    """
+    timeout = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": 10}
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME, **timeout)
     except psycopg.OperationalError as err:
         raise AbortedError(
             f"Cannot connect to the database: {_without_secrets(str(err))}",
@@ -127,8 +134,18 @@ def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
-def _table_key(schema: str, table: str) -> str:
-    return table if schema == "public" else f"{schema}.{table}"
+def default_schema(conn: psycopg.Connection) -> str:
+    """The schema unqualified names resolve to: the first existing one on the search_path.
+
+    Prisma's ``schema`` URL argument puts the application's schema there (``urls.py``); with
+    none of the search_path's schemas existing, ``public``.
+    """
+    return conn.execute("SELECT coalesce(current_schema(), 'public')").fetchone()[0]
+
+
+def _table_key(schema: str, table: str, default: str) -> str:
+    """``table`` for a table of the default schema, ``schema.table`` for any other."""
+    return table if schema == default else f"{schema}.{table}"
 
 
 def _ident(key: str) -> sql.Composable:
@@ -139,10 +156,11 @@ def _ident(key: str) -> sql.Composable:
 
 
 def row_counts(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row count of every user table (``schema.table``, or ``table`` for public)."""
+    """Exact row count of every user table (``table`` in the default schema, else ``schema.table``)."""
     counts = {}
+    default = default_schema(conn)
     for schema, table in user_tables(conn):
-        key = _table_key(schema, table)
+        key = _table_key(schema, table, default)
         counts[key] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
     return counts
 
@@ -162,8 +180,9 @@ def primary_key_columns(conn: psycopg.Connection, table: str) -> list[str]:
 def table_digests(conn: psycopg.Connection, limit: int = 100) -> dict[str, dict]:
     """For every table with a primary key: the md5 of its first ``limit`` rows by key, as text."""
     digests = {}
+    default = default_schema(conn)
     for schema, table in user_tables(conn):
-        key = _table_key(schema, table)
+        key = _table_key(schema, table, default)
         pk = primary_key_columns(conn, key)
         if not pk:
             continue
@@ -184,11 +203,12 @@ def run_probe(conn: psycopg.Connection, query: str) -> object:
 
 
 def column_info(conn: psycopg.Connection, table: str, column: str) -> dict | None:
+    """Type and nullability of ``column`` of ``table`` (``schema.table``, or in the default schema)."""
     schema, _, name = table.rpartition(".")
     row = conn.execute(
         "SELECT data_type, is_nullable FROM information_schema.columns "
         "WHERE table_schema = %s AND table_name = %s AND column_name = %s",
-        (schema or "public", name, column),
+        (schema or default_schema(conn), name, column),
     ).fetchone()
     return None if row is None else {"data_type": row[0], "nullable": row[1] == "YES"}
 
@@ -224,29 +244,24 @@ def sample_rows(conn: psycopg.Connection, table: str, order_by: str, limit: int)
     query = sql.SQL("SELECT * FROM {t} ORDER BY {c} " + direction + " LIMIT {n}").format(
         t=_ident(table), c=sql.Identifier(column), n=sql.Literal(limit)
     )
-    cur = conn.execute(query)
-    names = [d.name for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
+    return conn.cursor(row_factory=dict_row).execute(query).fetchall()
 
 
 # --- connections ----------------------------------------------------------------------------
 
 def sessions(conn: psycopg.Connection, database: str) -> list[dict]:
     """Every other session connected to ``database`` (never this one)."""
-    cur = conn.execute(
+    rows = conn.cursor(row_factory=dict_row).execute(
         """
-        SELECT pid, usename, application_name, client_addr::text, state, backend_start, query_start,
-               left(query, 200)
+        SELECT pid, usename AS "user", application_name, client_addr::text AS client_addr, state,
+               backend_start, query_start, left(query, 200) AS query
         FROM pg_stat_activity
         WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'
         ORDER BY pid
         """,
         (database,),
-    )
-    keys = ["pid", "user", "application_name", "client_addr", "state", "backend_start", "query_start", "query"]
-    return [
-        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, row)} for row in cur.fetchall()
-    ]
+    ).fetchall()
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
 
 
 def database_settings(conn: psycopg.Connection, database: str) -> dict:
