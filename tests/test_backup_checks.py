@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
+from rollbacklib.postgres import identity
 from rollbacklib.postgres.backup import manifest_path
 from rollbacklib.cli import app
 
-from conftest import before_the_migration, plain_gz, server_snapshot, with_manifest_change
+from conftest import before_the_migration, journal_events, plain_gz, server_snapshot, with_manifest_change
 
 runner = CliRunner()
 
@@ -96,6 +97,17 @@ def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
     run = json.loads(next(incident.reports.rglob("run.json")).read_text())
     assert run["validation"]["passed"] is True
     assert run["backup"]["format"] == "plain-gzip" and run["backup"]["has_manifest"] is False
+    # No manifest: phase 01 says which identity checks it cannot make and why; phase 02 checks the history.
+    events = journal_events(incident)
+    skipped = [e["message"] for e in events if e["step"] == "verify-backup" and e["status"] == "skipped"]
+    assert [m.split(":")[0] for m in skipped] == [identity.DATABASE_CHECK, identity.SERVER_CHECK,
+                                                  identity.HISTORY_CHECK]
+    assert all("not checked: no manifest beside this plain-gzip backup" in m for m in skipped)
+    assert "phase 02 checks the restored copy's _prisma_migrations" in skipped[2]
+    assert f"- verify-backup: {identity.DATABASE_CHECK}: not checked: no manifest" in result.output
+    restored = next(e for e in events if e["step"] == "restore" and e["message"].startswith("restored into"))
+    history = next(c for c in restored["evidence"]["checks"] if c["name"] == identity.RESTORED_HISTORY_CHECK)
+    assert history["passed"] is True and not history["skipped"]
 
 
 def test_a_backup_with_a_failing_statement_aborts_and_drops_its_copy(incident, tmp_path):

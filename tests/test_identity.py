@@ -2,17 +2,119 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from rollbacklib.checks import failed
+from rollbacklib.cli import app
+from rollbacklib.config import load_config
+from rollbacklib.drill import stage_incident
+from rollbacklib.drill.scenario import load_scenario
 from rollbacklib.errors import BackupCheckFailed
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import identity
 from rollbacklib.postgres.backup import load_manifest, take_backup
 from rollbacklib.postgres.client import client_tools
+from rollbacklib.resources import scenarios_dir
+
+from conftest import (CONFIG, MIGRATION, before_the_migration, journal_events, plain_gz, server_snapshot,
+                      with_manifest_change)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def other_backup(pg_server, tmp_path_factory):
+    """The backup of a second database staged like the incident (same project, same server)."""
+    name = f"shop2_{os.getpid()}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(name)))
+    return stage_incident(pg_server.url(name), load_scenario(scenarios_dir() / "auth-platform"), MIGRATION,
+                          users=50, backup_dir=tmp_path_factory.mktemp("shop2"), tools=client_tools("embedded"),
+                          probes=load_config(CONFIG).all_queries(), say=lambda _line: None)
+
+
+def _run_json(incident) -> dict:
+    return json.loads(next(incident.reports.rglob("run.json")).read_text())
+
+
+def _refused_in_prepare(incident, result, says: str) -> dict:
+    assert result.exit_code == 3, result.output
+    assert says in result.output
+    run = _run_json(incident)
+    assert run["status"] == "aborted" and run["changes_made"] is False
+    assert run["error"]["phase"] == "01_prepare" and run["error"]["step"] == "verify-backup"
+    assert [p["name"] for p in run["phases"]] == ["01_prepare"]
+    return run
+
+
+# --- through the CLI, against a real server -----------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["--dry-run", "--yes"])
+def test_a_backup_of_another_database_is_refused(incident, other_backup, mode):
+    other = load_manifest(other_backup)["database"]
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(other_backup), mode))
+
+    run = _refused_in_prepare(incident, result, "is not a backup of the live database")
+    message = run["error"]["message"]
+    assert f"of database {other!r}" in message and f"live database {incident.database!r}" in message
+    assert f"backup is of the live database: expected {incident.database!r}, found {other!r}" in message
+    assert "backup's Prisma history is a prefix of the live one" in message  # its migration ids are its own
+    assert f"Pass a backup of {incident.database!r} with --backup PATH" in run["error"]["next_action"]
+    assert "check --env drill ($ROLLBACK_DRILL_DATABASE_URL)" in run["error"]["next_action"]
+    assert server_snapshot(incident) == before
+
+
+def test_a_backup_from_another_server_is_refused(incident, tmp_path):
+    bad = with_manifest_change(incident.backup, tmp_path, lambda m: m.update(system_identifier="7000000000000000001"))
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(bad), "--dry-run"))
+
+    run = _refused_in_prepare(incident, result, "backup is from the live server")
+    assert "found '7000000000000000001'" in run["error"]["message"]
+    assert "the backup comes from another PostgreSQL cluster" in run["error"]["message"]
+    assert server_snapshot(incident) == before
+
+
+def test_a_backup_whose_history_is_not_a_prefix_of_the_live_one_is_refused(incident, tmp_path):
+    def other_checksum(manifest):
+        manifest["prisma_migrations"][0]["checksum"] = "0" * 64
+
+    bad = with_manifest_change(incident.backup, tmp_path, other_checksum)
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(bad), "--dry-run"))
+
+    run = _refused_in_prepare(incident, result, "backup's Prisma history is a prefix of the live one")
+    assert "row 1 differs in checksum" in run["error"]["message"]
+    assert server_snapshot(incident) == before
+
+
+def test_a_plain_backup_of_another_database_is_refused_once_restored(incident, other_backup, tmp_path):
+    plain = before_the_migration(plain_gz(other_backup, tmp_path))
+    before = server_snapshot(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(plain), "--yes"))
+
+    assert result.exit_code == 3, result.output
+    assert server_snapshot(incident) == before  # the restored copy was dropped, the live database untouched
+    run = _run_json(incident)
+    assert run["changes_made"] is False
+    assert run["error"]["phase"] == "02_execute" and run["error"]["step"] == "restore"
+    message = run["error"]["message"]
+    assert "the live database was not touched" in message
+    assert f"not a backup of the live database {incident.database!r}" in message
+    assert "restored copy's Prisma history is a prefix of the live one" in message
+    assert run["error"]["next_action"].startswith("ABORT: nothing was changed. Pass a backup of")
+    skipped = [e["message"] for e in journal_events(incident) if e["step"] == "verify-backup" and e["status"] == "skipped"]
+    assert len(skipped) == 3  # phase 01 said which checks it could not make, and why
 
 
 # --- the library, against a real server ---------------------------------------------------------

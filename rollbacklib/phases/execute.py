@@ -20,8 +20,9 @@ import pandas as pd
 
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
+from rollbacklib.postgres import identity
 from rollbacklib.postgres import properties as dbp
-from rollbacklib.checks import as_frame, describe_failures, failed
+from rollbacklib.checks import Check, as_frame, describe_failures, failed
 from rollbacklib.errors import AbortedError, FailedError, RefusedError, RollbackError
 from rollbacklib.postgres.client import with_database
 from rollbacklib.prisma import applied_migrations, migration_state
@@ -147,7 +148,7 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
     try:
         seconds = bk.restore_into(path, ctx.url, restored, ctx.tools, keep_owners=ctx.env.restore_keep_owners)
         with db.connect(with_database(ctx.url, restored), step="restore") as conn:
-            checks = against_manifest(conn, manifest) if manifest else []
+            checks = against_manifest(conn, manifest) if manifest else [check_restored_history(ctx, conn, path)]
             checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None, manifest)
             description = bk.describe_database(conn, ctx.config.all_queries())
         if failed(checks):
@@ -170,6 +171,16 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
     ctx.record("restore", "info", f"restored into {restored} in {seconds:.1f} s",
                seconds=seconds, checks=[c.to_dict() for c in checks], row_counts=description["row_counts"])
     return as_frame(checks) if checks else pd.DataFrame([{"table": t, "rows": n} for t, n in description["row_counts"].items()])
+
+
+def check_restored_history(ctx: RunContext, restored, path: Path) -> Check:
+    """A backup without a manifest: its Prisma history is known only once restored. Raises when not the live one's."""
+    with db.connect(ctx.url, step="restore") as live:
+        live_rows = applied_migrations(live)
+    check = identity.restored_history_check(restored, live_rows)
+    identity.refuse_unless_identical([check], backup=path, live_database=ctx.database, abort="",
+                                     environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
+    return check
 
 
 def _drop_restored(ctx: RunContext, restored: str) -> None:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
+from rollbacklib.postgres import identity
 from rollbacklib.checks import Check, as_frame, describe_failures
 from rollbacklib.errors import AbortedError, ConfigError
 from rollbacklib.prisma import applied_migrations, migration_state
@@ -100,11 +101,33 @@ def verify_backup(ctx: RunContext, backup: str | None = None) -> pd.DataFrame:
             "`rollback verify-backup`), then run again with --backup PATH.",
             escalate="L3",
         )
+    identity_checks = check_backup_identity(ctx, result)
     manifest = result.manifest or {}
     ctx.remember(backup={"path": str(result.path), "format": result.format, "has_manifest": bool(result.manifest),
                          "taken_at": bk.backup_time(result.path, result.manifest)[0].isoformat(),
                          "sha256": manifest.get("sha256"), "size_bytes": result.path.stat().st_size})
-    return as_frame(result.checks)
+    return as_frame(result.checks + identity_checks)
+
+
+def check_backup_identity(ctx: RunContext, result: bk.BackupVerification) -> list[Check]:
+    """Is the backup one of the live database: its database, server and Prisma history? Reads only.
+
+    Aborts (exit 3) naming both databases when not. Without a manifest the checks are skipped
+    and say why; phase 02 then checks the restored copy's history before the swap.
+    """
+    with db.connect(ctx.url, step="verify-backup") as conn:
+        live = identity.read_live_identity(conn)
+    checks = identity.identity_checks(result.manifest, result.format, live)
+    ctx.record("verify-backup", "info", "identity of the backup against the live database",
+               live_database=live["database"], live_system_identifier=live["system_identifier"],
+               checks=[c.to_dict() for c in checks])
+    for check in checks:
+        if check.skipped:
+            ctx.record("verify-backup", "skipped", f"{check.name}: not checked: {check.detail}")
+    identity.refuse_unless_identical(checks, backup=result.path, live_database=live["database"],
+                                     backup_database=(result.manifest or {}).get("database"),
+                                     environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
+    return checks
 
 
 @step("capture")
