@@ -34,7 +34,15 @@ def fresh_db(pg_server, request):
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gzip  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from datetime import datetime, timedelta  # noqa: E402
+
 from rollbacklib.postgres import database as db  # noqa: E402
+from rollbacklib.journal import read_events  # noqa: E402
+from rollbacklib.postgres.backup import manifest_path  # noqa: E402
 from rollbacklib.config import load_config  # noqa: E402
 from rollbacklib.drill import stage_incident  # noqa: E402
 from rollbacklib.postgres.client import client_tools, database_name, with_database  # noqa: E402
@@ -78,6 +86,11 @@ def incident(fresh_db, tmp_path, monkeypatch):
     return Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")
 
 
+def journal_events(incident: Incident) -> list[dict]:
+    """The events of the incident's (only) run."""
+    return read_events(next(incident.reports.rglob("journal.jsonl")))
+
+
 def server_snapshot(incident: Incident) -> dict:
     """Everything a run could change on the server: databases and their settings, schema, rows."""
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
@@ -91,3 +104,34 @@ def server_snapshot(incident: Incident) -> dict:
             "digests": db.table_digests(conn),
             "migrations": conn.execute("SELECT * FROM _prisma_migrations ORDER BY started_at").fetchall(),
         }
+
+
+# --- backups made from an incident's backup ----------------------------------------------------
+
+def plain_gz(backup: Path, folder: Path, *, keep_end: bool = True,
+             name: str = "backup_prod_pre_migration_20251202.sql.gz") -> Path:
+    """The plan's own format: a plain pg_dump script, gzipped (made from a custom archive)."""
+    script = subprocess.run([client_tools("embedded").path("pg_restore"), "-f", "-", str(backup)],
+                            check=True, capture_output=True).stdout
+    if not keep_end:
+        script = script[: len(script) // 2]
+    path = folder / name
+    path.write_bytes(gzip.compress(script))
+    return path
+
+
+def before_the_migration(path: Path) -> Path:
+    """A file without a manifest is dated by its modification time: put it before the migration."""
+    five_minutes_ago = (datetime.now() - timedelta(minutes=5)).timestamp()
+    os.utime(path, (five_minutes_ago, five_minutes_ago))
+    return path
+
+
+def with_manifest_change(backup: Path, folder: Path, change) -> Path:
+    """A copy of ``backup`` in ``folder`` whose manifest ``change(manifest)`` edited."""
+    path = folder / backup.name
+    shutil.copy(backup, path)
+    manifest = json.loads(manifest_path(backup).read_text())
+    change(manifest)
+    manifest_path(path).write_text(json.dumps(manifest))
+    return path

@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import subprocess
 from datetime import datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
 
+from rollbacklib.postgres import identity
 from rollbacklib.postgres.backup import manifest_path
 from rollbacklib.cli import app
-from rollbacklib.postgres.client import client_tools
 
-from conftest import server_snapshot
+from conftest import before_the_migration, journal_events, plain_gz, server_snapshot, with_manifest_change
 
 runner = CliRunner()
-
-
-def _plain_gz(incident, tmp_path, *, keep_end: bool = True):
-    """The plan's own format: a plain pg_dump script, gzipped (made from the custom archive)."""
-    sql = subprocess.run([client_tools("embedded").path("pg_restore"), "-f", "-", str(incident.backup)],
-                         check=True, capture_output=True).stdout
-    if not keep_end:
-        sql = sql[: len(sql) // 2]
-    path = tmp_path / "backup_prod_pre_migration_20251202.sql.gz"
-    path.write_bytes(gzip.compress(sql))
-    return path
-
-
-def _before_the_migration(path):
-    an_hour_ago = (datetime.now() - timedelta(minutes=5)).timestamp()
-    os.utime(path, (an_hour_ago, an_hour_ago))
-    return path
 
 
 def missing(incident, tmp_path):
@@ -43,16 +24,16 @@ def missing(incident, tmp_path):
 
 
 def truncated_plain_sql(incident, tmp_path):
-    return _before_the_migration(_plain_gz(incident, tmp_path, keep_end=False))
+    return before_the_migration(plain_gz(incident.backup, tmp_path, keep_end=False))
 
 
 def corrupt_gzip(incident, tmp_path):
-    path = _plain_gz(incident, tmp_path)
+    path = plain_gz(incident.backup, tmp_path)
     data = bytearray(path.read_bytes())
     for i in range(len(data) // 2, len(data) // 2 + 64):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-    return _before_the_migration(path)
+    return before_the_migration(path)
 
 
 def unreadable_archive(incident, tmp_path):
@@ -64,23 +45,14 @@ def unreadable_archive(incident, tmp_path):
     return path
 
 
-def _with_manifest_change(incident, tmp_path, change):
-    path = tmp_path / incident.backup.name
-    shutil.copy(incident.backup, path)
-    manifest = json.loads(manifest_path(incident.backup).read_text())
-    change(manifest)
-    manifest_path(path).write_text(json.dumps(manifest))
-    return path
-
-
 def too_old(incident, tmp_path):
     def age(m):
         m["taken_at"] = (datetime.fromisoformat(m["taken_at"]) - timedelta(hours=2)).isoformat()
-    return _with_manifest_change(incident, tmp_path, age)
+    return with_manifest_change(incident.backup, tmp_path, age)
 
 
 def sha256_mismatch(incident, tmp_path):
-    return _with_manifest_change(incident, tmp_path, lambda m: m.update(sha256="0" * 64))
+    return with_manifest_change(incident.backup, tmp_path, lambda m: m.update(sha256="0" * 64))
 
 
 def too_small(incident, tmp_path):
@@ -117,7 +89,7 @@ def test_bad_backup_aborts_with_nothing_changed(incident, tmp_path, make_bad_bac
 
 
 def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
-    plain = _before_the_migration(_plain_gz(incident, tmp_path))
+    plain = before_the_migration(plain_gz(incident.backup, tmp_path))
 
     result = runner.invoke(app, incident.run_args("--backup", str(plain), "--yes"))
 
@@ -125,17 +97,28 @@ def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
     run = json.loads(next(incident.reports.rglob("run.json")).read_text())
     assert run["validation"]["passed"] is True
     assert run["backup"]["format"] == "plain-gzip" and run["backup"]["has_manifest"] is False
+    # No manifest: phase 01 says which identity checks it cannot make and why; phase 02 checks the history.
+    events = journal_events(incident)
+    skipped = [e["message"] for e in events if e["step"] == "verify-backup" and e["status"] == "skipped"]
+    assert [m.split(":")[0] for m in skipped] == [identity.DATABASE_CHECK, identity.SERVER_CHECK,
+                                                  identity.HISTORY_CHECK]
+    assert all("not checked: no manifest beside this plain-gzip backup" in m for m in skipped)
+    assert "phase 02 checks the restored copy's _prisma_migrations" in skipped[2]
+    assert f"- verify-backup: {identity.DATABASE_CHECK}: not checked: no manifest" in result.output
+    restored = next(e for e in events if e["step"] == "restore" and e["message"].startswith("restored into"))
+    history = next(c for c in restored["evidence"]["checks"] if c["name"] == identity.RESTORED_HISTORY_CHECK)
+    assert history["passed"] is True and not history["skipped"]
 
 
 def test_a_backup_with_a_failing_statement_aborts_and_drops_its_copy(incident, tmp_path):
     """It passes every file check; only restoring it shows the fault. The live database is never touched."""
-    good = gzip.decompress(_plain_gz(incident, tmp_path).read_bytes())
+    good = gzip.decompress(plain_gz(incident.backup, tmp_path).read_bytes())
     marker = b"CREATE TABLE public.users"
     bad_sql = good.replace(marker, b"SELECT 1/0;\n" + marker, 1)
     assert bad_sql != good
     bad = tmp_path / "backup_prod_pre_migration_failing.sql.gz"
     bad.write_bytes(gzip.compress(bad_sql))
-    _before_the_migration(bad)
+    before_the_migration(bad)
     before = server_snapshot(incident)
 
     result = runner.invoke(app, incident.run_args("--backup", str(bad), "--yes"))

@@ -26,6 +26,7 @@ from rollbacklib.phases.restore_service import scale_services, service_actions
 from rollbacklib.phases.validate import against_expectations, against_manifest
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
+from rollbacklib.postgres import identity
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.postgres.client import with_database
 from rollbacklib.prisma import applied_migrations, migration_state
@@ -83,7 +84,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
         Step(StepName.VALIDATE_COPY, PHASE, restored,
              "compare the copy with the backup's manifest and the migration's expectations",
              (Action("read", restored, "schema fingerprint, row counts, _prisma_migrations, first rows, probes, "
-                     "configured expectations"),),
+                     "configured expectations; without a manifest, _prisma_migrations against the live one's"),),
              requires=(StepName.RESTORE,), postcondition="every check passes; a failure drops the copy",
              undo=(drop_restored,)),
         Step(StepName.CARRY_PROPERTIES, PHASE, restored,
@@ -211,7 +212,7 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
     manifest = bk.load_manifest(Path(backup.path))
     try:
         with db.connect(with_database(ctx.url, step.target), step=step.name) as conn:
-            checks = against_manifest(conn, manifest) if manifest else []
+            checks = against_manifest(conn, manifest) if manifest else [check_restored_history(ctx, conn, backup.path)]
             checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None, manifest)
             description = bk.describe_database(conn, ctx.config.all_queries())
     except RollbackError:
@@ -232,6 +233,16 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
     ctx.update(restored=restored.model_copy(update={"validated": True, "row_counts": description["row_counts"]}))
     return as_frame(checks) if checks else pd.DataFrame(
         [{"table": t, "rows": n} for t, n in description["row_counts"].items()])
+
+
+def check_restored_history(ctx: RunContext, restored, path: str) -> Check:
+    """A backup without a manifest: its Prisma history is known only once restored. Raises when not the live one's."""
+    with db.connect(ctx.url, step=StepName.VALIDATE_COPY) as live:
+        live_rows = applied_migrations(live)
+    check = identity.restored_history_check(restored, live_rows)
+    identity.refuse_unless_identical([check], backup=Path(path), live_database=ctx.database,
+                                     environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
+    return check
 
 
 def _drop_copy(ctx: RunContext, restored: str, step: str) -> None:

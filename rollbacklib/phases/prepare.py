@@ -16,6 +16,7 @@ from rollbacklib.errors import AbortedError, ConfigError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
+from rollbacklib.postgres import identity
 from rollbacklib.postgres.client import display_command
 from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_state
 from rollbacklib.run import RunContext
@@ -131,7 +132,9 @@ def _backup_path(ctx: RunContext, backup: str | None) -> Path | None:
 def verify_backup_step(ctx: RunContext, path: Path | None) -> Step:
     shown = str(path) if path else f"(no backup found in {ctx.env.backup_dir})"
     actions = [Action("read", shown, "present; size; sha256 and size against the manifest; age before the "
-                      "migration; the migration not applied in it")]
+                      "migration; the migration not applied in it"),
+               _read(ctx, "the live database's name, system identifier and _prisma_migrations, against the "
+                     "manifest's (identity of the backup)")]
     if path is not None and path.name.endswith(".dump"):
         actions += [Action("command", shown, display_command(argv), tuple(argv))
                     for argv in bk.readable_commands(path, ctx.tools)]
@@ -164,11 +167,33 @@ def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFra
             "`rollback verify-backup`), then run again with --backup PATH.",
             escalate="L3",
         )
+    identity_checks = check_backup_identity(ctx, step, result)
     manifest = result.manifest or {}
     ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
                                 taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
                                 sha256=manifest.get("sha256"), size_bytes=result.path.stat().st_size))
-    return as_frame(result.checks)
+    return as_frame(result.checks + identity_checks)
+
+
+def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerification) -> list[Check]:
+    """Is the backup one of the live database: its database, server and Prisma history? Reads only.
+
+    Aborts (exit 3) naming both databases when not. Without a manifest the checks are skipped
+    and say why; phase 02 then checks the restored copy's history before the swap.
+    """
+    with db.connect(ctx.url, step=step.name) as conn:
+        live = identity.read_live_identity(conn)
+    checks = identity.identity_checks(result.manifest, result.format, live)
+    ctx.record(step.name, "info", "identity of the backup against the live database",
+               live_database=live["database"], live_system_identifier=live["system_identifier"],
+               checks=[c.to_dict() for c in checks])
+    for check in checks:
+        if check.skipped:
+            ctx.record(step.name, "info", f"{check.name}: not checked: {check.detail}")
+    identity.refuse_unless_identical(checks, backup=result.path, live_database=live["database"],
+                                     backup_database=(result.manifest or {}).get("database"),
+                                     environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
+    return checks
 
 
 # --- the state before the rollback ------------------------------------------------------------

@@ -15,6 +15,7 @@ import pandas as pd
 
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
+from rollbacklib.postgres.rows import NO_PRIMARY_KEY
 from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed, skipped
 from rollbacklib.config import Expectations
 from rollbacklib.errors import ValidationFailed
@@ -108,11 +109,18 @@ def against_expectations(conn, expect: Expectations | None, manifest: dict | Non
     return checks
 
 
-def sample_difference(before: list[dict], after: list[dict], key: str = "id") -> dict:
-    """Rows of a sample taken before the rollback that the restored database no longer has."""
-    after_keys = {row.get(key) for row in after}
-    missing = [row.get(key) for row in before if row.get(key) not in after_keys]
-    return {"sampled_before": len(before), "sampled_after": len(after), "missing_after": missing}
+def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> dict:
+    """Rows of a sample taken before the rollback that the restored database no longer has.
+
+    ``key`` is the table's primary key (``database.primary_key_columns``), composite or not;
+    ``missing_after`` lists each lost row's key values in that order. No key: no comparison.
+    """
+    sampled = {"sampled_before": len(before), "sampled_after": len(after), "key": key}
+    if not key:
+        return {**sampled, "missing_after": None, "reason": NO_PRIMARY_KEY}
+    after_keys = {tuple(row.get(c) for c in key) for row in after}
+    missing = [[row.get(c) for c in key] for row in before if tuple(row.get(c) for c in key) not in after_keys]
+    return {**sampled, "missing_after": missing}
 
 
 # --- phase 03 ---------------------------------------------------------------------------------
@@ -169,7 +177,8 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
         if sample and state.captured and "sample" in state.captured.files:
             before = json.loads((Path(state.captured.folder) / state.captured.files["sample"]).read_text())
             after = db.sample_rows(conn, sample.table, sample.order_by, sample.limit)
-            lost = sample_difference(before, json.loads(json.dumps(after, default=str)))
+            lost = sample_difference(before, json.loads(json.dumps(after, default=str)),
+                                     db.primary_key_columns(conn, sample.table))
     passed = not failed(checks)
     ctx.record(step.name, "info", "passed" if passed else "FAILED", passed=passed,
                checks=[c.to_dict() for c in checks], expected_from="manifest" if from_manifest else "restored copy",

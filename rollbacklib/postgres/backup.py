@@ -99,6 +99,7 @@ def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         info = db.server_info(conn)
         tools.check_server(info["server_version_num"])
+        system_identifier = db.system_identifier(conn)  # None when refused: never fails the backup
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         started = now_utc()
         dbname = info["database"]
@@ -118,6 +119,7 @@ def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (
         "format": "custom",
         "file": path.name,
         "database": dbname,
+        "system_identifier": system_identifier,
         "taken_at": started.isoformat(),
         "finished_at": now_utc().isoformat(),
         "server_version": info["server_version"],

@@ -68,6 +68,21 @@ def server_info(conn: psycopg.Connection) -> dict:
     }
 
 
+def system_identifier(conn: psycopg.Connection) -> str | None:
+    """The server's system identifier (set by initdb, shared by its replicas), as text.
+
+    None when this role may not call ``pg_control_system()``: PUBLIC may by default, but an
+    administrator or a managed service can revoke it, and a refusal must fail nothing. Runs
+    in a savepoint, so a caller's transaction (a backup's snapshot) survives a refusal.
+    """
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except (psycopg.ProgrammingError, psycopg.NotSupportedError):  # refused, or no such function here
+        return None
+    return row[0] if row else None
+
+
 def database_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
