@@ -105,7 +105,7 @@ def test_the_plans_plain_gzip_backup_is_accepted_end_to_end(incident, tmp_path):
     assert all("not checked: no manifest beside this plain-gzip backup" in m for m in skipped)
     assert "phase 02 checks the restored copy's _prisma_migrations" in skipped[2]
     assert f"- verify-backup: {identity.DATABASE_CHECK}: not checked: no manifest" in result.output
-    restored = next(e for e in events if e["step"] == "restore" and e["message"].startswith("restored into"))
+    restored = next(e for e in events if e["step"] == "validate-copy" and "checks" in e["evidence"])
     history = next(c for c in restored["evidence"]["checks"] if c["name"] == identity.RESTORED_HISTORY_CHECK)
     assert history["passed"] is True and not history["skipped"]
 

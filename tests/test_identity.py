@@ -107,12 +107,11 @@ def test_a_plain_backup_of_another_database_is_refused_once_restored(incident, o
     assert server_snapshot(incident) == before  # the restored copy was dropped, the live database untouched
     run = _run_json(incident)
     assert run["changes_made"] is False
-    assert run["error"]["phase"] == "02_execute" and run["error"]["step"] == "restore"
+    assert run["error"]["phase"] == "02_execute" and run["error"]["step"] == "validate-copy"
     message = run["error"]["message"]
-    assert "the live database was not touched" in message
     assert f"not a backup of the live database {incident.database!r}" in message
     assert "restored copy's Prisma history is a prefix of the live one" in message
-    assert run["error"]["next_action"].startswith("ABORT: nothing was changed. Pass a backup of")
+    assert run["error"]["next_action"].startswith("ABORT ROLLBACK: nothing was changed. Pass a backup of")
     skipped = [e["message"] for e in journal_events(incident) if e["step"] == "verify-backup" and e["status"] == "skipped"]
     assert len(skipped) == 3  # phase 01 said which checks it could not make, and why
 

@@ -189,7 +189,7 @@ def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerifica
                checks=[c.to_dict() for c in checks])
     for check in checks:
         if check.skipped:
-            ctx.record(step.name, "info", f"{check.name}: not checked: {check.detail}")
+            ctx.record(step.name, "skipped", f"{check.name}: not checked: {check.detail}")
     identity.refuse_unless_identical(checks, backup=result.path, live_database=live["database"],
                                      backup_database=(result.manifest or {}).get("database"),
                                      environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
