@@ -20,7 +20,8 @@ from rollbacklib.errors import AbortedError, ConfigError, RefusedError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, utc_now
 from rollbacklib.state import Approval, RunState, StepRecord, load_state, save_state
 from rollbacklib.steps import Phase, Plan, Step, StepName, read_plan
-from rollbacklib.postgres.client import ClientTools, client_tools, database_name
+from rollbacklib.postgres.client import (ClientTools, client_tools, database_name, with_database,
+                                         with_session_settings)
 from rollbacklib.prisma import validate_migration_id
 
 
@@ -63,7 +64,10 @@ class RunContext:
     # --- connection ---
     @property
     def url(self) -> str:
-        return self.env.database_url()
+        """The database URL with the configured lock and statement timeouts: nothing the runbook runs waits forever."""
+        t = self.env.thresholds
+        return with_session_settings(self.env.database_url(), lock_timeout=_ms(t.lock_timeout_seconds),
+                                     statement_timeout=_ms(t.statement_timeout_seconds))
 
     @property
     def database(self) -> str:
@@ -72,8 +76,6 @@ class RunContext:
     @property
     def admin_url(self) -> str:
         """The same server, on the maintenance database: renames need the target free of us too."""
-        from rollbacklib.postgres.client import with_database
-
         return with_database(self.url, self.env.maintenance_database)
 
     @functools.cached_property
@@ -129,6 +131,10 @@ class RunContext:
 
     def changes_began(self) -> bool:
         return changes_made(self.journal.events())
+
+
+def _ms(seconds: float) -> str:
+    return f"{int(seconds * 1000)}ms"
 
 
 def open_run(*, migration_id: str, environment: str, config_path: str = "", run_id: str = "",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -55,6 +56,7 @@ class StepName(StrEnum):
     RESTORE = "restore"
     VALIDATE_COPY = "validate-copy"
     CARRY_PROPERTIES = "carry-properties"
+    CLOSE_COPY = "close-copy"
     GATE = "gate"
     STOP_SERVICES = "stop-services"
     BLOCK = "block-connections"
@@ -229,6 +231,11 @@ def dispatch(ctx: "RunContext", step: Step, execute: Callable[["RunContext", Ste
     return result
 
 
+def checked_before(ctx: "RunContext", step: Step) -> Check:
+    """The postcondition of a step that only checks: its own check is the evidence; a re-run need not repeat it."""
+    return Check(f"{step.name} passed in this run", True)
+
+
 def check_precondition(ctx: "RunContext", step: Step) -> None:
     """A destructive step needs a valid approval of this plan; every step needs what it requires done."""
     state = ctx.state()
@@ -259,12 +266,32 @@ def check_precondition(ctx: "RunContext", step: Step) -> None:
 def _journal_failure(ctx: "RunContext", step: Step, err: RollbackError) -> None:
     if err.step is None:
         err.step = step.name
+    if "lock timeout" in err.message:
+        _name_what_it_waited_on(ctx, err)
     if not isinstance(err, (ConfigError, RefusedError)):
         err.outcome = "failed" if ctx.changes_began() else "aborted"
         err.exit_code = OUTCOME_EXIT[err.outcome]
     ctx.mark_step(step.name, err.outcome)
     evidence = {k: v for k, v in err.to_dict().items() if k not in ("message", "step")}
     ctx.record(step.name, err.outcome, err.message, **evidence)
+
+
+def _name_what_it_waited_on(ctx: "RunContext", err: RollbackError) -> None:
+    """A lock timeout says which sessions held the locks it waited on (pid, user, state, query)."""
+    from rollbacklib.postgres import database as db
+
+    try:
+        with db.connect(ctx.admin_url, step=err.step) as admin:
+            holders = db.lock_holders(admin, ctx.database)
+    except RollbackError:
+        return
+    if holders:
+        err.message += "\nIt waited on: " + "; ".join(
+            f"pid {h['pid']} (user {h['user']}, {h['state']} since {h['since']}): {h['query']}" for h in holders)
+        err.found = holders
+    err.next_action = ("end or wait for the session(s) named above (SELECT pg_terminate_backend(pid) once a person "
+                       "agrees), then run again; " + err.next_action)
+    err.escalate = err.escalate or "L1"
 
 
 def execute_actions(ctx: "RunContext", conn, step: Step) -> None:
@@ -275,6 +302,26 @@ def execute_actions(ctx: "RunContext", conn, step: Step) -> None:
         conn.execute(action.text.encode())
         ctx.record(step.name, "changed" if step.destructive else "ran", action.text, kind=action.kind,
                    target=action.target)
+
+
+def private_actions(database: str, conn=None) -> tuple[Action, ...]:
+    """The actions of taking a private connection to a closed database (see ``private_session``)."""
+    from rollbacklib.postgres import database as db
+
+    return tuple(Action("sql", database, s.as_string(conn)) for s in db.private_connection_statements(database))
+
+
+@contextmanager
+def private_session(ctx: "RunContext", step: Step, database: str):
+    """A connection to ``database`` that no other session can share, from the step's own rendered statements."""
+    from rollbacklib.postgres import database as db
+
+    statements = [a.text for a in step.actions if a.kind == "sql" and a.target == database][:3]
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        with db.private_connection(admin, ctx.url, database, statements) as conn:
+            for text in statements:
+                ctx.record(step.name, "changed" if step.destructive else "ran", text, kind="sql", target=database)
+            yield conn
 
 
 def finish_phase(ctx: "RunContext") -> None:

@@ -135,3 +135,15 @@ def with_manifest_change(backup: Path, folder: Path, change) -> Path:
     change(manifest)
     manifest_path(path).write_text(json.dumps(manifest))
     return path
+
+
+from contextlib import contextmanager  # noqa: E402
+
+
+@contextmanager
+def behind_the_runbook(incident: Incident):
+    """A connection to the live database while the runbook keeps it closed (a person acting between phases)."""
+    statements = [s.as_string(None) for s in db.private_connection_statements(incident.database)]
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        with db.private_connection(admin, incident.url, incident.database, statements) as conn:
+            yield conn

@@ -28,11 +28,13 @@ from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import identity
 from rollbacklib.postgres import properties as dbp
-from rollbacklib.postgres.client import with_database
+from rollbacklib.postgres.client import with_database, with_session_settings
 from rollbacklib.prisma import applied_migrations, migration_state
 from rollbacklib.run import RunContext, record_approval
 from rollbacklib.state import Blocked, RestoredCopy, Swap
-from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, execute_actions, plan_frame
+from rollbacklib import way_back
+from rollbacklib.steps import (Action, checked_before, Phase, Step, StepName, dispatch, execute_actions, plan_frame, private_actions,
+                               private_session)
 
 PHASE = Phase.EXECUTE
 MAX_IDENTIFIER = 63
@@ -92,16 +94,21 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              _sql(admin, restored, carry), requires=(StepName.VALIDATE_COPY,),
              postcondition=f"{restored} has the live database's settings, grants and comment",
              undo=(drop_restored,)),
+        Step(StepName.CLOSE_COPY, PHASE, restored,
+             "close the copy to every other session, superusers included, until it is validated live",
+             _sql(admin, restored, [*db.block_statements(restored), db.terminate_statement(restored)]),
+             requires=(StepName.CARRY_PROPERTIES,), postcondition=f"{restored}: ALLOW_CONNECTIONS false, no session",
+             undo=(drop_restored,)),
         Step(StepName.GATE, PHASE, live, "approve this plan: the migration ID typed, or given as approve / --yes",
              (Action("prompt", live, f"type {ctx.migration_id} to approve the plan (its digest is in plan.json)"),),
-             requires=(StepName.CARRY_PROPERTIES,), postcondition="an approval of this plan's digest is recorded",
+             requires=(StepName.CLOSE_COPY,), postcondition="an approval of this plan's digest is recorded",
              undo=(drop_restored,)),
         Step(StepName.STOP_SERVICES, PHASE, ctx.env.service_platform, "scale the services that use the database to 0",
              services, destructive=any(a.kind == "platform" for a in services), requires=(StepName.GATE,),
              postcondition="the platform reports 0 replicas", undo=tuple(a.text for a in service_actions(ctx, stop=False))),
         Step(StepName.BLOCK, PHASE, live, "stop new connections to the live database, superusers included",
              _sql(admin, live, db.block_statements(live)), destructive=True,
-             requires=(StepName.GATE, StepName.VALIDATE_COPY, StepName.CARRY_PROPERTIES),
+             requires=(StepName.GATE, StepName.VALIDATE_COPY, StepName.CLOSE_COPY),
              postcondition=f"{live}: ALLOW_CONNECTIONS false, CONNECTION LIMIT 0", undo=tuple(unblock)),
         Step(StepName.DRAIN, PHASE, live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end on their own",
              (Action("wait", live, f"poll pg_stat_activity every {t.poll_interval_seconds} s for client sessions "
@@ -116,12 +123,13 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              postcondition=f"{kept} exists and {live} does not (until the copy takes its name)",
              undo=(db.rename_statement(kept, live).as_string(admin),)),
         Step(StepName.SWAP_PROMOTE, PHASE, restored, f"the restored copy takes the name {live}, still closed",
-             _sql(admin, restored, [db.rename_statement(restored, live), db.connection_limit_statement(live, 0)]),
+             _sql(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live)]),
              destructive=True, requires=(StepName.SWAP_KEEP,),
              postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
              undo=(db.rename_statement(live, restored).as_string(admin), db.rename_statement(kept, live).as_string(admin))),
         Step(StepName.BOOKKEEPING, PHASE, live, "assert _prisma_migrations equals the backup's (never edited)",
-             (Action("read", live, "SELECT * FROM _prisma_migrations"),), requires=(StepName.SWAP_PROMOTE,),
+             private_actions(live, admin) + (Action("read", live, "SELECT * FROM _prisma_migrations"),),
+             destructive=True, requires=(StepName.SWAP_PROMOTE,),
              postcondition="_prisma_migrations equals the backup's manifest"),
     ]
 
@@ -136,16 +144,23 @@ def show_plan(ctx: RunContext) -> pd.DataFrame:
     return plan_frame(plan.for_phase(PHASE) + [s for s in plan.steps if s.phase > PHASE])
 
 
-def _swapped(ctx: RunContext) -> bool:
-    swap = ctx.state().swap
-    return bool(swap and swap.completed)
+def _swap_begun(ctx: RunContext) -> bool:
+    """Has this run's swap started: recorded in the state, or (a run killed mid-rename) visible in the catalog?
+
+    Once it has, the steps before it are done whatever their own targets show now: the copy
+    carries the live name, or the live database carries the kept one.
+    """
+    if ctx.state().swap is not None:
+        return True
+    with db.connect(ctx.admin_url, step="swap") as admin:
+        return db.database_exists(admin, kept_name(ctx))
 
 
 # --- the copy -----------------------------------------------------------------------------------
 
 def _copy_exists(ctx: RunContext, step: Step) -> Check:
-    if _swapped(ctx):
-        return Check("the copy was swapped in", True)
+    if _swap_begun(ctx):
+        return Check("the swap has begun: the copy went on", True)
     with db.connect(ctx.admin_url, step=step.name) as admin:
         return compare(f"{step.target} exists", True, db.database_exists(admin, step.target))
 
@@ -173,8 +188,8 @@ def _create_copy(ctx: RunContext, step: Step) -> None:
 def restore_copy(ctx: RunContext) -> pd.DataFrame:
     """Restore the backup into the copy. The live database is untouched; a failure drops the copy."""
     def restored_has_tables(c: RunContext, s: Step) -> Check:
-        if _swapped(c):
-            return Check("the copy was swapped in", True)
+        if _swap_begun(c):
+            return Check("the swap has begun: the copy went on", True)
         with db.connect(with_database(c.url, s.target), step=s.name) as conn:
             return compare(f"{s.target} holds tables", True, len(db.user_tables(conn)) > 0)
 
@@ -188,7 +203,9 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target,
                size_mb=round(path.stat().st_size / 1e6, 1))
     try:
-        seconds = bk.run_restore(list(command.argv), path, with_database(ctx.url, step.target), step=step.name)
+        restore_timeout = int(ctx.env.thresholds.restore_statement_timeout_seconds * 1000)
+        target = with_session_settings(with_database(ctx.url, step.target), statement_timeout=f"{restore_timeout}ms")
+        seconds = bk.run_restore(list(command.argv), path, target, step=step.name)
     except RollbackError as err:
         _drop_copy(ctx, step.target, step.name)
         raise AbortedError(f"Restoring into {step.target} failed; the live database was not touched.\n{err.message}",
@@ -202,7 +219,7 @@ def validate_copy(ctx: RunContext) -> pd.DataFrame:
     """The copy against the backup's manifest and the migration's expectations; a failure drops it."""
     def still_valid(c: RunContext, s: Step) -> Check:
         restored = c.state().restored
-        return Check("the copy was validated", _swapped(c) or bool(restored and restored.validated))
+        return Check("the copy was validated", _swap_begun(c) or bool(restored and restored.validated))
 
     return dispatch(ctx, ctx.planned(StepName.VALIDATE_COPY), _validate_copy, postcondition=still_valid)
 
@@ -254,11 +271,29 @@ def _drop_copy(ctx: RunContext, restored: str, step: str) -> None:
     ctx.update(restored=None)
 
 
+def close_copy(ctx: RunContext) -> pd.DataFrame:
+    """No session but the runbook's may reach the copy until it is validated live (superusers included)."""
+    def closed(c: RunContext, s: Step) -> Check:
+        if _swap_begun(c):
+            return Check("the swap has begun: the copy went on, closed", True)
+        with db.connect(c.admin_url, step=s.name) as admin:
+            found = {**db.database_settings(admin, s.target), "sessions": len(db.sessions(admin, s.target))}
+        return compare(f"{s.target} is closed", {"allow_connections": False, "connection_limit": 0, "sessions": 0},
+                       found)
+
+    def run(c: RunContext, s: Step) -> pd.DataFrame:
+        with db.connect(c.admin_url, step=s.name) as admin:
+            execute_actions(c, admin, s)
+            return pd.DataFrame([db.database_settings(admin, s.target)])
+
+    return dispatch(ctx, ctx.planned(StepName.CLOSE_COPY), run, postcondition=closed)
+
+
 def carry_properties(ctx: RunContext) -> pd.DataFrame:
     """Settings, grants and comment of the live database, given to the copy (a dump leaves them out)."""
     def carried(c: RunContext, s: Step) -> Check:
-        if _swapped(c):
-            return Check("the copy was swapped in", True)
+        if _swap_begun(c):
+            return Check("the swap has begun: the copy went on", True)
         with db.connect(c.admin_url, step=s.name) as admin:
             live, copy = dbp.read_properties(admin, c.database), dbp.read_properties(admin, s.target)
         keys = ("settings", "grants", "comment")
@@ -335,7 +370,7 @@ def stop_services(ctx: RunContext) -> pd.DataFrame:
 
 
 def _blocked(ctx: RunContext, step: Step) -> Check:
-    if _swapped(ctx):
+    if _swap_begun(ctx):
         return Check("the database was swapped after blocking", True)
     with db.connect(ctx.admin_url, step=step.name) as admin:
         found = db.database_settings(admin, ctx.database)
@@ -360,16 +395,12 @@ def _block(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 
 def unblock_advice(ctx: RunContext) -> str:
-    blocked = ctx.state().blocked
-    if not blocked:
-        return "nothing was blocked."
-    statements = db.unblock_statements(blocked.database, blocked.previous)
-    return (f"the live database {blocked.database} refuses new connections; to return to how it was run: "
-            + "; ".join(s.as_string(None) for s in statements) + ";")
+    """The way back from where the run stands: every statement, the unblock included."""
+    return way_back.describe(way_back.way_back(ctx.state(), ctx.run_id), ctx.env.maintenance_database)
 
 
 def _no_sessions(ctx: RunContext, step: Step) -> Check:
-    if _swapped(ctx):
+    if _swap_begun(ctx):
         return Check("the database was swapped after draining", True)
     with db.connect(ctx.admin_url, step=step.name) as admin:
         left = db.sessions(admin, ctx.database)
@@ -433,8 +464,9 @@ def _swap_keep(ctx: RunContext, step: Step) -> pd.DataFrame:
     live, kept, restored = ctx.database, kept_name(ctx), restored_name(ctx)
     with db.connect(ctx.admin_url, step=step.name) as admin:
         found = _catalog(ctx, admin)
-        if found[kept] and not found[live]:
-            ctx.record(step.name, "info", f"{live} is already renamed to {kept}: finishing a swap cut short")
+        if found[kept]:
+            ctx.record(step.name, "info", f"{live} is already renamed to {kept}: finishing a swap cut short",
+                       databases=found)
         else:
             if db.sessions(admin, live):
                 raise StepError(f"Sessions are still connected to {live}.",
@@ -460,7 +492,9 @@ def _swap_promote(ctx: RunContext, step: Step) -> pd.DataFrame:
         found = _catalog(ctx, admin)
         if found[live] and not found[restored]:
             ctx.record(step.name, "info", f"the copy already carries the name {live}: finishing a swap cut short")
-            admin.execute(step.actions[-1].text.encode())  # keep it closed until phase 04
+            for action in step.actions[1:]:  # keep it closed until phase 04 reopens it
+                admin.execute(action.text.encode())
+                ctx.record(step.name, "changed", action.text, kind=action.kind, target=action.target)
         else:
             try:
                 execute_actions(ctx, admin, step)
@@ -482,13 +516,13 @@ def _swap_promote(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def check_bookkeeping(ctx: RunContext) -> str:
     """After a full restore ``_prisma_migrations`` must equal the backup's rows: assert, never edit."""
-    return dispatch(ctx, ctx.planned(StepName.BOOKKEEPING), _bookkeeping)
+    return dispatch(ctx, ctx.planned(StepName.BOOKKEEPING), _bookkeeping, postcondition=checked_before)
 
 
 def _bookkeeping(ctx: RunContext, step: Step) -> str:
     backup = ctx.state().need("backup", "verify_backup (01_prepare)")
     manifest = bk.load_manifest(Path(backup.path))
-    with db.connect(ctx.url, step=step.name) as conn:
+    with private_session(ctx, step, ctx.database) as conn:
         rows = applied_migrations(conn)
     expected = manifest["prisma_migrations"] if manifest else None
     state = migration_state(rows, ctx.migration_id)

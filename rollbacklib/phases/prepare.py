@@ -267,7 +267,7 @@ def build_plan(ctx: RunContext) -> Plan:
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
-        steps += validate.plan_steps(ctx)
+        steps += validate.plan_steps(ctx, admin)
         steps += restore_service.plan_steps(ctx, facts, admin)
     steps += close.plan_steps(ctx)
     return Plan(steps)

@@ -19,9 +19,10 @@ from rollbacklib.postgres.rows import NO_PRIMARY_KEY
 from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed, skipped
 from rollbacklib.config import Expectations
 from rollbacklib.errors import ValidationFailed
+from rollbacklib import way_back
 from rollbacklib.postgres import backup as bk
 from rollbacklib.prisma import applied_migrations, migration_state
-from rollbacklib.steps import Action, Phase, Step, StepName, dispatch
+from rollbacklib.steps import Action, checked_before, Phase, Step, StepName, dispatch, private_actions, private_session
 
 PHASE = Phase.VALIDATE
 
@@ -125,21 +126,14 @@ def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> 
 
 # --- phase 03 ---------------------------------------------------------------------------------
 
-def plan_steps(ctx) -> list[Step]:
+def plan_steps(ctx, admin=None) -> list[Step]:
     live = ctx.database
     return [Step(StepName.VALIDATION, PHASE, live,
                  "the live database (the restored copy, still closed) against the backup and the migration's checks",
-                 (Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
-                         "table, probes, configured expectations, database settings and grants, sampled rows"),),
-                 requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes")]
-
-
-def _swap_back(swap) -> str:
-    if swap is None:
-        return "(no swap recorded in this run)"
-    live, kept = swap.live, swap.kept
-    return (db.rename_statement(live, f"{live}__failed").as_string(None) + "; "
-            + db.rename_statement(kept, live).as_string(None) + ";")
+                 private_actions(live, admin) + (
+                     Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
+                            "table, probes, configured expectations, database settings and grants, sampled rows"),),
+                 destructive=True, requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes")]
 
 
 def expected_description(ctx) -> tuple[dict, bool]:
@@ -154,13 +148,13 @@ def expected_description(ctx) -> tuple[dict, bool]:
 
 def validate_restored(ctx) -> pd.DataFrame:
     """Schema, counts, bookkeeping, rows, the migration's own expectations: all against the live database."""
-    return dispatch(ctx, ctx.planned(StepName.VALIDATION), _validate)
+    return dispatch(ctx, ctx.planned(StepName.VALIDATION), _validate, postcondition=checked_before)
 
 
 def _validate(ctx, step: Step) -> pd.DataFrame:
     expected, from_manifest = expected_description(ctx)
     state = ctx.state()
-    with db.connect(ctx.url, step=step.name) as conn:
+    with private_session(ctx, step, ctx.database) as conn:
         checks = against_manifest(conn, expected)
         checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None,
                                        expected if from_manifest else None)
@@ -187,7 +181,8 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
         raise ValidationFailed(
             f"The restored database does not match the backup:\n{describe_failures(checks)}",
             next_action=(f"keep connections closed. The pre-rollback database is kept as "
-                         f"{state.swap.kept if state.swap else None}; to put it back: {_swap_back(state.swap)}"),
+                         f"{state.swap.kept if state.swap else None}; "
+                         + way_back.describe(way_back.way_back(state, ctx.run_id), ctx.env.maintenance_database)),
             escalate="L3",
         )
     return as_frame(checks)

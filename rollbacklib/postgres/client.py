@@ -30,6 +30,13 @@ def with_database(url: str, dbname: str) -> str:
     return make_conninfo(url, dbname=dbname)
 
 
+def with_session_settings(url: str, **settings) -> str:
+    """``url`` with server settings (``-c name=value``) added to its options; a later setting of a name wins."""
+    options = conninfo_to_dict(url).get("options") or ""
+    extra = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return make_conninfo(url, options=f"{options} {extra}".strip())
+
+
 def database_name(url: str) -> str:
     params = conninfo_to_dict(url)
     name = params.get("dbname")

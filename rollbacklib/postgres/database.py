@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from rollbacklib.errors import AbortedError, StepError
+from rollbacklib.postgres.client import with_database
 
 APPLICATION_NAME = "rollbacklib"
 
@@ -45,6 +46,64 @@ def connect(url: str, *, autocommit: bool = True, step: str = "connect") -> Iter
         yield conn
     finally:
         conn.close()
+
+
+PRIVATE_APPLICATION_NAME = "rollbacklib private"
+
+
+
+def private_connection_statements(database: str) -> list[sql.Composable]:
+    """What taking a private connection to a closed database runs: open, (connect), close, evict others."""
+    return [
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(database)),
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(database)),
+        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} AND pid <> "
+                "pg_backend_pid() AND backend_type = 'client backend' AND application_name <> {}").format(
+            sql.Literal(database), sql.Literal(PRIVATE_APPLICATION_NAME)),
+    ]
+
+
+@contextmanager
+def private_connection(admin: psycopg.Connection, url: str, database: str,
+                       statements: list[str]) -> Iterator[psycopg.Connection]:
+    """A connection to ``database`` while it stays closed to everyone else, superusers included.
+
+    ``ALLOW_CONNECTIONS false`` stops every new session but leaves open ones alone: the
+    database is opened for the instant it takes to connect, closed again, and any session
+    that slipped in meanwhile is terminated before anything is read. ``statements`` are the
+    three rendered ``private_connection_statements``, run verbatim.
+    """
+    open_it, close_it, evict = statements
+    admin.execute(open_it.encode())
+    try:
+        conn = psycopg.connect(with_database(url, database), autocommit=True,
+                               application_name=PRIVATE_APPLICATION_NAME, connect_timeout=10)
+    except psycopg.OperationalError as err:
+        raise AbortedError(f"Cannot connect to {database}: {_without_secrets(str(err))}",
+                           next_action="check the server; the database is closed to connections again.",
+                           escalate="L1") from None
+    finally:
+        admin.execute(close_it.encode())
+    try:
+        admin.execute(evict.encode())
+        yield conn
+    finally:
+        conn.close()
+
+
+def lock_holders(conn: psycopg.Connection, database: str) -> list[dict]:
+    """Sessions on ``database`` holding strong locks or idle in a transaction: what a lock timeout waited on."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT a.pid, a.usename, a.state, a.xact_start, left(a.query, 200)
+        FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid AND l.granted
+        WHERE a.datname = %s AND a.pid <> pg_backend_pid() AND a.application_name NOT LIKE 'rollbacklib%%'
+          AND (l.mode IN ('AccessExclusiveLock', 'ExclusiveLock', 'ShareRowExclusiveLock', 'ShareLock')
+               OR a.state LIKE 'idle in transaction%%')
+        ORDER BY a.pid
+        """, (database,)).fetchall()
+    return [{"pid": r[0], "user": r[1], "state": r[2], "since": r[3].isoformat() if r[3] else None, "query": r[4]}
+            for r in rows]
 
 
 def _without_secrets(message: str) -> str:
