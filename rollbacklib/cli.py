@@ -112,7 +112,8 @@ def run(
     env: str = EnvOpt,
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
-    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one)."),
+    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
+                                          "a relative path is relative to the working directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
     yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),

@@ -126,8 +126,11 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     phase); ``on_plan`` of the plan once phase 01 has written it. ``confirm``, when the run
     has no approval, is shown the plan and asked for the migration ID before phase 02; the
     approval it gives is recorded against the plan's digest.
+    A relative ``backup`` is the caller's: it is resolved here, against the caller's working
+    directory, because the notebooks run in the run folder.
     """
     validate_migration_id(migration_id)
+    backup = str(Path(backup).expanduser().resolve()) if backup else None
     config = load_config(config_path)
     env = config.environment(environment)
     env.database_url()  # fail on a missing secret before anything runs

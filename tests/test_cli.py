@@ -137,3 +137,11 @@ def test_a_release_that_would_apply_the_migration_again_aborts_before_anything(i
     assert "would apply the migration again" in result.output
     assert "take `migrate deploy` out of its start command" in result.output
     assert server_snapshot(incident) == before
+
+
+def test_a_relative_backup_is_found_from_the_working_directory_not_the_run_folder(incident, monkeypatch):
+    monkeypatch.chdir(incident.backup.parent.parent)
+    relative = incident.backup.relative_to(incident.backup.parent.parent)
+    result = runner.invoke(app, incident.run_args("--backup", str(relative), "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert _run_json(incident)["backup"]["path"] == str(incident.backup)
