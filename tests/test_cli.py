@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -145,3 +146,18 @@ def test_a_relative_backup_is_found_from_the_working_directory_not_the_run_folde
     result = runner.invoke(app, incident.run_args("--backup", str(relative), "--dry-run"))
     assert result.exit_code == 0, result.output
     assert _run_json(incident)["backup"]["path"] == str(incident.backup)
+
+
+def test_the_default_config_finds_backups_under_the_working_directory_also_in_the_notebooks(
+        incident, tmp_path, monkeypatch):
+    """The shipped runbook.toml keeps backups in ./backups/<env>: the caller's folder, not the run folder."""
+    work = tmp_path / "oncall"
+    (work / "backups" / "drill").mkdir(parents=True)
+    for path in (incident.backup, incident.backup.with_name(incident.backup.name + ".manifest.json")):
+        shutil.copy2(path, work / "backups" / "drill")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("ROLLBACK_CONFIG", raising=False)
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--reports-dir", str(incident.reports),
+                                 "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert _run_json(incident)["backup"]["path"] == str(work / "backups" / "drill" / incident.backup.name)
