@@ -112,3 +112,9 @@ def test_the_installed_wheel_runs_the_drill_outside_the_checkout(venv, user_env,
     assert not (REPO / "reports" / MIGRATION / "drill" / run_dir.name).exists()
     assert sorted(p for p in (installed / "rollbacklib").rglob("*") if "__pycache__" not in p.parts) == shipped_before
     assert not list(venv.rglob("run.json"))
+
+    # The staged incident, its detached app session (the venv's python) and --stop work from the wheel too.
+    staged = _run([str(rollback), "drill", "--stage-only", "--users", "50"], timeout=120, cwd=workdir, env=user_env)
+    folder = re.search(r"rollback drill --stop (\S+)", staged.stdout).group(1)
+    stopped = _run([str(rollback), "drill", "--stop", folder], timeout=120, cwd=workdir, env=user_env)
+    assert "Stopped the server; stopped the app session" in stopped.stdout, stopped.stdout
