@@ -151,13 +151,15 @@ def test_a_relative_backup_is_found_from_the_working_directory_not_the_run_folde
 def test_the_default_config_finds_backups_under_the_working_directory_also_in_the_notebooks(
         incident, tmp_path, monkeypatch):
     """The shipped runbook.toml keeps backups in ./backups/<env>: the caller's folder, not the run folder."""
+    from rollbacklib.pipeline import run_phases
+
     work = tmp_path / "oncall"
     (work / "backups" / "drill").mkdir(parents=True)
     for path in (incident.backup, incident.backup.with_name(incident.backup.name + ".manifest.json")):
         shutil.copy2(path, work / "backups" / "drill")
     monkeypatch.chdir(work)
     monkeypatch.delenv("ROLLBACK_CONFIG", raising=False)
-    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--reports-dir", str(incident.reports),
-                                 "--dry-run"])
-    assert result.exit_code == 0, result.output
-    assert _run_json(incident)["backup"]["path"] == str(work / "backups" / "drill" / incident.backup.name)
+    result = run_phases(migration_id=MIGRATION, environment="drill", reports_dir=str(incident.reports),
+                        phases=("01_prepare",))
+    assert result.summary["phases"][0]["status"] == "succeeded", result.summary["error"]
+    assert result.summary["backup"]["path"] == str(work / "backups" / "drill" / incident.backup.name)
