@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rollbacklib.errors import RollbackError
+from rollbacklib.errors import ConfigError, RollbackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
@@ -112,7 +112,8 @@ def run(
     env: str = EnvOpt,
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
-    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one)."),
+    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
+                                          "a relative path is relative to the working directory."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
     yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
@@ -151,11 +152,29 @@ def drill(
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
     keep: bool = typer.Option(False, "--keep", help="Leave the server running and print how to connect."),
+    stage_only: bool = typer.Option(False, "--stage-only", help="Stage the incident and stop there, server running "
+                                    "(implies --keep); print how to practise the rollback on it."),
+    stop: Optional[Path] = typer.Option(None, "--stop", metavar="DIR", help="Stop the server and the app session of "
+                                        "a drill folder (as printed by --stage-only or --keep), and remove it."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
-    from rollbacklib.drill import run_drill
+    from rollbacklib.drill import run_drill, stage_drill, stop_drill
 
     try:
+        if stop is not None:
+            if users or keep or stage_only:
+                raise ConfigError("--stop takes no other option.", next_action=f"run: rollback drill --stop {stop}",
+                                  step="drill")
+            stopped = stop_drill(stop)
+            out.print(("Stopped the server" if stopped.server_was_running else "The server was not running")
+                      + ("; stopped the app session" if stopped.app_session_was_running else
+                         "; the app session had already ended") + f"; removed {stopped.folder}.", highlight=False)
+            return
+        if stage_only:
+            staged = stage_drill(config_path=str(config) if config else None, users=users, say=out.print)
+            out.print("")
+            out.print(staged.instructions(reports_dir), markup=False, highlight=False)
+            return
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
                            on_event=print_event)
@@ -169,7 +188,8 @@ def drill(
         from rollbacklib.postgres.client import client_tools
 
         psql = client_tools("embedded").path("psql")
-        out.print(f"Server left running in {result.workdir}. Connect with:\n  {psql} '{result.url}'", highlight=False)
+        out.print(f"Server left running in {result.workdir}. Connect with:\n  {psql} '{result.url}'\n"
+                  f"Stop it with:\n  rollback drill --stop {result.workdir}", highlight=False)
     raise typer.Exit(result.exit_code)
 
 

@@ -20,6 +20,7 @@ from rollbacklib.resources import default_config
 
 ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CONFIG_NAME = "runbook.toml"
+WORKDIR_ENV = "ROLLBACK_WORKDIR"
 
 
 class _Strict(BaseModel):
@@ -289,8 +290,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             step="config",
         ) from None
     # The packaged default keeps its scenarios beside it, but its backups go under the working
-    # directory, never into the installed package.
+    # directory, never into the installed package: the caller's, also in the notebook kernels,
+    # which run in the run folder (run_phases hands them $ROLLBACK_WORKDIR).
     real = path.resolve()
     packaged = real == default_config().resolve()
-    _resolve_paths(config, real.parent, Path.cwd() if packaged else real.parent)
+    _resolve_paths(config, real.parent, working_directory() if packaged else real.parent)
     return config
+
+
+def working_directory() -> Path:
+    """$ROLLBACK_WORKDIR, or the working directory: where the default config's backups are."""
+    return Path(os.environ.get(WORKDIR_ENV) or Path.cwd()).resolve()

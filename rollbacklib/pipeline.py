@@ -14,7 +14,7 @@ from typing import Callable
 
 import papermill as pm
 
-from rollbacklib.config import load_config
+from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
@@ -126,8 +126,11 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     phase); ``on_plan`` of the plan once phase 01 has written it. ``confirm``, when the run
     has no approval, is shown the plan and asked for the migration ID before phase 02; the
     approval it gives is recorded against the plan's digest.
+    A relative ``backup`` is the caller's: it is resolved here, against the caller's working
+    directory, because the notebooks run in the run folder.
     """
     validate_migration_id(migration_id)
+    backup = str(Path(backup).expanduser().resolve()) if backup else None
     config = load_config(config_path)
     env = config.environment(environment)
     env.database_url()  # fail on a missing secret before anything runs
@@ -135,7 +138,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     reports = Path(reports_dir or default_reports_dir()).resolve()
     run_dir = run_folder(reports, migration_id, environment, run_id)
     folder = notebooks_dir()
-    with environment_lock(reports, environment), database_lock(env, run_id):
+    with environment_lock(reports, environment), database_lock(env, run_id), \
+            _kernel_environment({WORKDIR_ENV: str(working_directory())}):
         run_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(run_dir / JOURNAL_NAME)
         earlier = read_events(run_dir)
@@ -218,6 +222,21 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
 def phase_seconds(run_dir: Path, phase: str) -> float | None:
     """A phase's time as the journal measured it: the same figure the summary shows."""
     return next((p["seconds"] for p in phase_table(read_events(run_dir)) if p["name"] == phase), None)
+
+
+@contextmanager
+def _kernel_environment(values: dict[str, str]):
+    """Variables for the notebook kernels, which papermill starts with this process's environment."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeout: float | None = None) -> bool:

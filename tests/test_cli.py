@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -137,3 +138,28 @@ def test_a_release_that_would_apply_the_migration_again_aborts_before_anything(i
     assert "would apply the migration again" in result.output
     assert "take `migrate deploy` out of its start command" in result.output
     assert server_snapshot(incident) == before
+
+
+def test_a_relative_backup_is_found_from_the_working_directory_not_the_run_folder(incident, monkeypatch):
+    monkeypatch.chdir(incident.backup.parent.parent)
+    relative = incident.backup.relative_to(incident.backup.parent.parent)
+    result = runner.invoke(app, incident.run_args("--backup", str(relative), "--dry-run"))
+    assert result.exit_code == 0, result.output
+    assert _run_json(incident)["backup"]["path"] == str(incident.backup)
+
+
+def test_the_default_config_finds_backups_under_the_working_directory_also_in_the_notebooks(
+        incident, tmp_path, monkeypatch):
+    """The shipped runbook.toml keeps backups in ./backups/<env>: the caller's folder, not the run folder."""
+    from rollbacklib.pipeline import run_phases
+
+    work = tmp_path / "oncall"
+    (work / "backups" / "drill").mkdir(parents=True)
+    for path in (incident.backup, incident.backup.with_name(incident.backup.name + ".manifest.json")):
+        shutil.copy2(path, work / "backups" / "drill")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("ROLLBACK_CONFIG", raising=False)
+    result = run_phases(migration_id=MIGRATION, environment="drill", reports_dir=str(incident.reports),
+                        phases=("01_prepare",))
+    assert result.summary["phases"][0]["status"] == "succeeded", result.summary["error"]
+    assert result.summary["backup"]["path"] == str(work / "backups" / "drill" / incident.backup.name)

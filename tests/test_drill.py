@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
-from rollbacklib.drill import run_drill
+from rollbacklib.cli import app
+from rollbacklib.drill import DRILL_FILE, run_drill, stage_drill, stop_drill
+
+from conftest import DRILL_URL_ENV, MIGRATION
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +25,7 @@ def drill(tmp_path_factory):
     lines: list[str] = []
     result = run_drill(users=300, reports_dir=str(reports), keep=True, say=lines.append)
     yield result, lines
-    result.server.stop()
+    stop_drill(result.workdir)
 
 
 def test_drill_rolls_back_and_validates(drill):
@@ -76,14 +85,102 @@ def test_drill_report_folder_holds_the_evidence(drill):
 
 
 def test_drill_command_prints_a_one_screen_summary(tmp_path):
-    from typer.testing import CliRunner
-
-    from rollbacklib.cli import app
-
-    result = CliRunner().invoke(app, ["drill", "--users", "150", "--reports-dir", str(tmp_path)])
+    result = runner.invoke(app, ["drill", "--users", "150", "--reports-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     for phase in ("01_prepare", "02_execute", "03_validate", "04_restore_service", "05_close"):
         assert phase in result.output
     assert "within the 15 min target" in result.output
     assert "Rolled back: yes" in result.output
     assert "checks passed" in result.output and str(tmp_path) in result.output
+
+
+# --- a staged incident to practise on ---------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _server_answers(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _app_sessions(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT application_name FROM pg_stat_activity WHERE datname = "
+                                           "current_database() AND pid <> pg_backend_pid()").fetchall()]
+
+
+def test_stage_only_then_the_printed_commands_roll_back_and_stop(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DRILL_URL_ENV, raising=False)
+    staged = runner.invoke(app, ["drill", "--stage-only", "--users", "150"])
+    lines = [line.strip() for line in staged.output.splitlines()]
+    stop = next((line for line in lines if line.startswith("5. ")), "")
+    folder = Path(shlex.split(stop)[-1]) if stop else None
+    try:
+        assert staged.exit_code == 0, staged.output
+        assert "nothing of the runbook has run" in staged.output and not (tmp_path / "reports").exists()
+        assert (folder / DRILL_FILE).exists()
+        (export,) = [line for line in lines if line.startswith("export ")]
+        name, url = shlex.split(export)[1].split("=", 1)
+        assert name == DRILL_URL_ENV and ":" not in url.split("@")[0].removeprefix("postgresql://")
+        dry_run, run = [shlex.split(line) for line in lines if line.startswith("rollback run ")]
+        assert dry_run[-1] == "--dry-run" and run == dry_run[:-1] and run[run.index("-m") + 1] == MIGRATION
+        backup = Path(run[run.index("--backup") + 1])
+        assert backup.is_file() and backup.is_relative_to(folder)
+        assert "jupyter lab" in staged.output and "notebooks" in staged.output and "papermill" in staged.output
+
+        # The incident, as the printed URL shows it: the bad migration applied, the app connected.
+        app_pid = json.loads((folder / DRILL_FILE).read_text())["app_pid"]
+        assert _alive(app_pid)
+        with psycopg.connect(url) as conn:
+            applied = [r[0] for r in conn.execute(
+                "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL ORDER BY 1").fetchall()]
+            assert applied[-1] == MIGRATION
+            assert not conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
+                                    "AND column_name = 'passwordHash'").fetchone()
+        assert _app_sessions(url) == ["api-gateway"]
+
+        # The printed command, as an on-call engineer would paste it (the gate passed with --yes).
+        monkeypatch.setenv(name, url)
+        rolled = runner.invoke(app, [*run[1:], "--yes"])
+        assert rolled.exit_code == 0, rolled.output
+        assert next(tmp_path.glob(f"reports/{MIGRATION}/drill/*/run.json"))
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
+                                "AND column_name = 'passwordHash'").fetchone()
+        assert "api-gateway lost its session" in (folder / "app-session.log").read_text()
+
+        stopped = runner.invoke(app, ["drill", "--stop", str(folder)])
+        assert stopped.exit_code == 0, stopped.output
+        assert not folder.exists() and not _server_answers(url) and not _alive(app_pid)
+    finally:
+        if folder and folder.exists():
+            stop_drill(folder)
+
+
+def test_stop_ends_a_connected_app_session_and_the_server():
+    staged = stage_drill(users=50, say=lambda _line: None)
+    try:
+        assert _alive(staged.app_pid) and _app_sessions(staged.url) == ["api-gateway"]
+        stopped = stop_drill(staged.folder)
+    finally:
+        if staged.folder.exists():
+            stop_drill(staged.folder)
+    assert stopped.app_session_was_running and stopped.server_was_running
+    assert not _alive(staged.app_pid) and not _server_answers(staged.url) and not staged.folder.exists()
+
+
+def test_stop_refuses_a_folder_that_is_not_a_drill(tmp_path):
+    (tmp_path / "keep-me.txt").write_text("mine")
+    result = runner.invoke(app, ["drill", "--stop", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "is not a drill folder" in result.output and "--stage-only" in result.output
+    assert (tmp_path / "keep-me.txt").exists()

@@ -1,13 +1,17 @@
 """The built-in drill: the configured scenario end to end on an embedded PostgreSQL server.
 
-Start a server in a temporary folder, apply the migrations before the bad one, generate
+Start a server in a folder of its own, apply the migrations before the bad one, generate
 data, take the backup, apply the bad migration, write rows after it as the app would, leave
-an app session open, then run the whole runbook in the drill environment.
+an app session connected, then run the whole runbook in the drill environment
+(``run_drill``), or stop there for a person to practise on (``stage_drill``). The folder
+records what was staged in ``drill.json``; ``stop_drill(folder)`` ends it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -19,14 +23,19 @@ import psycopg
 
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.backup import take_backup
-from rollbacklib.config import load_config
+from rollbacklib.config import Config, load_config
 from rollbacklib.errors import ConfigError
-from rollbacklib.drill.embedded import EmbeddedServer, start_server
+from rollbacklib.drill.app_session import APP_NAME, LOG_NAME, start_app_session, stop_app_session
+from rollbacklib.drill.embedded import EmbeddedServer, start_server, stop_server
 from rollbacklib.postgres.client import ClientTools, client_tools
 from rollbacklib.drill.prisma_migrate import apply_migration
+from rollbacklib.resources import default_config, notebooks_dir
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.pipeline import RunResult, run_phases
 from rollbacklib.drill.scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
+
+DRILL_FILE = "drill.json"
+_KIND = "rollbacklib drill"
 
 
 @dataclass
@@ -84,51 +93,183 @@ def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: in
     return backup
 
 
-def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
-              keep: bool = False, say: Callable[[str], None] = print,
-              on_event: Callable[[dict], None] | None = None) -> DrillResult:
+@dataclass
+class StagedDrill:
+    """An incident staged on an embedded server in ``folder``, recorded in ``folder/drill.json``."""
+
+    folder: Path
+    migration: str
+    environment: str
+    database_url_env: str
+    config: Path
+    url: str = ""
+    backup: Path | None = None
+    app_pid: int | None = None
+    setup_seconds: dict = field(default_factory=dict)
+    server: EmbeddedServer | None = field(default=None, repr=False)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.folder / "pgdata"
+
+    def save(self) -> None:
+        record = {"kind": _KIND, "migration": self.migration, "environment": self.environment,
+                  "database_url_env": self.database_url_env, "config": str(self.config), "url": self.url,
+                  "backup": str(self.backup) if self.backup else None, "app_pid": self.app_pid,
+                  "pgdata": str(self.pgdata)}
+        (self.folder / DRILL_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "StagedDrill":
+        folder = Path(folder).expanduser().resolve()
+        try:
+            record = json.loads((folder / DRILL_FILE).read_text())
+            if record.get("kind") != _KIND or Path(record["pgdata"]) != folder / "pgdata":
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{folder} is not a drill folder (no readable {DRILL_FILE} written by rollback drill).",
+                              next_action="pass the folder that `rollback drill --stage-only` (or --keep) printed; "
+                              f"it holds {DRILL_FILE} and pgdata/.", step="drill") from None
+        return cls(folder, record["migration"], record["environment"], record["database_url_env"],
+                   Path(record["config"]), record["url"], Path(record["backup"]) if record["backup"] else None,
+                   record["app_pid"])
+
+    def instructions(self, reports_dir: str | os.PathLike | None = None) -> str:
+        """What a person needs to rehearse the rollback on this incident, in the terminal or JupyterLab."""
+        options = []
+        if self.config.resolve() != default_config().resolve():
+            options += ["--config", str(self.config)]
+        if reports_dir:
+            options += ["--reports-dir", str(Path(reports_dir).resolve())]
+        run = ["rollback", "run", "--env", self.environment, "-m", self.migration, "--backup", str(self.backup),
+               *options]
+        notebooks = notebooks_dir()
+        parameters = [("migration_id", self.migration), ("environment", self.environment), ("run_id", "practice-1"),
+                      ("backup", str(self.backup))]
+        if "--config" in options:
+            parameters.append(("config_path", str(self.config)))
+        papermill = ["papermill", str(notebooks / "01_prepare.ipynb"), "01_prepare.ipynb"]
+        for name, value in parameters:
+            papermill += ["-p", name, value]
+        psql = client_tools("embedded").path("psql")
+        return "\n".join([
+            f"Incident staged in {self.folder}: the server is running and nothing of the runbook has run.",
+            f"  {self.migration} is applied, rows were written after it, and an app session "
+            f"({APP_NAME}, pid {self.app_pid}, log {self.folder / LOG_NAME}) is connected.",
+            f"  Backup taken before the migration: {self.backup}",
+            "",
+            "1. In your shell, point the drill environment at the server (no password: a local socket):",
+            f"  export {self.database_url_env}={shlex.quote(self.url)}",
+            "2. Look first, then roll back (phase 02 asks for the migration ID):",
+            f"  {shlex.join([*run, '--dry-run'])}",
+            f"  {shlex.join(run)}",
+            "3. Or phase by phase in JupyterLab, started from the same shell after the export (work on a copy:",
+            "   the package's notebooks stay clean):",
+            f"  cp -r {shlex.quote(str(notebooks))} ./drill-notebooks && jupyter lab ./drill-notebooks",
+            "   In each notebook's parameters cell set " + ", ".join(f"{n} = {v!r}" for n, v in parameters)
+            + " (the same run_id for every phase); 02_execute asks for the migration ID before it changes anything.",
+            "   Headless, one notebook at a time (add -p approve <migration ID> to 02_execute):",
+            f"  {shlex.join(papermill)}",
+            f"4. Look around: {shlex.quote(psql)} \"${self.database_url_env}\"",
+            f"5. Afterwards, stop the server and the app session and remove the folder: rollback drill --stop "
+            f"{shlex.quote(str(self.folder))}",
+        ])
+
+
+def _drill_config(config_path: str | None) -> Config:
     config = load_config(config_path)
     if config.drill is None:
         raise ConfigError(f"{config.path} has no [drill] section.",
                           next_action="add [drill] with scenario, migration and environment (see README).")
+    return config
+
+
+def stage_drill(*, config_path: str | None = None, users: int | None = None, backup_dir: Path | None = None,
+                keep: bool = True, say: Callable[[str], None] = print, timer: _Timer | None = None) -> StagedDrill:
+    """Start an embedded server in a new folder and stage the configured incident on it, app session included.
+
+    Nothing of the runbook runs. The app session is a detached process that outlives this one.
+    With ``keep`` the server runs until ``stop_drill(folder)``; without it, it stops when this
+    process ends. On any failure everything started is stopped and the folder removed.
+    """
+    config = _drill_config(config_path)
     drill = config.drill
     scenario = load_scenario(drill.scenario)
     env = config.environment(drill.environment)
-    users = users or drill.users
-    workdir = Path(tempfile.mkdtemp(prefix="rollback-drill-"))
-    timer = _Timer(say)
-
-    done = timer.step("starting an embedded PostgreSQL server")
-    server = start_server(workdir / "pgdata", keep_running=keep, delete_on_stop=not keep)
-    done()
-    app_session = None
+    timer = timer or _Timer(say)
+    staged = StagedDrill(Path(tempfile.mkdtemp(prefix="rollback-drill-")), drill.migration, drill.environment,
+                         env.database_url_env, config.path, setup_seconds=timer.seconds)
     try:
-        with psycopg.connect(server.url(), autocommit=True) as admin:
+        done = timer.step("starting an embedded PostgreSQL server")
+        staged.server = start_server(staged.pgdata, keep_running=keep, delete_on_stop=not keep)
+        done()
+        staged.url = staged.server.url(scenario.database)
+        staged.save()  # from here on, stop_drill(folder) can end it
+        with psycopg.connect(staged.server.url(), autocommit=True) as admin:
             admin.execute(db.sql.SQL("CREATE DATABASE {}").format(db.sql.Identifier(scenario.database)))
-        url = server.url(scenario.database)
-        os.environ[env.database_url_env] = url
-        run_id = new_run_id()
-        run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
-        backup = stage_incident(url, scenario, drill.migration, users=users, backup_dir=run_dir / "backup",
-                                tools=client_tools(env.client_binaries), probes=config.all_queries(), say=say,
-                                timer=timer)
-        app_session = psycopg.connect(url, autocommit=True, application_name="api-gateway")  # an app left connected
+        staged.backup = stage_incident(staged.url, scenario, drill.migration, users=users or drill.users,
+                                       backup_dir=backup_dir or staged.folder / "backups",
+                                       tools=client_tools(env.client_binaries), probes=config.all_queries(), say=say,
+                                       timer=timer)
+        done = timer.step(f"connecting an app session ({APP_NAME})")
+        staged.app_pid = start_app_session(staged.url, staged.folder)
+        done()
+        staged.save()
+    except BaseException:
+        _end(staged)
+        raise
+    return staged
+
+
+@dataclass
+class StoppedDrill:
+    folder: Path
+    app_session_was_running: bool
+    server_was_running: bool
+
+
+def stop_drill(folder: str | os.PathLike) -> StoppedDrill:
+    """Stop the app session and the server of a drill folder, then remove the folder."""
+    return _end(StagedDrill.load(folder))
+
+
+def _end(staged: StagedDrill) -> StoppedDrill:
+    app = stop_app_session(staged.app_pid, staged.folder)
+    server = staged.pgdata.exists() and stop_server(staged.pgdata)
+    if staged.server is not None:
+        staged.server.stop()  # this process's handle: its bookkeeping, and pgdata deleted if asked at start
+    shutil.rmtree(staged.folder, ignore_errors=True)
+    return StoppedDrill(staged.folder, app, server)
+
+
+def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
+              keep: bool = False, say: Callable[[str], None] = print,
+              on_event: Callable[[dict], None] | None = None) -> DrillResult:
+    """Stage the incident, then run the whole runbook on it with the gate approved, as an operator would."""
+    config = _drill_config(config_path)
+    drill = config.drill
+    run_id = new_run_id()
+    run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
+    timer = _Timer(say)
+    staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir / "backup", keep=keep,
+                         say=say, timer=timer)
+    try:
+        os.environ[staged.database_url_env] = staged.url
 
         def progress(phase: str, status: str, seconds: float | None) -> None:
             say(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
 
         say("running the runbook")
         result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=str(config.path),
-                            reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(backup),
+                            reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(staged.backup),
                             progress=progress, on_event=on_event)
-        rolled_back = _rolled_back(url, config.migration(drill.migration))
-        return DrillResult(result, workdir, url, server if keep else None, timer.seconds, rolled_back)
+        rolled_back = _rolled_back(staged.url, config.migration(drill.migration))
+        return DrillResult(result, staged.folder, staged.url, staged.server if keep else None, timer.seconds,
+                           rolled_back)
     finally:
-        if app_session is not None:
-            app_session.close()
+        stop_app_session(staged.app_pid, staged.folder)  # gone already if the runbook terminated its session
         if not keep:
-            server.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
+            _end(staged)
 
 
 def _rolled_back(url: str, migration) -> bool:
