@@ -64,6 +64,25 @@ def print_event(event: dict) -> None:
     out.print(text, markup=False, highlight=False)
 
 
+def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False):
+    """Run (or resume) with the terminal's progress lines, plan and prompt; our errors become exit codes."""
+    confirm = None
+    if not yes and not dry_run and sys.stdin.isatty():
+        def confirm(plan) -> str:
+            out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {environment} "
+                      f"to the backup by the plan above ({plan.digest[:12]}; the live database is kept, never dropped).")
+            return typer.prompt("Type the migration ID to approve this plan, anything else to stop")
+
+    def progress(phase, status, seconds):
+        out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+
+    try:
+        return execute(dry_run=dry_run, approve=migration_id if yes else "", progress=progress, on_event=print_event,
+                       confirm=confirm, on_plan=print_plan)
+    except RollbackError as error:
+        _fail(error)
+
+
 def print_plan(plan) -> None:
     """Every step after phase 01, with each statement or command exactly as it will run."""
     from rollbacklib.steps import Phase
@@ -93,6 +112,10 @@ def print_run(summary: dict, run_dir: Path) -> None:
         out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/], closed to connections"
                   + (f"; to open it for inspection: {summary['open_kept_database']}"
                      if summary.get("open_kept_database") else ""), highlight=False)
+    if summary.get("way_back"):
+        err.print("[bold]The way back[/] (run on the maintenance database, in order):", highlight=False)
+        for statement in summary["way_back"]:
+            err.print(f"  {statement};", markup=False, highlight=False)
     if summary["error"]:
         e = summary["error"]
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
@@ -121,27 +144,38 @@ def run(
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
     from rollbacklib.pipeline import run_phases
 
-    try:
-        approve = migration if yes else ""
-        confirm = None
-        if not yes and not dry_run and sys.stdin.isatty():
-            def confirm(plan) -> str:
-                out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {env} "
-                          f"to the backup by the plan above ({plan.digest[:12]}; the live database is kept, "
-                          "never dropped).")
-                return typer.prompt("Type the migration ID to approve this plan, anything else to stop")
+    from functools import partial
 
-        def progress(phase, status, seconds):
-            out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
+    from rollbacklib.pipeline import run_phases
 
-        result = run_phases(migration_id=migration, environment=env, config_path=str(config) if config else None,
-                            reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id, dry_run=dry_run,
-                            approve=approve, backup=str(backup) if backup else None, progress=progress,
-                            on_event=print_event, confirm=confirm, on_plan=print_plan)
-    except RollbackError as error:
-        _fail(error)
+    execute = partial(run_phases, migration_id=migration, environment=env, config_path=str(config) if config else None,
+                      reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
+                      backup=str(backup) if backup else None)
+    result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
     if dry_run:
         out.print("[bold]DRY RUN[/]: phase 01 only read; every later step was printed above and not executed.")
+    print_run(result.summary, result.run_dir)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def resume(
+    run_dir: Path = typer.Argument(..., help="The run folder: reports/<migration>/<environment>/<run_id>."),
+    config: Optional[Path] = ConfigOpt,
+    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate if the run has no approval yet."),
+):
+    """Continue a run that stopped (killed, crashed, or failed at a step someone then fixed by hand).
+
+    Phases that finished are skipped; each step already done is skipped only if its postcondition
+    still holds on the live system; a swap cut in half is finished from what the catalog shows.
+    """
+    from functools import partial
+
+    from rollbacklib.pipeline import resume as resume_run
+
+    execute = partial(resume_run, run_dir, config_path=str(config) if config else None)
+    result = _run_with_terminal(execute, migration_id=Path(run_dir).resolve().parent.parent.name,
+                                environment=Path(run_dir).resolve().parent.name, yes=yes)
     print_run(result.summary, result.run_dir)
     raise typer.Exit(result.exit_code)
 

@@ -1,0 +1,171 @@
+"""Real faults: a killed runner, a lock held, a superuser pool, two runs on one database, the way back followed literally."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+
+import psutil
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from rollbacklib.cli import app
+from rollbacklib.config import load_config
+from rollbacklib.journal import read_events
+from rollbacklib.pipeline import run_phases
+from rollbacklib.postgres.locks import database_lock
+from rollbacklib.steps import Phase, StepName
+
+from conftest import DRILL_URL_ENV, MIGRATION, behind_the_runbook
+
+runner = CliRunner()
+
+
+def _databases(incident) -> dict[str, tuple[bool, int]]:
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        rows = admin.execute("SELECT datname, datallowconn, datconnlimit FROM pg_database WHERE datname LIKE %s",
+                             (incident.database + "%",)).fetchall()
+    return {name: (allow, limit) for name, allow, limit in rows}
+
+
+def _kill_when(incident, run_id: str, step: str, status: str) -> tuple[subprocess.Popen, dict]:
+    """Start `rollback run --yes` in a process; SIGKILL it and its kernel as soon as the journal shows (step, status)."""
+    cmd = [sys.executable, "-m", "rollbacklib.cli", *incident.run_args("--backup", str(incident.backup), "--yes",
+                                                                       "--run-id", run_id)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = incident.reports.resolve() / MIGRATION / "drill" / run_id / "journal.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        events = read_events(journal) if journal.exists() else []
+        hit = next((e for e in events if e["step"] == step and e["status"] == status), None)
+        if hit:
+            family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+            for pid in family:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            return proc, hit
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"the run never reached {step} {status}")
+
+
+@pytest.mark.parametrize("step, status", [(StepName.BLOCK, "changed"), (StepName.SWAP_KEEP, "changed")])
+def test_a_run_killed_in_phase_02_is_finished_by_resume(incident, step, status):
+    proc, hit = _kill_when(incident, "killed", step, status)
+    run_dir = incident.reports.resolve() / MIGRATION / "drill" / "killed"
+    before_resume = _databases(incident)
+    assert before_resume.get(incident.database, (True, -1)) != (True, -1)  # production is down or renamed away
+
+    result = runner.invoke(app, ["resume", str(run_dir), "--config", str(incident.config)])
+
+    assert result.exit_code == 0, result.output
+    found = _databases(incident)
+    kept = f"{incident.database}__pre_rollback_killed"
+    assert found[incident.database] == (True, -1)  # serving again
+    assert found[kept] == (False, 0)  # kept, closed
+    assert not any("__restored_" in name for name in found)  # no copy left behind
+    with psycopg.connect(incident.url) as conn:  # the live database is the restored one
+        assert conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name = %s",
+                            (MIGRATION,)).fetchone()[0] == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "succeeded" and run["attempts"] == 2 and run["validation"]["passed"]
+    skipped = [e for e in read_events(run_dir) if e["status"] == "skipped" and "already done" in e["message"]]
+    assert skipped, "resume re-checked postconditions and skipped what was done"
+
+
+def test_the_way_back_printed_after_a_failure_works_when_followed_literally(incident):
+    common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+                  reports_dir=str(incident.reports), run_id="way-back", approve=MIGRATION, backup=str(incident.backup))
+    run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
+    with behind_the_runbook(incident) as conn:
+        conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
+    result = run_phases(**common, phases=(Phase.VALIDATE,))
+    assert result.exit_code == 5
+    statements = result.summary["way_back"]
+    assert any("ALLOW_CONNECTIONS true" in s for s in statements), statements  # the unblock is part of it
+    assert statements[0] in result.summary["error"]["next_action"]
+
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        for statement in statements:
+            admin.execute(statement)
+
+    with psycopg.connect(incident.url) as conn:  # the application's URL answers, on the pre-rollback database
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+        state = conn.execute("SELECT finished_at IS NOT NULL FROM _prisma_migrations WHERE migration_name = %s",
+                             (MIGRATION,)).fetchone()
+        assert state == (True,)
+
+
+def test_a_second_run_on_the_same_database_is_refused_whatever_its_environment_name(incident, tmp_path):
+    text = incident.config.read_text().replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/')
+    config = tmp_path / "runbook.toml"
+    config.write_text(text + f'\n[environments.drill_too]\ndatabase_url_env = "{DRILL_URL_ENV}"\n'
+                             'backup_dir = "backups/drill"\n[environments.drill_too.thresholds]\nmin_backup_bytes = 1024\n')
+    env = load_config(config).environment("drill")
+    with database_lock(env, "first-run"):
+        result = runner.invoke(app, ["run", "--env", "drill_too", "-m", MIGRATION, "--config", str(config),
+                                     "--reports-dir", str(tmp_path / "other-reports"), "--backup",
+                                     str(incident.backup), "--yes"])
+    assert result.exit_code == 4, result.output
+    assert "Another rollback holds database" in result.output and "run=first-run" in result.output
+    assert f"pid={os.getpid()}" in result.output
+
+
+def test_a_held_lock_times_out_and_names_the_session_it_waited_on(incident):
+    holder = psycopg.connect(incident.url)
+    holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # and stay idle in the transaction
+    pid = holder.info.backend_pid
+    try:
+        result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
+    finally:
+        holder.close()
+    assert result.exit_code == 3, result.output
+    assert "lock timeout" in result.output and f"It waited on: pid {pid}" in result.output
+    assert _databases(incident)[incident.database] == (True, -1)
+
+
+def test_no_session_reaches_the_restored_database_before_it_is_validated(incident):
+    """A pool that connects as a superuser (CONNECTION LIMIT does not stop it) keeps trying during the whole run."""
+    seen, stop = [], threading.Event()
+
+    def pool():
+        while not stop.is_set():
+            try:
+                with psycopg.connect(incident.url, connect_timeout=2, autocommit=True,
+                                     application_name="superuser-pool") as conn:
+                    oid, at = conn.execute("SELECT oid, clock_timestamp() FROM pg_database "
+                                           "WHERE datname = current_database()").fetchone()
+                    seen.append((oid, at))
+            except psycopg.Error:
+                pass
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=pool, daemon=True)
+    thread.start()
+    try:
+        result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", "pool"))
+    finally:
+        stop.set()
+        thread.join()
+    assert result.exit_code == 0, result.output
+    run_dir = incident.reports.resolve() / MIGRATION / "drill" / "pool"
+    with psycopg.connect(incident.admin_url) as admin:
+        restored_oid = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", (incident.database,)).fetchone()[0]
+    reopened = min(datetime.fromisoformat(e["ts"]) for e in read_events(run_dir)
+                   if e["step"] == StepName.REOPEN and e["status"] == "changed")
+    validated = max(datetime.fromisoformat(e["ts"]) for e in read_events(run_dir)
+                    if e["step"] == StepName.VALIDATION and e["status"] == "ok")
+    early = [at for oid, at in seen if oid == restored_oid and at < reopened]
+    assert not early, f"the pool reached the restored database before it was reopened: {early[:3]}"
+    assert validated < reopened
+    assert any(oid == restored_oid for oid, _ in seen), "the pool never got in after the reopen (test did not test)"
