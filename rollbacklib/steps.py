@@ -66,6 +66,7 @@ class StepName(StrEnum):
     SWAP_PROMOTE = "swap-promote-copy"
     BOOKKEEPING = "bookkeeping"
     VALIDATION = "validation"
+    COMPARE_ROWS = "compare-rows"
     REOPEN = "reopen-connections"
     HEALTH = "health"
     START_SERVICES = "start-services"

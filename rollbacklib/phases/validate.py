@@ -133,7 +133,68 @@ def plan_steps(ctx, admin=None) -> list[Step]:
                  private_actions(live, admin) + (
                      Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
                             "table, probes, configured expectations, database settings and grants, sampled rows"),),
-                 destructive=True, requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes")]
+                 destructive=True, requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes"),
+            compare_rows_step(ctx, admin)]
+
+
+# --- the rows the restore discarded -------------------------------------------------------------
+
+def compare_rows_step(ctx, admin=None) -> Step:
+    """Both databases read through private connections (the kept one and the live one, both still closed).
+
+    The kept database keeps ``CONNECTION LIMIT 0`` throughout and is closed again the instant the
+    runbook has connected; the live one stays closed until 04_restore_service reopens it, so
+    nothing writes to either while they are compared. Its time adds to the downtime.
+    """
+    from rollbacklib.phases.execute import kept_name
+
+    live, kept = ctx.database, kept_name(ctx)
+    return Step(StepName.COMPARE_ROWS, PHASE, kept,
+                "the rows the restore discarded: the kept pre-rollback database against the restored one, by key",
+                private_actions(kept, admin) + private_actions(live, admin) + (
+                    Action("read", f"{kept}, {live}", "per table, on each side: SELECT key, md5(row) ORDER BY key "
+                           "through a cursor; the two streams merged: keys only in the kept database (inserted), "
+                           "only in the restored one (deleted), in both with different rows (updated)"),),
+                destructive=True, requires=(StepName.VALIDATION,),
+                postcondition=f"{kept} is closed again (ALLOW_CONNECTIONS false, CONNECTION LIMIT 0); {live} still "
+                "closed", undo=(db.private_connection_statements(kept)[1].as_string(admin),))
+
+
+def _both_closed(ctx, step: Step) -> Check:
+    swap = ctx.state().need("swap", "swap_promote_copy (02_execute)")
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        found = {swap.kept: db.database_settings(admin, swap.kept),
+                 ctx.database: db.database_settings(admin, ctx.database)["allow_connections"]}
+    return compare("the kept database is closed again and the live one still closed",
+                   {swap.kept: {"allow_connections": False, "connection_limit": 0}, ctx.database: False}, found)
+
+
+def compare_rows(ctx) -> pd.DataFrame:
+    """Rows inserted, updated or deleted after the backup that the restore discarded, per table (RPO in rows)."""
+    return dispatch(ctx, ctx.planned(StepName.COMPARE_ROWS), _compare_rows, postcondition=_both_closed)
+
+
+def _compare_rows(ctx, step: Step) -> pd.DataFrame:
+    """A comparison that cannot be made is journaled as not measured and does not hold the service down:
+    what must hold is the postcondition, both databases closed."""
+    import psycopg
+
+    from rollbacklib.errors import RollbackError
+    from rollbacklib.postgres import rowdiff
+
+    swap = ctx.state().need("swap", "swap_promote_copy (02_execute)")
+    try:
+        with private_session(ctx, step, swap.kept) as kept, private_session(ctx, step, ctx.database) as restored:
+            lost = rowdiff.diff_databases(kept, restored)
+    except (RollbackError, psycopg.Error) as err:
+        failure = getattr(err, "message", None) or f"{type(err).__name__}: {err}".splitlines()[0]
+        ctx.record(step.name, "info", f"rows lost not measured: {failure}", rows_lost=None, kept=swap.kept)
+        return pd.DataFrame([{"rows lost": f"not measured: {failure}"}])
+    ctx.record(step.name, "info", f"{lost['total']} row(s) written after the backup were discarded by the restore",
+               rows_lost=lost, kept=swap.kept, restored=ctx.database)
+    return pd.DataFrame([{"table": t, "key": ", ".join(d["key"]), "inserted": d["inserted"], "updated": d["updated"],
+                          "deleted": d["deleted"], "lost": d["lost"], "note": d["note"]}
+                         for t, d in lost["tables"].items()])
 
 
 def expected_description(ctx) -> tuple[dict, bool]:

@@ -1,0 +1,184 @@
+"""Rows two databases disagree on, table by table, found by primary key: the rows a rollback lost.
+
+Typically the kept pre-rollback database (``kept``) against the restored one (``restored``).
+A row is
+
+- *inserted* when its key is only in ``kept`` (written after the backup, gone with the restore),
+- *deleted* when its key is only in ``restored`` (deleted after the backup, back again),
+- *updated* when both have its key and the rows differ (over the columns both tables have).
+
+All three are writes made after the backup that the restore discarded. Two databases on one
+server share no query, so each side streams ``(key..., md5(row))`` ordered by key from a
+server-side cursor, and the two streams are merged here: memory stays bounded whatever the
+table's size. The order must be one Python compares the same way as PostgreSQL: integer and
+uuid keys are ordered natively, any other type by the UTF-8 bytes of its text form (as
+``bytea``, which both sort bytewise whatever the collation), as ``rows.lost_rows`` does (which
+compares keys only; this compares rows too). Composite keys are tuples.
+
+Columns only one side has (a column the migration dropped or added) are left out of the row
+hash and listed, so a schema change alone does not count every row as updated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+import psycopg
+from psycopg import sql
+
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres.rows import _NATIVE_ORDER, FETCH_ROWS
+
+EXAMPLES = 10  # keys listed per kind of change
+BOOKKEEPING = ("_prisma_migrations",)  # reset to the backup's by design: not data the application wrote
+
+
+@dataclass
+class TableDiff:
+    table: str
+    key: list[str] = field(default_factory=list)
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    kept_rows: int | None = None
+    restored_rows: int | None = None
+    columns_left_out: list[str] = field(default_factory=list)
+    examples: dict[str, list] = field(default_factory=dict)
+    note: str = ""  # how the table was compared, when not plainly
+    comparable: bool = True
+
+    @property
+    def lost(self) -> int | None:
+        return self.inserted + self.updated + self.deleted if self.comparable else None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["lost"] = self.lost
+        data["examples"] = {k: [[_plain(v) for v in key] for key in keys] for k, keys in self.examples.items()}
+        return data
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+
+
+def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: TableDiff) -> TableDiff:
+    """Merge two key-ordered streams of ``(key..., md5)`` (keys ``width`` wide) into ``diff``'s counts."""
+    a_iter, b_iter = iter(kept), iter(restored)
+    a, b = next(a_iter, None), next(b_iter, None)
+    kept_rows = restored_rows = 0
+    while a is not None or b is not None:
+        ka = tuple(a[:width]) if a is not None else None
+        kb = tuple(b[:width]) if b is not None else None
+        if kb is None or (ka is not None and ka < kb):
+            _count(diff, "inserted", ka)
+            kept_rows += 1
+            a = next(a_iter, None)
+        elif ka is None or kb < ka:
+            _count(diff, "deleted", kb)
+            restored_rows += 1
+            b = next(b_iter, None)
+        else:
+            if a[width] != b[width]:
+                _count(diff, "updated", ka)
+            kept_rows += 1
+            restored_rows += 1
+            a, b = next(a_iter, None), next(b_iter, None)
+    diff.kept_rows, diff.restored_rows = kept_rows, restored_rows
+    return diff
+
+
+def _count(diff: TableDiff, kind: str, key: tuple) -> None:
+    setattr(diff, kind, getattr(diff, kind) + 1)
+    shown = diff.examples.setdefault(kind, [])
+    if len(shown) < EXAMPLES:
+        shown.append(key)
+
+
+# --- the catalog of each side -------------------------------------------------------------------
+
+def _tables(conn: psycopg.Connection) -> list[str]:
+    return [db._table_key(schema, table) for schema, table in db.user_tables(conn)]
+
+
+def _columns(conn: psycopg.Connection, table: str) -> dict[str, str]:
+    """Column name -> type, in the table's order."""
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (db._ident(table).as_string(conn),)).fetchall()
+    return dict(rows)
+
+
+def _key_expr(column: str, native: bool) -> sql.Composable:
+    ident = sql.Identifier(column)
+    return ident if native else sql.SQL("convert_to({}::text, 'UTF8')").format(ident)
+
+
+def rows_query(table: str, key: list[str], native: list[bool], columns: list[str]) -> sql.Composable:
+    """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream."""
+    keys = sql.SQL(", ").join(_key_expr(c, n) for c, n in zip(key, native))
+    row = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    order = sql.SQL(", ").join(sql.Literal(i) for i in range(1, len(key) + 1))
+    return sql.SQL("SELECT {keys}, md5(ROW({row})::text) FROM {table} ORDER BY {order}").format(
+        keys=keys, row=row, table=db._ident(table), order=order)
+
+
+def _stream(conn: psycopg.Connection, query: sql.Composable, name: str) -> Iterator[tuple]:
+    with conn.transaction(), conn.cursor(name=name) as cur:
+        cur.itersize = FETCH_ROWS
+        cur.execute(query)
+        yield from cur
+
+
+def _count_rows(conn: psycopg.Connection, table: str) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(db._ident(table))).fetchone()[0]
+
+
+def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: str) -> TableDiff:
+    """The rows of ``table`` that differ between ``kept`` and ``restored``, by primary key."""
+    in_kept, in_restored = table in _tables(kept), table in _tables(restored)
+    if not in_restored:  # created after the backup: every row it holds is lost
+        n = _count_rows(kept, table)
+        return TableDiff(table, db.primary_key_columns(kept, table), inserted=n, kept_rows=n, restored_rows=0,
+                         note="only in the pre-rollback database (created after the backup): every row is lost")
+    if not in_kept:  # dropped after the backup: the restore brought its rows back, none lost
+        n = _count_rows(restored, table)
+        return TableDiff(table, db.primary_key_columns(restored, table), kept_rows=0, restored_rows=n,
+                         note="not in the pre-rollback database (dropped after the backup): the restore brought "
+                         "it back; not counted as lost")
+    key = db.primary_key_columns(restored, table)
+    if not key or db.primary_key_columns(kept, table) != key:
+        why = "no primary key" if not key else "the primary key differs between the two databases"
+        return TableDiff(table, key, comparable=False, kept_rows=_count_rows(kept, table),
+                         restored_rows=_count_rows(restored, table), note=f"cannot compare row by row: {why}")
+    ours, theirs = _columns(restored, table), _columns(kept, table)
+    common = [c for c in ours if c in theirs]
+    left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
+    native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]  # the order rows.lost_rows uses
+    query = rows_query(table, key, native, common)
+    diff = TableDiff(table, key, columns_left_out=left_out)
+    if left_out:
+        diff.note = "compared over the columns both have; left out: " + ", ".join(left_out)
+    return merge(_stream(kept, query, "rollbacklib_kept"), _stream(restored, query, "rollbacklib_restored"),
+                 len(key), diff)
+
+
+def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
+                   skip: tuple[str, ...] = BOOKKEEPING) -> dict:
+    """Every user table of either database compared; the total of rows lost and what could not be counted."""
+    tables = sorted(set(_tables(kept)) | set(_tables(restored)))
+    diffs = [diff_table(kept, restored, t) for t in tables if t not in skip]
+    counted = [d for d in diffs if d.comparable]
+    return {
+        "total": sum(d.lost for d in counted),
+        "inserted": sum(d.inserted for d in counted),
+        "updated": sum(d.updated for d in counted),
+        "deleted": sum(d.deleted for d in counted),
+        "tables": {d.table: d.to_dict() for d in diffs},
+        "not_compared": [d.table for d in diffs if not d.comparable],
+        "left_out": [t for t in tables if t in skip],
+    }
