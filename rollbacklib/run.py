@@ -151,7 +151,8 @@ def open_run(*, migration_id: str, environment: str, config_path: str = "", run_
     ctx = RunContext(config, env, migration_id, run_id, run_dir, phase or "adhoc", bool(dry_run), str(approve or ""))
     ctx.record("phase", "started", f"{ctx.phase} of {migration_id} on {environment}",
                dry_run=ctx.dry_run, strategy=env.strategy, config=str(config.path),
-               rto_budget_seconds=env.thresholds.rto_budget_seconds)
+               rto_budget_seconds=env.thresholds.rto_budget_seconds,
+               rpo_budget_seconds=env.thresholds.rpo_budget_seconds)
     return ctx
 
 

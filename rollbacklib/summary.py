@@ -9,6 +9,7 @@ from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED,
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import changes_made, read_events
 from rollbacklib.postgres.database import open_database_sql
+from rollbacklib.report.metrics import measure
 from rollbacklib.state import load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.way_back import way_back
@@ -71,7 +72,7 @@ def finished_phases(events: list[dict]) -> set[str]:
 
 
 def summarize(run_dir: Path) -> dict:
-    """Status, timings, RTO, RPO, validation: everything read from the journal and the state."""
+    """Status, timings, RTO, RPO, validation, the success metrics: all read from the journal and the state."""
     run_dir = Path(run_dir)
     events = read_events(run_dir)
     state = load_state(run_dir)
@@ -104,7 +105,7 @@ def summarize(run_dir: Path) -> dict:
                              and "checks" in e["evidence"]), None)
     backup_taken = state.backup.taken_at if state.backup else None
     first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
-    return {
+    summary = {
         "status": status,
         "exit_code": exit_code,
         "dry_run": dry_run,
@@ -136,6 +137,7 @@ def summarize(run_dir: Path) -> dict:
         "earlier_errors": [{"phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
                            for e in earlier],
     }
+    return summary | measure(summary, events, state)
 
 
 def _from_path(run_dir: Path, up: int) -> str:

@@ -1,0 +1,279 @@
+"""The seed plan's success metrics, measured from the journal and the run's state: never typed.
+
+Each metric is a row of the seed's table (metric, target, actual, status) with the number
+behind it (``value``, ``unit``) and where it comes from (``evidence``). ``measure`` adds them
+to ``run.json`` (through ``summary.summarize``); the report, the 05_close notebook and the
+post-mortem read them from there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rollbacklib.state import RunState
+from rollbacklib.steps import Phase, StepName
+
+BAD = ("aborted", "refused", "failed", "bad-usage")
+# The seed plan's estimate for each phase (the upper end where it gives a range), in seconds.
+PHASE_ESTIMATES = {Phase.PREPARE: 120, Phase.EXECUTE: 480, Phase.VALIDATE: 300, Phase.RESTORE_SERVICE: 180,
+                   Phase.CLOSE: 120}
+SLOW_SHARE = 0.5  # a step is slow when it alone takes half its phase's estimate
+PASS, FAIL, INFO, NOT_MEASURED, PEOPLE = "pass", "fail", "info", "not measured", "for people"
+
+# The seed's incident drill (Test 3): each milestone and its target, in seconds from the start.
+# The run knows neither when the team was told nor the status page: those are for people.
+DRILL_TARGETS = (
+    ("team notified", 120, None),
+    ("status page updated", 180, None),
+    ("rollback started", 300, (Phase.EXECUTE, StepName.CREATE_COPY, "started")),
+    ("rollback completed", 900, (Phase.EXECUTE, StepName.SWAP_PROMOTE, "ok")),
+    ("validated", 1200, (Phase.VALIDATE, StepName.VALIDATION, "ok")),
+    ("closed", 1500, (Phase.CLOSE, StepName.CLOSE, "ok")),
+)
+
+
+def _t(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
+
+
+def seconds_between(a: str | None, b: str | None) -> float | None:
+    return round((_t(b) - _t(a)).total_seconds(), 3) if a and b else None
+
+
+def duration(seconds: float | None) -> str:
+    """``7.6 s``, ``2 min 05 s``: what a person reads."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min" if rest == 0 else f"{minutes} min {rest:02d} s"
+
+
+def first_event(events: list[dict], step: str, status: str, phase: str | None = None) -> dict | None:
+    return next((e for e in events if e["step"] == step and e["status"] == status
+                 and (phase is None or e["phase"] == phase)), None)
+
+
+def last_evidence(events: list[dict], step: str, key: str) -> dict | None:
+    """The latest event of ``step`` whose evidence has ``key`` (a step re-run in the same run wins)."""
+    return next((e for e in reversed(events) if e["step"] == step and key in e["evidence"]), None)
+
+
+def step_table(events: list[dict]) -> list[dict]:
+    """Each step's last attempt: phase, start, end, seconds, outcome (``running`` if it never ended)."""
+    steps: dict[tuple[str, str], dict] = {}
+    for e in events:
+        if e["step"] in ("phase", "service-restored"):
+            continue
+        key = (e["phase"], e["step"])
+        if e["status"] == "started":
+            steps[key] = {"phase": e["phase"], "step": e["step"], "started_at": e["ts"], "finished_at": None,
+                          "status": "running", "seconds": None, "message": ""}
+        elif key in steps and e["status"] in ("ok", "skipped", *BAD) and steps[key]["finished_at"] is None:
+            steps[key].update(finished_at=e["ts"], status=e["status"], message=e["message"],
+                              seconds=seconds_between(steps[key]["started_at"], e["ts"]))
+        elif key not in steps and e["status"] in BAD:  # refused before it started (the runner's gate)
+            steps[key] = {"phase": e["phase"], "step": e["step"], "started_at": e["ts"], "finished_at": e["ts"],
+                          "status": e["status"], "seconds": 0.0, "message": e["message"]}
+    return sorted(steps.values(), key=lambda s: s["started_at"])
+
+
+def milestones(events: list[dict]) -> list[dict]:
+    """The drill's milestones: target and, where the journal has it, when each was reached."""
+    start = events[0]["ts"] if events else None
+    rows = []
+    for name, target, where in DRILL_TARGETS:
+        event = first_event(events, where[1], where[2], where[0]) if where else None
+        seconds = seconds_between(start, event["ts"]) if event else None
+        rows.append({"milestone": name, "target_seconds": target, "at": event["ts"] if event else None,
+                     "seconds": seconds,
+                     "status": (PEOPLE if where is None else NOT_MEASURED if seconds is None
+                                else PASS if seconds < target else FAIL)})
+    return rows
+
+
+def _metric(key: str, metric: str, target: str, value, unit: str, actual: str, status: str, evidence: str) -> dict:
+    return {"key": key, "metric": metric, "target": target, "actual": actual, "status": status, "value": value,
+            "unit": unit, "evidence": evidence}
+
+
+def _budget(value: float | None, budget: float | None) -> str:
+    if value is None:
+        return NOT_MEASURED
+    return PASS if budget is None or value < budget else FAIL
+
+
+def measure(summary: dict, events: list[dict], state: RunState) -> dict:
+    """Everything the seed's success-metrics table asks for, with its evidence."""
+    first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
+    rto, rto_budget = summary.get("rto_seconds"), summary.get("rto_budget_seconds")
+    rpo, rpo_budget = summary.get("rpo_seconds"), first.get("rpo_budget_seconds")
+    restored = first_event(events, "service-restored", "info")
+    blocked_at = state.blocked.at if state.blocked else None
+    downtime = seconds_between(blocked_at, restored["ts"]) if restored and blocked_at else None
+    lost_event = last_evidence(events, StepName.COMPARE_ROWS, "rows_lost")
+    rows_lost = lost_event["evidence"]["rows_lost"] if lost_event else None
+
+    metrics = [
+        _metric("rto", "RTO (Recovery Time)", f"< {duration(rto_budget)}" if rto_budget else "-", rto, "s",
+                duration(rto), _budget(rto, rto_budget),
+                "from the run's first journal event to the database answering SELECT 1 through the application's "
+                "URL (step health)"),
+        _metric("rpo", "RPO (Data Loss), time", f"< {duration(rpo_budget)}" if rpo_budget else "-", rpo, "s",
+                duration(rpo), _budget(rpo, rpo_budget),
+                "from the backup's time (its manifest) to the moment the live database stopped taking connections "
+                "(step block-connections): the writes a full restore gives up"),
+        _rows_lost_metric(rows_lost, lost_event),
+        _metric("downtime", "Downtime (connections blocked)", f"< {duration(rto_budget)}" if rto_budget else "-",
+                downtime, "s", duration(downtime), _budget(downtime, rto_budget),
+                "from block-connections to the database answering again through the application's URL (health)"),
+        _uptime(rto, downtime),
+        _integrity(summary.get("validation") or {}),
+        _services(events),
+        _errors_after(events),
+    ]
+    return {"rpo_budget_seconds": rpo_budget, "downtime_seconds": downtime, "rows_lost": rows_lost,
+            "milestones": milestones(events), "metrics": metrics}
+
+
+def _rows_lost_metric(rows_lost: dict | None, event: dict | None) -> dict:
+    if rows_lost is None:
+        why = event["message"] if event else "step compare-rows did not run in this run"
+        return _metric("rows_lost", "RPO (Data Loss), rows", "counted", None, "rows", "-", NOT_MEASURED, why)
+    per_table = ", ".join(f"{t} {d['lost']}" for t, d in rows_lost["tables"].items() if d["lost"])
+    actual = f"{rows_lost['total']} rows" + (f" ({per_table})" if per_table else "")
+    partial = f"; not comparable: {', '.join(rows_lost['not_compared'])}" if rows_lost["not_compared"] else ""
+    return _metric("rows_lost", "RPO (Data Loss), rows", "counted", rows_lost["total"], "rows", actual, INFO,
+                   f"{rows_lost['inserted']} inserted, {rows_lost['updated']} updated, {rows_lost['deleted']} deleted "
+                   "after the backup, by primary key: the kept pre-rollback database against the restored one "
+                   f"(step compare-rows){partial}")
+
+
+def _uptime(rto: float | None, downtime: float | None) -> dict:
+    if rto is None or downtime is None or rto <= 0:
+        return _metric("uptime", "Uptime during rollback", "> 0% (maintenance mode OK)", None, "%", "-",
+                       NOT_MEASURED, "needs both the RTO and the downtime")
+    share = round(100 * max(rto - downtime, 0) / rto, 1)
+    return _metric("uptime", "Uptime during rollback", "> 0% (maintenance mode OK)", share, "%", f"{share}%",
+                   PASS if share > 0 else FAIL, "share of the rollback (run start to service restored) during which "
+                   "the database took connections: the restore runs beside the live database")
+
+
+def _integrity(validation: dict) -> dict:
+    checks = [c for c in validation.get("checks", []) if not c.get("skipped")]
+    if not checks:
+        return _metric("integrity", "Data integrity", "100%", None, "%", "-", NOT_MEASURED,
+                       "step validation did not run")
+    passed = sum(1 for c in checks if c["passed"])
+    share = round(100 * passed / len(checks), 1)
+    return _metric("integrity", "Data integrity", "100%", share, "%", f"{share:g}% ({passed}/{len(checks)} checks)",
+                   PASS if passed == len(checks) else FAIL,
+                   "checks of step validation that passed (schema, counts, bookkeeping, rows, configured expectations)")
+
+
+def _services(events: list[dict]) -> dict:
+    event = last_evidence(events, StepName.START_SERVICES, "services")
+    name = "Services restored"
+    if event is None:
+        return _metric("services", name, "100%", None, "%", "-", NOT_MEASURED, "step start-services did not run")
+    services = event["evidence"]["services"]
+    if not services:
+        return _metric("services", name, "100%", None, "%", "no services configured", INFO,
+                       "the environment lists no services that use the database")
+    if event["status"] != "changed":  # no platform: a person starts them
+        return _metric("services", name, "100%", None, "%", f"{len(services)} to start by hand", PEOPLE,
+                       "no service platform is configured: " + ", ".join(s["name"] for s in services))
+    up = [s for s in services if not s.get("error") and not s.get("skipped")]
+    share = round(100 * len(up) / len(services), 1)
+    return _metric("services", name, "100%", share, "%", f"{share:g}% ({len(up)}/{len(services)})",
+                   PASS if len(up) == len(services) else FAIL, "what the platform reported for step start-services")
+
+
+def _errors_after(events: list[dict]) -> dict:
+    swapped = first_event(events, StepName.SWAP_PROMOTE, "ok")
+    name = "Errors post-rollback"
+    if swapped is None:
+        return _metric("errors_after", name, "0", None, "", "-", NOT_MEASURED, "the swap did not happen in this run")
+    after = [e for e in events if e["ts"] > swapped["ts"]]
+    bad = [f"{e['phase']}/{e['step']} {e['status']}" for e in after if e["status"] in BAD]
+    health = first_event(after, "service-restored", "info")
+    retries = [a for a in (health["evidence"].get("attempts", []) if health else []) if not a.get("ok")]
+    bad += [f"health attempt {a['attempt']}: {a.get('error', 'no answer')}" for a in retries]
+    return _metric("errors_after", name, "0", len(bad), "", str(len(bad)), PASS if not bad else FAIL,
+                   "journal events after the swap that failed, were refused or aborted, and failed health attempts"
+                   + (": " + "; ".join(bad) if bad else "") + ". Application error rates come with service probes.")
+
+
+def metric(summary: dict, key: str) -> dict | None:
+    return next((m for m in summary.get("metrics", []) if m["key"] == key), None)
+
+
+# --- what a run left in its folder, read once for the report, the plots and the post-mortem -----
+
+class Evidence:
+    """A run folder's journal, state and summary (``run.json``, or computed when the run has none yet)."""
+
+    def __init__(self, run_dir):
+        import json
+        from pathlib import Path
+
+        from rollbacklib.journal import read_events
+        from rollbacklib.state import load_state
+        from rollbacklib.summary import RUN_SUMMARY, summarize
+
+        self.run_dir = Path(run_dir)
+        self.events = read_events(self.run_dir)
+        self.state = load_state(self.run_dir)
+        path = self.run_dir / RUN_SUMMARY
+        self.summary = json.loads(path.read_text()) if path.exists() else summarize(self.run_dir)
+        if "metrics" not in self.summary:  # a run.json written before the metrics existed
+            self.summary = self.summary | measure(self.summary, self.events, self.state)
+
+    @property
+    def steps(self) -> list[dict]:
+        return step_table(self.events)
+
+    def manifest(self) -> dict | None:
+        from pathlib import Path
+
+        from rollbacklib.postgres import backup as bk
+
+        if self.state.backup is None or not self.state.backup.has_manifest:
+            return None
+        try:
+            return bk.load_manifest(Path(self.state.backup.path))
+        except Exception:  # a manifest gone or damaged since: the report still renders
+            return None
+
+    def row_counts(self) -> dict[str, dict[str, int]]:
+        """Rows per table before the migration (the backup's manifest), at the rollback (capture), after it."""
+        series = {}
+        manifest = self.manifest()
+        if manifest and manifest.get("row_counts"):
+            series["before the migration (backup)"] = manifest["row_counts"]
+        if self.state.captured:
+            series["at the rollback (capture)"] = self.state.captured.row_counts
+        after = dict(self.state.restored.row_counts or {}) if self.state.restored else {}
+        lost = self.summary.get("rows_lost")
+        for table, d in (lost or {}).get("tables", {}).items():
+            if d.get("restored_rows") is not None:
+                after[table] = d["restored_rows"]
+        if after:
+            series["after the rollback"] = after
+        return series
+
+    def migration_row(self) -> dict | None:
+        """The migration's ``_prisma_migrations`` row as captured before the restore (phase 01)."""
+        import json
+        from pathlib import Path
+
+        captured = self.state.captured
+        if captured and "migrations" in captured.files:
+            path = Path(captured.folder) / captured.files["migrations"]
+            if path.exists():
+                rows = json.loads(path.read_text())
+                row = next((r for r in rows if r.get("migration_name") == self.summary.get("migration_id")), None)
+                if row:
+                    return row
+        return self.state.migration
