@@ -1,4 +1,4 @@
-"""Phase 05, close: the timeline and the success metrics, measured from the journal."""
+"""Phase 05, close: the timeline, the success metrics and their plots, measured from the journal; the post-mortem draft."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ from datetime import datetime
 import pandas as pd
 
 from rollbacklib.journal import read_events
+from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.run import RunContext
 from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, finish_phase
-from rollbacklib.summary import RUN_SUMMARY, summarize, write_summary
+from rollbacklib.summary import RUN_SUMMARY, write_summary
 
 PHASE = Phase.CLOSE
 
 
 def plan_steps(ctx: RunContext) -> list[Step]:
     return [Step(StepName.CLOSE, PHASE, str(ctx.run_dir), "the timeline and the success metrics, from the journal",
-                 (Action("file", str(ctx.run_dir / RUN_SUMMARY), f"write {RUN_SUMMARY}"),),
-                 requires=(StepName.HEALTH,), postcondition=f"{RUN_SUMMARY} written")]
+                 (Action("file", str(ctx.run_dir / RUN_SUMMARY), f"write {RUN_SUMMARY}"),
+                  Action("file", str(ctx.run_dir / POSTMORTEM_NAME), f"write {POSTMORTEM_NAME}: the post-mortem "
+                         "draft, the seed's template filled from the evidence, blanks marked for people")),
+                 requires=(StepName.HEALTH,), postcondition=f"{RUN_SUMMARY} and {POSTMORTEM_NAME} written")]
 
 
 def timeline(ctx: RunContext) -> pd.DataFrame:
@@ -34,30 +37,35 @@ def timeline(ctx: RunContext) -> pd.DataFrame:
 
 
 def metrics(ctx: RunContext) -> pd.DataFrame:
-    """The plan's success metrics, each with its target and what the journal measured."""
-    s = summarize(ctx.run_dir)
-    t = ctx.env.thresholds
-    checks = s["validation"]["checks"]
-    passed = sum(1 for c in checks if c["passed"] and not c.get("skipped"))
-    counted = sum(1 for c in checks if not c.get("skipped"))
-    rows = [
-        _metric("RTO (s)", f"< {t.rto_budget_seconds:.0f}", s["rto_seconds"],
-                s["rto_seconds"] is not None and s["rto_seconds"] < t.rto_budget_seconds),
-        _metric("RPO (s): backup to writes stopped", f"< {t.rpo_budget_seconds:.0f}", s["rpo_seconds"],
-                s["rpo_seconds"] is not None and s["rpo_seconds"] < t.rpo_budget_seconds),
-        _metric("Data integrity (checks passed)", "100%", f"{passed}/{counted}", counted > 0 and passed == counted),
-        _metric("Errors during the run", 0, sum(1 for p in s["phases"] if p["status"] in ("failed", "aborted", "refused")),
-                s["error"] is None),
-    ]
-    return pd.DataFrame(rows)
+    """The plan's success metrics (the seed's table: metric, target, actual, status), with their evidence."""
+    from rollbacklib.report.metrics import Evidence
+
+    return pd.DataFrame([{k: m[k] for k in ("metric", "target", "actual", "status", "evidence")}
+                         for m in Evidence(ctx.run_dir).summary["metrics"]])
 
 
-def _metric(name, target, actual, ok) -> dict:
-    return {"metric": name, "target": target, "actual": actual, "status": "✅" if ok else "❌"}
+def show_plots(ctx: RunContext) -> None:
+    """The timeline against the RTO budget and the drill's targets, rows per table, rows lost per table."""
+    from IPython.display import Image, Markdown, display
+
+    from rollbacklib.report import plots
+    from rollbacklib.report.metrics import Evidence
+
+    run = Evidence(ctx.run_dir)
+    for name, draw in plots.FIGURES:
+        fig = draw(run)
+        if fig is not None:
+            display(Image(data=plots.png(fig)))
+        elif name == "service":
+            display(Markdown("*Error rate and p95 latency:* no service probes or metrics recorded in this run."))
 
 
 def finish(ctx: RunContext) -> dict:
-    """End phase 05 and write ``run.json``."""
+    """End phase 05: write ``run.json`` and the post-mortem draft (both again by the runner once the run ends)."""
+    from rollbacklib.report import postmortem
+
     dispatch(ctx, ctx.planned(StepName.CLOSE), lambda c, s: None)
     finish_phase(ctx)
-    return write_summary(ctx.run_dir)
+    summary = write_summary(ctx.run_dir)
+    postmortem.write(ctx.run_dir)
+    return summary
