@@ -98,7 +98,7 @@ def print_plan(plan) -> None:
     out.print("")
 
 
-def print_run(summary: dict, run_dir: Path) -> None:
+def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_error: str | None = None) -> None:
     out.print(_summary_table(summary))
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
@@ -127,6 +127,11 @@ def print_run(summary: dict, run_dir: Path) -> None:
         if cell:
             err.print(f"Failed cell: {cell}", markup=False)
     out.print(f"Report folder: {run_dir}")
+    if report is not None:
+        out.print(f"Report: {report}", highlight=False)
+    if report_error is not None:
+        err.print(f"The report could not be written ({report_error}); the run's outcome stands. "
+                  f"Try again with: rollback report {run_dir}", markup=False, highlight=False)
 
 
 @app.command()
@@ -154,8 +159,46 @@ def run(
     result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
     if dry_run:
         out.print("[bold]DRY RUN[/]: phase 01 only read; every later step was printed above and not executed.")
-    print_run(result.summary, result.run_dir)
+    print_run(result.summary, result.run_dir, result.report, result.report_error)
     raise typer.Exit(result.exit_code)
+
+
+def _run_dir(path: Path) -> Path:
+    from rollbacklib.errors import ConfigError
+    from rollbacklib.journal import JOURNAL_NAME
+
+    if not (path / JOURNAL_NAME).is_file():
+        raise ConfigError(f"{path} is not a run folder (it has no {JOURNAL_NAME}).",
+                          next_action="pass a folder reports/<migration>/<environment>/<run_id>/ that a run wrote.")
+    return path.resolve()
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>.")):
+    """Render RUN_DIR/report.html from the run's executed notebooks, journal and state (done after every run too)."""
+    from rollbacklib.report import html
+
+    try:
+        path = html.write(_run_dir(run_dir))
+    except RollbackError as error:
+        _fail(error)
+    out.print(f"Report: {path}", highlight=False)
+
+
+@app.command()
+def postmortem(
+    run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write YYYY-MM-DD-migration-rollback-postmortem.md "
+                                           "here (default: RUN_DIR/postmortem.md)."),
+):
+    """Write the post-mortem draft: the seed's template filled from the run's evidence, blanks marked for people."""
+    from rollbacklib.report import postmortem as pm
+
+    try:
+        path = pm.write(_run_dir(run_dir), out_dir)
+    except RollbackError as error:
+        _fail(error)
+    out.print(f"Post-mortem draft: {path}", highlight=False)
 
 
 @app.command()
@@ -176,7 +219,7 @@ def resume(
     execute = partial(resume_run, run_dir, config_path=str(config) if config else None)
     result = _run_with_terminal(execute, migration_id=Path(run_dir).resolve().parent.parent.name,
                                 environment=Path(run_dir).resolve().parent.name, yes=yes)
-    print_run(result.summary, result.run_dir)
+    print_run(result.summary, result.run_dir, result.report, result.report_error)
     raise typer.Exit(result.exit_code)
 
 
@@ -214,7 +257,7 @@ def drill(
                            on_event=print_event)
     except RollbackError as error:
         _fail(error)
-    print_run(result.run.summary, result.run.run_dir)
+    print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)
     for label, seconds in result.setup_seconds.items():
         out.print(f"  setup: {label}: {seconds:.1f} s", highlight=False)
     out.print("Rolled back: " + ("[green]yes[/]" if result.rolled_back else "[red]NO[/]"))

@@ -78,6 +78,8 @@ class JournalFollower(threading.Thread):
 class RunResult:
     run_dir: Path
     summary: dict
+    report: Path | None = None  # report.html, written at the end of every run
+    report_error: str | None = None  # why it could not be written (the run's outcome is not changed by it)
 
     @property
     def exit_code(self) -> int:
@@ -178,7 +180,28 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     break
         finally:
             summary = write_summary(run_dir)
-    return RunResult(run_dir, summary)
+            report, report_error = write_report(run_dir)
+    return RunResult(run_dir, summary, report, report_error)
+
+def write_report(run_dir: Path) -> tuple[Path | None, str | None]:
+    """``report.html`` and ``postmortem.md`` for every run, whatever its outcome; journaled either way.
+
+    A failure here is journaled and returned, never raised: it must not change the run's outcome
+    or exit code (``run.json`` is already written), and ``rollback report RUN_DIR`` can try again.
+    """
+    journal = Journal(run_dir / JOURNAL_NAME)
+    try:
+        from rollbacklib.report import write_all
+
+        paths = write_all(run_dir)
+    except Exception as err:  # noqa: BLE001 - whatever broke the report, the run's outcome stands
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        journal.record("run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
+                       next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
+        return None, message
+    journal.record("run", "report", "info", "report written", report=str(paths["report"]),
+                   postmortem=str(paths["postmortem"]))
+    return paths["report"], None
 
 
 def resume(run_dir: str | Path, **options) -> RunResult:
