@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME
-from rollbacklib.report.metrics import (BAD, FAIL, PASS, PHASE_ESTIMATES, SLOW_SHARE, Evidence, duration,
-                                        first_event, metric, seconds_between)
+from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, Evidence,
+                                        duration, first_event, metric, seconds_between)
 from rollbacklib.steps import StepName
 
 
@@ -93,6 +93,8 @@ def went_wrong(run: Evidence) -> list[str]:
     for m in run.summary.get("metrics", []):
         if m["status"] == FAIL:
             items.append(f"{m['metric']}: {m['actual']} against a target of {m['target']}")
+        elif m["status"] == NOT_MEASURED and run.summary.get("status") == "succeeded":
+            items.append(f"{m['metric']} was not measured: {m['evidence']}")
     return items
 
 
