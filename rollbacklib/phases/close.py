@@ -46,7 +46,9 @@ def metrics(ctx: RunContext) -> pd.DataFrame:
 
 def show_plots(ctx: RunContext) -> None:
     """The timeline against the RTO budget and the drill's targets, rows per table, rows lost per table."""
-    from IPython.display import Image, Markdown, display
+    import base64
+
+    from IPython.display import Markdown, display
 
     from rollbacklib.report import plots
     from rollbacklib.report.metrics import Evidence
@@ -54,8 +56,8 @@ def show_plots(ctx: RunContext) -> None:
     run = Evidence(ctx.run_dir)
     for name, draw in plots.FIGURES:
         fig = draw(run)
-        if fig is not None:
-            display(Image(data=plots.png(fig)))
+        if fig is not None:  # the text/plain is the image's description (its alt text in the report)
+            display({"image/png": base64.b64encode(plots.png(fig)).decode(), "text/plain": plots.ALT[name]}, raw=True)
         elif name == "service":
             display(Markdown("*Error rate and p95 latency:* no service probes or metrics recorded in this run."))
 

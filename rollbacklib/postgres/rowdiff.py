@@ -101,7 +101,8 @@ def _count(diff: TableDiff, kind: str, key: tuple) -> None:
 # --- the catalog of each side -------------------------------------------------------------------
 
 def _tables(conn: psycopg.Connection) -> list[str]:
-    return [db._table_key(schema, table) for schema, table in db.user_tables(conn)]
+    default = db.default_schema(conn)
+    return [db._table_key(schema, table, default) for schema, table in db.user_tables(conn)]
 
 
 def _columns(conn: psycopg.Connection, table: str) -> dict[str, str]:

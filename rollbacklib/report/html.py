@@ -23,6 +23,7 @@ from pathlib import Path
 from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME, REPORT_NAME
 from rollbacklib.report.checklist import checklist
+from rollbacklib.report import plots
 from rollbacklib.report.metrics import BAD, Evidence, duration
 from rollbacklib.steps import PHASES
 
@@ -164,7 +165,7 @@ def _timeline(run: Evidence, figures: dict[str, bytes]) -> str:
     phases = "".join(f"<tr><td><a href='#phase-{e(p['name'])}'>{e(p['name'])}</a></td><td>{_status_word(p['status'])}"
                      f"</td><td>{e(duration(p['seconds']))}</td><td>{e((p['started_at'] or '')[11:23])}</td></tr>"
                      for p in run.summary.get("phases", []))
-    plot = _img(figures["timeline"], "timeline of the run's steps and the drill's milestones") \
+    plot = _img(figures["timeline"], plots.ALT["timeline"]) \
         if "timeline" in figures else ""
     return (f"{plot}<div class='rb-two'><table class='rb-table'><thead><tr><th>Drill milestone</th><th>Target</th>"
             f"<th>Reached after</th><th>Status</th></tr></thead><tbody>{rows}</tbody></table>"
@@ -197,8 +198,6 @@ def _facts(run: Evidence) -> str:
 
 
 def render(run_dir: Path) -> str:
-    from rollbacklib.report import plots
-
     run = Evidence(run_dir)
     s = run.summary
     bodies, failed_cells = render_notebooks(run)
@@ -212,7 +211,7 @@ def render(run_dir: Path) -> str:
         body = bodies.get(phase) or "<p class='rb-note'>This phase did not run in this run.</p>"
         sections.append(f"<section class='rb-phase' id='phase-{e(phase)}'>{head}{body}</section>")
     extra_plots = "" if (run.run_dir / "05_close.ipynb").exists() else "".join(
-        _img(figures[name], name) for name in ("rows", "rows_lost") if name in figures)
+        _img(figures[name], plots.ALT[name]) for name in ("rows", "rows_lost") if name in figures)
     toc = "".join(f"<a href='#phase-{e(p)}'>{e(p)}</a>" for p in PHASES)
     title = f"Rollback of {s.get('migration_id')} on {s.get('environment')}: {s['status']}"
     return f"""<!DOCTYPE html>

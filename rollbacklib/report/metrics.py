@@ -109,9 +109,10 @@ def measure(summary: dict, events: list[dict], state: RunState) -> dict:
     first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
     rto, rto_budget = summary.get("rto_seconds"), summary.get("rto_budget_seconds")
     rpo, rpo_budget = summary.get("rpo_seconds"), first.get("rpo_budget_seconds")
-    restored = first_event(events, "service-restored", "info")
+    healthy = state.steps.get(StepName.HEALTH)  # the instant the RTO is measured to
+    restored_at = healthy.at if healthy and healthy.status == "ok" else None
     blocked_at = state.blocked.at if state.blocked else None
-    downtime = seconds_between(blocked_at, restored["ts"]) if restored and blocked_at else None
+    downtime = seconds_between(blocked_at, restored_at)
     lost_event = last_evidence(events, StepName.COMPARE_ROWS, "rows_lost")
     rows_lost = lost_event["evidence"]["rows_lost"] if lost_event else None
 

@@ -151,6 +151,10 @@ def service_figure(run: Evidence) -> Figure | None:
 
 FIGURES = (("timeline", timeline_figure), ("rows", rows_figure), ("rows_lost", rows_lost_figure),
            ("service", service_figure))
+ALT = {"timeline": "The run's steps on its clock, and the drill's milestones against their targets and the RTO budget",
+       "rows": "Rows per table before the migration, at the rollback and after it",
+       "rows_lost": "Rows lost per table: inserted, updated and deleted after the backup",
+       "service": "Error rate and p95 latency across the incident"}
 
 
 def all_png(run: Evidence) -> dict[str, bytes]:
