@@ -64,7 +64,7 @@ def test_a_run_killed_in_phase_02_is_finished_by_resume(incident, step, status):
     proc, hit = _kill_when(incident, "killed", step, status)
     run_dir = incident.reports.resolve() / MIGRATION / "drill" / "killed"
     before_resume = _databases(incident)
-    assert before_resume.get(incident.database, (True, -1)) != (True, -1)  # production is down or renamed away
+    assert before_resume.get(incident.database) != (True, -1)  # production is down: blocked, or renamed away
 
     result = runner.invoke(app, ["resume", str(run_dir), "--config", str(incident.config)])
 
@@ -87,7 +87,7 @@ def test_the_way_back_printed_after_a_failure_works_when_followed_literally(inci
     common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="way-back", approve=MIGRATION, backup=str(incident.backup))
     run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
-    with behind_the_runbook(incident) as conn:
+    with behind_the_runbook(incident, "way-back") as conn:
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
     result = run_phases(**common, phases=(Phase.VALIDATE,))
     assert result.exit_code == 5
@@ -130,7 +130,7 @@ def test_a_held_lock_times_out_and_names_the_session_it_waited_on(incident):
     finally:
         holder.close()
     assert result.exit_code == 3, result.output
-    assert "lock timeout" in result.output and f"It waited on: pid {pid}" in result.output
+    assert "timeout" in result.output and f"It waited on: pid {pid}" in result.output
     assert _databases(incident)[incident.database] == (True, -1)
 
 

@@ -122,16 +122,29 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              _sql(admin, live, [db.rename_statement(live, kept)]), destructive=True, requires=(StepName.TERMINATE,),
              postcondition=f"{kept} exists and {live} does not (until the copy takes its name)",
              undo=(db.rename_statement(kept, live).as_string(admin),)),
-        Step(StepName.SWAP_PROMOTE, PHASE, restored, f"the restored copy takes the name {live}, still closed",
-             _sql(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live)]),
-             destructive=True, requires=(StepName.SWAP_KEEP,),
-             postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
-             undo=(db.rename_statement(live, restored).as_string(admin), db.rename_statement(kept, live).as_string(admin))),
-        Step(StepName.BOOKKEEPING, PHASE, live, "assert _prisma_migrations equals the backup's (never edited)",
-             private_actions(live, admin) + (Action("read", live, "SELECT * FROM _prisma_migrations"),),
-             destructive=True, requires=(StepName.SWAP_PROMOTE,),
-             postcondition="_prisma_migrations equals the backup's manifest"),
     ]
+
+
+def validated_swap_steps(ctx: RunContext, admin) -> tuple[list[Step], list[Step]]:
+    """Phase 03's steps around its validation: the bookkeeping check on the copy, then the copy goes live.
+
+    The copy is read under its own name, which no application knows, and takes the live name
+    only once validated: no unvalidated database is ever reachable by the live name.
+    """
+    live, restored, kept = ctx.database, restored_name(ctx), kept_name(ctx)
+    bookkeeping = Step(StepName.BOOKKEEPING, Phase.VALIDATE, restored,
+                       "assert the copy's _prisma_migrations equals the backup's (never edited)",
+                       private_actions(restored, admin) + (Action("read", restored, "SELECT * FROM _prisma_migrations"),),
+                       destructive=True, requires=(StepName.SWAP_KEEP,),
+                       postcondition="_prisma_migrations equals the backup's manifest")
+    promote = Step(StepName.SWAP_PROMOTE, Phase.VALIDATE, restored,
+                   f"the validated copy takes the name {live}, still closed until phase 04",
+                   _sql(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live)]),
+                   destructive=True, requires=(StepName.VALIDATION,),
+                   postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
+                   undo=(db.rename_statement(live, restored).as_string(admin),
+                         db.rename_statement(kept, live).as_string(admin)))
+    return [bookkeeping], [promote]
 
 
 def show_plan(ctx: RunContext) -> pd.DataFrame:
@@ -188,7 +201,7 @@ def _create_copy(ctx: RunContext, step: Step) -> None:
 def restore_copy(ctx: RunContext) -> pd.DataFrame:
     """Restore the backup into the copy. The live database is untouched; a failure drops the copy."""
     def restored_has_tables(c: RunContext, s: Step) -> Check:
-        if _swap_begun(c):
+        if _swap_begun(c) or c.state().done(StepName.CLOSE_COPY):
             return Check("the swap has begun: the copy went on", True)
         with db.connect(with_database(c.url, s.target), step=s.name) as conn:
             return compare(f"{s.target} holds tables", True, len(db.user_tables(conn)) > 0)
@@ -522,7 +535,7 @@ def check_bookkeeping(ctx: RunContext) -> str:
 def _bookkeeping(ctx: RunContext, step: Step) -> str:
     backup = ctx.state().need("backup", "verify_backup (01_prepare)")
     manifest = bk.load_manifest(Path(backup.path))
-    with private_session(ctx, step, ctx.database) as conn:
+    with private_session(ctx, step, step.target) as conn:
         rows = applied_migrations(conn)
     expected = manifest["prisma_migrations"] if manifest else None
     state = migration_state(rows, ctx.migration_id)

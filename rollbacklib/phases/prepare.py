@@ -211,8 +211,11 @@ def capture_step(ctx: RunContext) -> Step:
 
 
 def capture_command(ctx: RunContext) -> list[str]:
+    """pg_dump sets its own lock_timeout to 0: only --lock-wait-timeout keeps it from waiting forever on a lock."""
     schema_file = _capture_folder(ctx) / "schema_before_rollback.sql"
-    return [ctx.tools.path("pg_dump"), "--schema-only", f"--file={schema_file}", f"--dbname={ctx.database}"]
+    wait = int(ctx.env.thresholds.lock_timeout_seconds * 1000)
+    return [ctx.tools.path("pg_dump"), "--schema-only", f"--lock-wait-timeout={wait}", f"--file={schema_file}",
+            f"--dbname={ctx.database}"]
 
 
 def capture_state(ctx: RunContext) -> pd.DataFrame:

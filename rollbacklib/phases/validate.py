@@ -127,13 +127,17 @@ def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> 
 # --- phase 03 ---------------------------------------------------------------------------------
 
 def plan_steps(ctx, admin=None) -> list[Step]:
-    live = ctx.database
-    return [Step(StepName.VALIDATION, PHASE, live,
-                 "the live database (the restored copy, still closed) against the backup and the migration's checks",
-                 private_actions(live, admin) + (
-                     Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
-                            "table, probes, configured expectations, database settings and grants, sampled rows"),),
-                 destructive=True, requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes")]
+    from rollbacklib.phases.execute import restored_name, validated_swap_steps
+
+    copy = restored_name(ctx)
+    before, after = validated_swap_steps(ctx, admin)
+    return before + [Step(StepName.VALIDATION, PHASE, copy,
+                          "the restored copy (closed, under its own name) against the backup and the migration's checks",
+                          private_actions(copy, admin) + (
+                              Action("read", copy, "schema fingerprint, row counts, _prisma_migrations, first rows of "
+                                     "every table, probes, configured expectations, database settings and grants, "
+                                     "sampled rows"),),
+                          destructive=True, requires=(StepName.BOOKKEEPING,), postcondition="every check passes")] + after
 
 
 def expected_description(ctx) -> tuple[dict, bool]:
@@ -154,7 +158,7 @@ def validate_restored(ctx) -> pd.DataFrame:
 def _validate(ctx, step: Step) -> pd.DataFrame:
     expected, from_manifest = expected_description(ctx)
     state = ctx.state()
-    with private_session(ctx, step, ctx.database) as conn:
+    with private_session(ctx, step, step.target) as conn:
         checks = against_manifest(conn, expected)
         checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None,
                                        expected if from_manifest else None)
@@ -163,7 +167,7 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
                             "absent", migration))
         if state.live_properties:
             with db.connect(ctx.admin_url, step=step.name) as admin:
-                found = dbp.comparable(dbp.read_properties(admin, ctx.database))
+                found = dbp.comparable(dbp.read_properties(admin, step.target))
             checks.append(compare("database settings, grants and locale equal pre-rollback",
                                   dbp.comparable(state.live_properties), found))
         sample = ctx.migration.expect.sample if ctx.migration and ctx.migration.expect.sample else None
@@ -179,7 +183,7 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
                sample_lost=lost)
     if not passed:
         raise ValidationFailed(
-            f"The restored database does not match the backup:\n{describe_failures(checks)}",
+            f"The restored copy does not match the backup (it was not put live):\n{describe_failures(checks)}",
             next_action=(f"keep connections closed. The pre-rollback database is kept as "
                          f"{state.swap.kept if state.swap else None}; "
                          + way_back.describe(way_back.way_back(state, ctx.run_id), ctx.env.maintenance_database)),
