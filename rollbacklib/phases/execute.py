@@ -14,6 +14,7 @@ destructive step refuses without an approval of that plan.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -194,8 +195,29 @@ def _create_copy(ctx: RunContext, step: Step) -> None:
             admin.execute(db.drop_database_statement(restored))  # our own half-done copy from a retried step
             ctx.record(step.name, "info", f"dropped this run's earlier, unfinished copy {restored}")
         live_props = dbp.read_properties(admin, ctx.database)
+        check_free_space(ctx, step, admin)
         execute_actions(ctx, admin, step)
     ctx.update(restored=RestoredCopy(name=restored), live_properties=live_props)
+
+
+def check_free_space(ctx: RunContext, step: Step, admin) -> None:
+    """The copy needs about the live database's size on the server's disk: refuse with the figures if short."""
+    size = admin.execute("SELECT pg_database_size(%s)", (ctx.database,)).fetchone()[0]
+    need = int(size * ctx.env.thresholds.restore_space_factor)
+    folder = db.data_directory(admin)
+    if folder is None or not Path(folder).is_dir():
+        ctx.record(step.name, "skipped", f"free disk not checked: the server's data directory is not on this machine; "
+                   f"it needs about {need:,} bytes free for the copy", needed_bytes=need)
+        return
+    free = shutil.disk_usage(folder).free
+    ctx.record(step.name, "info", f"free disk: {free:,} bytes, the copy needs about {need:,}", free_bytes=free,
+               needed_bytes=need, live_bytes=size, data_directory=folder)
+    if free < need:
+        raise AbortedError(
+            f"Not enough free disk for the copy: the live database is {size:,} bytes, the copy needs about "
+            f"{need:,} (restore_space_factor {ctx.env.thresholds.restore_space_factor}), and {folder} has {free:,} free.",
+            next_action="free space on the database server's volume (or grow it), then run again; nothing was "
+            "changed.", expected=f">= {need}", found=free, escalate="L3")
 
 
 def restore_copy(ctx: RunContext) -> pd.DataFrame:

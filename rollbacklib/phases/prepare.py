@@ -168,6 +168,7 @@ def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFra
             escalate="L3",
         )
     identity_checks = check_backup_identity(ctx, step, result)
+    refuse_a_restore_that_undoes_nothing(ctx, step, result)
     manifest = result.manifest or {}
     ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
                                 taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
@@ -194,6 +195,32 @@ def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerifica
                                      backup_database=(result.manifest or {}).get("database"),
                                      environment=f"--env {ctx.env.name} (${ctx.env.database_url_env})")
     return checks
+
+
+def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step, result: bk.BackupVerification) -> None:
+    """A migration that failed without changing the schema (Prisma's P3009 state) needs no restore.
+
+    Restoring would only throw away every write since the backup; and afterwards the migration
+    is "not yet applied", so the next ``migrate deploy`` fails again on the same data.
+    """
+    if ctx.state().migration_state != "failed":
+        return
+    if not result.manifest:
+        ctx.record(step.name, "skipped", f"{ctx.migration_id} failed (P3009); without a manifest the runbook can not "
+                   "tell whether it changed the schema: a restore may discard writes for nothing")
+        return
+    with db.connect(ctx.url, step=step.name) as conn:
+        live = db.schema_fingerprint(db.schema_catalog(conn))
+    if live == result.manifest["schema_fingerprint"]:
+        raise AbortedError(
+            f"{ctx.migration_id} failed without changing the schema (Prisma P3009: finished_at is empty, its error "
+            "is in _prisma_migrations.logs); the live schema equals the backup's, so a restore would undo nothing "
+            "but discard every write made since the backup.",
+            next_action=f"do not restore. Fix the migration, mark it with `prisma migrate resolve --rolled-back "
+            f"{ctx.migration_id}`, then deploy again. Nothing was changed.",
+            expected="a schema changed by the migration", found="the backup's schema", escalate="L2")
+    ctx.record(step.name, "info", f"{ctx.migration_id} failed part way: the live schema differs from the backup's, "
+               "so the restore goes on")
 
 
 # --- the state before the rollback ------------------------------------------------------------
