@@ -142,8 +142,6 @@ def run(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
-    from rollbacklib.pipeline import run_phases
-
     from functools import partial
 
     from rollbacklib.pipeline import run_phases
