@@ -2,6 +2,7 @@
 
 Exit codes: 0 succeeded, 2 bad usage or config, 3 aborted safely before any change,
 4 refused (a gate or a lock), 5 failed after changes began (a person must act).
+``verify-audit``: 0 the audit trail is intact, 1 something in it was altered, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = typer.Option(None, "--config", "-c", help="runbook.toml (default: $ROLLBACK_CONFIG, ./runbook.toml).")
 EnvOpt = typer.Option(..., "--env", "-e", help="Environment from the config: production, staging, drill, ...")
 ReportsOpt = typer.Option(None, "--reports-dir", help="Where runs write their folders (default: ./reports).")
+MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration ID to roll back.")
+BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
+                         "a relative path is relative to the working directory.")
+RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
 
 
 def _fail(error: RollbackError) -> None:
@@ -126,20 +131,23 @@ def print_run(summary: dict, run_dir: Path) -> None:
         cell = failed_cell(run_dir)
         if cell:
             err.print(f"Failed cell: {cell}", markup=False)
+    audit = summary.get("audit")
+    if audit:
+        out.print(f"Audit chain head: {audit['head']} ({audit['events']} events); keep it with the incident and "
+                  f"check the folder with: rollback verify-audit {run_dir} --head {audit['head']}", highlight=False)
     out.print(f"Report folder: {run_dir}")
 
 
 @app.command()
 def run(
-    migration: str = typer.Option(..., "--migration", "-m", help="The Prisma migration ID to roll back."),
+    migration: str = MigrationOpt,
     env: str = EnvOpt,
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
-    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
-                                          "a relative path is relative to the working directory."),
+    backup: Optional[Path] = BackupOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
     yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
+    run_id: Optional[str] = RunIdOpt,
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
     from rollbacklib.pipeline import run_phases
@@ -290,6 +298,34 @@ def verify_backup(
                 raise typer.Exit(3)
     except RollbackError as error:
         _fail(error)
+
+
+@app.command("verify-audit")
+def verify_audit(
+    run_dir: Path = typer.Argument(..., help="The run's report folder (reports/<migration>/<env>/<run_id>)."),
+    head: Optional[str] = typer.Option(None, "--head", help="The chain head kept outside the folder (default: run.json's)."),
+):
+    """Check the journal's hash chain and every sealed file; name the first altered line or file.
+
+    Exit 0 when the audit trail is intact, 1 when anything in it was altered, removed or moved, 2 bad usage.
+    """
+    from rollbacklib.audit import verify_audit as verify
+
+    if not run_dir.is_dir():
+        err.print(f"{run_dir} is not a run folder.", markup=False)
+        raise typer.Exit(2)
+    result = verify(run_dir, head=head)
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    if result.intact:
+        sealed = sum(1 for v in result.files.values() if v == "ok")
+        out.print(f"Audit trail intact: {result.events} events chained, {sealed} sealed file(s) unchanged; "
+                  f"head {result.head}", highlight=False)
+        raise typer.Exit(0)
+    err.print(f"[bold red]ALTERED[/]: {result.problems[0]}", highlight=False)
+    for problem in result.problems[1:]:
+        err.print(f"  also: {problem}", markup=False, highlight=False)
+    raise typer.Exit(1)
 
 
 def main() -> None:
