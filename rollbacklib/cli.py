@@ -56,7 +56,7 @@ def print_event(event: dict) -> None:
     step, status = event["step"], event["status"]
     if status == "started":
         _step_started[step] = event["ts"]
-    if step in ("phase", "plan") or status not in _MARKS or (status == "info" and not event["message"]):
+    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]):
         return
     text = f"      {_MARKS[status]} {step}"
     if status == "ok" and step in _step_started:

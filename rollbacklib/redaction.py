@@ -10,8 +10,9 @@ Secrets travel by the NAME of an environment variable only (the config's ``*_env
 * the runner writes each executed notebook through ``masked_output`` (a papermill I/O handler
   that masks every write, autosaves included) and ``scrub_file`` passes over it once more when
   papermill is done; the same pass seals notebooks saved by JupyterLab and the HTML report;
-* ``mask_in_kernel`` (called by ``run.open_run``) masks tracebacks, streams and displays in the
-  kernel itself, so what reaches JupyterLab's screen and its saved notebooks is masked too.
+* ``mask_in_kernel`` (called by ``run.open_run``) masks every message the kernel sends (streams,
+  displays, tracebacks, replies), so what reaches JupyterLab's screen and its saved notebooks is
+  masked too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Mapping
-from urllib.parse import unquote
 
 from rollbacklib.errors import ConfigError
 from rollbacklib.journal import read_events
@@ -70,44 +70,11 @@ def config_secrets(config) -> list[str]:
 
 
 def secret_forms(value: str) -> list[str]:
-    """``value`` and the passwords in it as written, percent-decoded and as libpq quotes them.
+    """``value`` and the passwords in it as written, percent-decoded and as libpq quotes them
+    (``postgres.urls.secrets_in``), leaving out those too short to mask. Never raises."""
+    from rollbacklib.postgres.urls import secrets_in
 
-    Never raises: a URL too broken for libpq (``invalid percent-encoded token``) still has a
-    password to keep out of files, found here without trusting its syntax.
-    """
-    if not value:
-        return []
-    found = {value}
-    for raw in _raw_passwords(value):
-        decoded = unquote(raw)
-        found.update({raw, decoded, decoded.replace("\\", "\\\\").replace("'", "\\'")})
-    return sorted((s for s in found if len(s) >= MIN_SECRET), key=len, reverse=True)
-
-
-_PASSWORD_KEYS = ("password", "sslpassword")
-
-
-def _raw_passwords(value: str) -> list[str]:
-    if "://" in value:
-        rest = value.split("://", 1)[1]
-        pieces = []
-        userinfo = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[0]
-        if userinfo:
-            pieces.append(userinfo.partition(":")[2])
-        if "@" in rest:  # a '/', '?' or '#' left unencoded in the password
-            pieces.append(rest.rpartition("@")[0].partition(":")[2])
-        for pair in rest.partition("?")[2].split("&"):
-            key, _, raw = pair.partition("=")
-            if unquote(key).lower() in _PASSWORD_KEYS:
-                pieces.append(raw)
-        return [p for p in pieces if p]
-    pieces = []
-    for match in re.finditer(r"(?i)\b(?:ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", value):
-        raw = match.group(1)
-        pieces.append(raw)
-        if raw.startswith("'"):
-            pieces.append(re.sub(r"\\(.)", r"\1", raw[1:-1]))
-    return [p for p in pieces if p]
+    return [s for s in secrets_in(value) if len(s) >= MIN_SECRET] if value else []
 
 
 def run_secrets(run_dir: Path) -> list[str]:
@@ -127,7 +94,7 @@ def run_secrets(run_dir: Path) -> list[str]:
 # --- parameters: names and IDs, never values -------------------------------------------------
 
 _CREDENTIALS = (
-    ("a URL with a password", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:[^\s@]+@")),
+    ("a URL with a password", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+[^\s/@:]*:[^\s@]+@")),  # :/ once a path
     ("a connection string with password=", re.compile(r"(?i)(?:^|[\s?&;])(?:ssl)?password\s*=")),
     ("a Slack token", re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{6,}")),
     ("a bearer token", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{6,}")),
@@ -308,8 +275,8 @@ _kernel_secrets: set[str] = set()
 
 
 def mask_in_kernel(secrets: Iterable[str]) -> bool:
-    """Mask ``secrets`` in what this IPython kernel shows and sends: error tracebacks (``ename``,
-    ``evalue``, every traceback line), stdout and stderr, and displayed data. A no-op outside IPython.
+    """Mask ``secrets`` in what this IPython kernel shows and sends: error tracebacks (``evalue``,
+    every traceback line), stdout and stderr, displayed data and replies. A no-op outside IPython.
     """
     _kernel_secrets.update(_usable(secrets))
     try:
@@ -328,23 +295,30 @@ def mask_in_kernel(secrets: Iterable[str]) -> bool:
                                   [mask_text(line, _kernel_secrets) for line in stb])
 
     shell._showtraceback = _showtraceback
-    publisher = getattr(shell, "display_pub", None)
-    if publisher is not None:
-        original_publish = publisher.publish
-
-        def publish(data, *args, **kwargs):
-            return original_publish(mask_tree(data, _kernel_secrets), *args, **kwargs)
-
-        publisher.publish = publish
-    for stream in (sys.stdout, sys.stderr):
-        original_write = stream.write
-
-        def write(text, _write=original_write):
-            return _write(mask_text(text, _kernel_secrets) if isinstance(text, str) else text)
-
-        try:
-            stream.write = write
-        except (AttributeError, TypeError):  # pragma: no cover - a stream that will not be wrapped
-            pass
+    sessions = {id(x): x for x in (getattr(getattr(shell, "kernel", None), "session", None),
+                                   getattr(sys.stdout, "session", None), getattr(sys.stderr, "session", None),
+                                   getattr(getattr(shell, "display_pub", None), "session", None),
+                                   getattr(getattr(shell, "displayhook", None), "session", None)) if x is not None}
+    for session in sessions.values():
+        _mask_session(session)
     shell._rollbacklib_masked = True
     return True
+
+
+def _mask_session(session) -> None:
+    """Mask every message the kernel sends (streams, displays, errors, replies) at its one way out.
+
+    IPython re-wraps ``sys.stdout.write`` for each cell and ipykernel flushes streams from another
+    thread; ``Session.send`` is where every output, from any thread, passes once.
+    """
+    original = session.send
+
+    def send(stream, msg_or_type, content=None, *args, **kwargs):
+        if _kernel_secrets:
+            if isinstance(msg_or_type, dict):
+                msg_or_type = {**msg_or_type, "content": mask_tree(msg_or_type.get("content"), _kernel_secrets)}
+            if content is not None:
+                content = mask_tree(content, _kernel_secrets)
+        return original(stream, msg_or_type, content, *args, **kwargs)
+
+    session.send = send
