@@ -328,6 +328,37 @@ def verify_audit(
     raise typer.Exit(1)
 
 
+@app.command()
+def lab(
+    migration: str = MigrationOpt,
+    env: str = EnvOpt,
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    run_id: Optional[str] = RunIdOpt,
+    backup: Optional[Path] = BackupOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Notebooks that only print what they would run."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser: print the URL (with its token)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port on 127.0.0.1 (default: a free one)."),
+):
+    """JupyterLab on a run folder holding the five phase notebooks, parameterized for this run."""
+    from rollbacklib.lab import prepare_lab, serve_lab
+
+    try:
+        prepared = prepare_lab(migration_id=migration, environment=env, config_path=str(config) if config else None,
+                               reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
+                               backup=str(backup) if backup else None, dry_run=dry_run)
+        for path in prepared.kept:
+            out.print(f"kept as it was: {path}", markup=False)
+        out.print(f"Run folder: {prepared.run_dir}\nOpen {prepared.notebooks[0].name} first and run its cells in "
+                  "order; each section says what good looks like and what to do if a step does not pass.",
+                  highlight=False)
+        code = serve_lab(prepared, port=port, open_browser=not no_browser,
+                         say=lambda line: out.print(line, markup=False, highlight=False))
+    except RollbackError as error:
+        _fail(error)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()
