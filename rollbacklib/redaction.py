@@ -239,6 +239,7 @@ class _MaskingHandler:
         local = self._local(path)
         with _lock:
             secrets = _masked_paths.get(local, [])
+        buf = buf.replace(f'"{SCHEME}', '"')  # the metadata's output_path: the file, not this handler
         atomic_write_text(Path(local), mask_notebook_json(buf, secrets))
 
     def listdir(self, path):

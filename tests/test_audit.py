@@ -221,6 +221,8 @@ def test_a_run_seals_each_executed_notebook_and_verify_audit_names_what_was_chan
         assert sealed[f"{phase}.ipynb"]["evidence"]["sha256"] == sha256_of(run_dir / f"{phase}.ipynb")
         assert sealed[f"{phase}.ipynb"]["phase"] == phase
     assert "plan.json" in sealed and "state.json" in sealed
+    metadata = json.loads((run_dir / "01_prepare.ipynb").read_text())["metadata"]["papermill"]
+    assert metadata["output_path"] == str(run_dir / "01_prepare.ipynb")  # the masking handler leaves no trace
     assert _verify(run_dir).exit_code == 0
 
     notebook = run_dir / "03_validate.ipynb"
