@@ -83,11 +83,10 @@ def record_changed_files(run_dir: Path, *, phase: str = "", secrets=None, notebo
             continue
         if notebook is not None and path.resolve() == Path(notebook).resolve():
             continue
-        kind = "notebook" if path.suffix == ".ipynb" else "report" if path.suffix == ".html" else "evidence"
-        if kind == "notebook" or kind == "report":
-            redaction.scrub_file(path, secrets)
+        redaction.scrub_file(path, secrets)  # compared as it will be sealed
         last = recorded.get(name)
         if last is None or last["evidence"]["sha256"] != sha256_of(path):
+            kind = {".ipynb": "notebook", ".html": "report"}.get(path.suffix, "evidence")
             events.append(record_artifact(run_dir, path, kind, phase=phase, secrets=secrets))
     return events
 
@@ -272,10 +271,9 @@ def _check_head(result: AuditResult, parsed, hashes, head: str | None) -> None:
         result.notes.append("no chain head to compare the last line with (run.json has none): the last "
                             "journal line is not vouched for")
         return
-    chained = [(n, e) for n, _, e in parsed if e is not None and "prev" in e]
-    by_hash = {hashes[n]: n for n, _ in chained}
-    if anchor["head"] in by_hash:
+    if anchor["head"] in hashes.values():  # the journal may have grown since: the head is one of its lines
         return
+    chained = [(n, e) for n, _, e in parsed if e is not None and "prev" in e]
     seq = anchor.get("seq")
     line = next((n for n, e in chained if e.get("seq") == seq), None) if seq else None
     if seq and line is None:

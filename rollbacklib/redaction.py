@@ -196,13 +196,22 @@ def mask_notebook_json(text: str, secrets: Iterable[str]) -> str:
     return json.dumps(masked, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+#: Documents people read, written by papermill, Jupyter, nbconvert: masked before they are sealed.
+#: Files the library writes and reads back (``plan.json`` with its digest, ``state.json``, ``capture/``)
+#: are never rewritten: nothing secret goes into them (the journal's ``redact`` sees every event).
+MASKED_SUFFIXES = (".ipynb", ".html", ".md")
+
+
 def scrub_file(path: Path, secrets: Iterable[str]) -> bool:
-    """Mask every secret in the file at ``path`` (a notebook string by string); True if it changed."""
+    """Mask every secret in the document at ``path`` (a notebook string by string); True if it changed.
+
+    Only documents (``MASKED_SUFFIXES``) are rewritten; any other file is left as it is.
+    """
     from rollbacklib.files import atomic_write_text
 
     secrets = _usable(secrets)
     path = Path(path)
-    if not secrets or not path.is_file():
+    if not secrets or not path.is_file() or path.suffix not in MASKED_SUFFIXES:
         return False
     try:
         text = path.read_text(encoding="utf-8")

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from rollbacklib.cli import app
 from rollbacklib.config import load_config
 from rollbacklib.errors import ConfigError
-from rollbacklib.redaction import (looks_like_credential, mask_notebook_json, masked_output, secret_env_names,
-                                   secret_forms)
+from rollbacklib.redaction import (looks_like_credential, mask_notebook_json, masked_output, scrub_file,
+                                   secret_env_names, secret_forms)
 from rollbacklib.resources import notebooks_dir
 from rollbacklib.run import open_run
 
@@ -110,6 +110,16 @@ def test_every_save_papermill_makes_is_masked(tmp_path):
         assert secret not in path.read_text() and "connected with ***" in path.read_text()
     text = json.dumps({"a": [f'he said "{secret}"']})
     assert secret not in mask_notebook_json(text, [secret])
+
+
+def test_documents_are_masked_and_files_the_library_reads_back_are_left_alone(tmp_path):
+    secret = "swap-Secret-1"
+    for name in ("report.html", "postmortem.md", "plan.json", "state.json"):
+        (tmp_path / name).write_text(f"strategy {secret}\n")
+    assert scrub_file(tmp_path / "report.html", [secret]) and scrub_file(tmp_path / "postmortem.md", [secret])
+    assert (tmp_path / "report.html").read_text() == "strategy ***\n"
+    assert not scrub_file(tmp_path / "plan.json", [secret])  # its digest must still hold
+    assert (tmp_path / "plan.json").read_text() == f"strategy {secret}\n"
 
 
 # --- runs with every secret set to markers --------------------------------------------------------
