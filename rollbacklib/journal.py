@@ -128,9 +128,9 @@ def _chain_tail(fh) -> tuple[bytes, int, str]:
     size = fh.tell()
     if size == 0:
         return b"", 1, GENESIS
-    data, pos = b"", size
+    data, pos, block = b"", size, 8192
     while True:  # read back from the end until the last complete event (or the start) is in hand
-        step = min(65536, pos)
+        step, block = min(block, pos), block * 2
         pos -= step
         fh.seek(pos)
         data = fh.read(step) + data
@@ -148,7 +148,7 @@ def _chain_tail(fh) -> tuple[bytes, int, str]:
 
 
 def _last_seq(lines: list[bytes]) -> int | None:
-    """The ``seq`` of the last complete event among ``lines``, or how many events precede an unnumbered one."""
+    """The ``seq`` of the last complete event among ``lines``; None if it has none (or there is none)."""
     for index in range(len(lines) - 1, -1, -1):
         line = lines[index].strip()
         if not line:
