@@ -162,8 +162,11 @@ def stop_lab(process: subprocess.Popen, wait: float = 30.0) -> None:
 def seal_lab(lab: LabRun) -> list[dict]:
     """Once JupyterLab is stopped: mask the saved notebooks and seal every new or changed file of the run."""
     from rollbacklib.audit import record_changed_files
+    from rollbacklib.redaction import scrub_file
 
-    if not any(p.exists() for p in (lab.run_dir / "journal.jsonl",)):
+    for path in lab.run_dir.rglob("*"):  # JupyterLab's .ipynb_checkpoints too: masked, though not sealed
+        scrub_file(path, lab.secrets)
+    if not (lab.run_dir / "journal.jsonl").exists():
         return []  # nothing was run: nothing to seal, and no journal to start for it
     return record_changed_files(lab.run_dir, secrets=lab.secrets)
 

@@ -48,7 +48,11 @@ def test_lab_prepares_the_notebooks_and_what_the_operator_runs_lands_in_the_runs
     # The operator runs 01_prepare cell by cell in that folder; JupyterLab saves it there.
     nb = nbformat.read(lab.notebooks[0], as_version=4)
     NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(lab.run_dir)}}).execute()
+    nb.cells.append(nbformat.v4.new_markdown_cell(f"pasted by the operator: {incident.url}"))
     nbformat.write(nb, lab.notebooks[0])
+    checkpoint = lab.run_dir / ".ipynb_checkpoints" / "01_prepare-checkpoint.ipynb"
+    checkpoint.parent.mkdir()
+    nbformat.write(nb, checkpoint)  # as JupyterLab keeps one
     events = read_events(lab.run_dir)
     assert (events[0]["phase"], events[0]["step"], events[0]["status"]) == ("01_prepare", "phase", "started")
     assert ("01_prepare", "phase", "ok") in [(e["phase"], e["step"], e["status"]) for e in events]
@@ -59,6 +63,8 @@ def test_lab_prepares_the_notebooks_and_what_the_operator_runs_lands_in_the_runs
     assert {e["evidence"]["path"] for e in sealed} >= {f"{phase}.ipynb" for phase in PHASES} | {"plan.json"}
     assert artifacts(lab.run_dir)["01_prepare.ipynb"]["evidence"]["kind"] == "notebook"
     assert verify_audit(lab.run_dir).intact
+    for path in (lab.notebooks[0], checkpoint):  # masked before sealing, the checkpoint too
+        assert incident.url not in path.read_text() and "pasted by the operator: ***" in path.read_text()
 
     again = prepare_lab(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                         reports_dir=str(incident.reports), run_id="lab-1", backup=str(incident.backup))
