@@ -1,9 +1,9 @@
 """Secret-free evidence, proven: no secret the config names reaches any file of a run or the terminal.
 
 The password is really used (the server asks for it: scram-sha-256 for the test's role), and
-runs that fail after it was used are checked too: a wrong password, a password whose percent-
-encoding libpq rejects and quotes (``invalid percent-encoded token``), and a cell whose
-exception message quotes the whole URL.
+runs that fail after it was used are checked too: a wrong password, a password with a bad
+percent-encoding, a cell whose exception message quotes the whole URL, and a cell handing the
+URL to libpq, whose error quotes the password as written (``invalid percent-encoded token``).
 """
 
 from __future__ import annotations
@@ -182,11 +182,17 @@ def test_a_run_with_every_secret_set_to_markers_leaves_none_anywhere(incident, p
     assert runner.invoke(app, ["verify-audit", str(run_dir)]).exit_code == 0
 
 
-def test_a_wrong_password_fails_the_run_and_leaks_nothing(incident, password_role, monkeypatch):
+def _use_password(monkeypatch, url: str, password: str, instead: str) -> tuple[str, list[str]]:
+    """Set the URL with ``instead`` for the password, and every other secret; return it and the markers."""
+    bad_url = url.replace(quote(password, safe=""), instead)
+    return bad_url, [instead, bad_url] + _set_every_secret(monkeypatch, bad_url)
+
+
+@pytest.mark.parametrize("instead", ["Wrong-Pw-Marker-", "Bad%zzPercent-"])
+def test_a_wrong_or_badly_encoded_password_fails_the_run_and_leaks_nothing(incident, password_role, monkeypatch,
+                                                                          instead):
     role, password, url = password_role
-    wrong = "Wrong-Pw-Marker-" + incident.database
-    bad_url = url.replace(quote(password, safe=""), wrong)
-    markers = [wrong, bad_url] + _set_every_secret(monkeypatch, bad_url)
+    _, markers = _use_password(monkeypatch, url, password, instead + incident.database)
 
     result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
 
@@ -195,33 +201,37 @@ def test_a_wrong_password_fails_the_run_and_leaks_nothing(incident, password_rol
     _assert_nowhere(incident, result.output, markers)
 
 
-def test_a_password_libpq_quotes_in_its_error_leaks_nothing(incident, password_role, monkeypatch):
+def test_libpq_quoting_the_password_in_its_error_is_masked(incident, password_role, monkeypatch, tmp_path):
+    """libpq's own URI parser quotes a bad percent-encoded password: a cell that hands it the URL."""
     role, password, url = password_role
     raw = "Bad%zzPercent-" + incident.database
-    bad_url = url.replace(quote(password, safe=""), raw)
-    with pytest.raises(psycopg.ProgrammingError, match="invalid percent-encoded token"):
-        conninfo_to_dict(bad_url)  # libpq quotes the password as written
-    markers = [raw, bad_url] + _set_every_secret(monkeypatch, bad_url)
+    bad_url, markers = _use_password(monkeypatch, url, password, raw)
+    with pytest.raises(psycopg.ProgrammingError, match=f'invalid percent-encoded token: "{raw}"'):
+        conninfo_to_dict(bad_url)
+    cell = f"import os, psycopg\npsycopg.connect(os.environ[{DRILL_URL_ENV!r}])"
+    monkeypatch.setenv("ROLLBACK_NOTEBOOKS", str(_notebooks_with_a_cell(tmp_path, cell)))
 
     result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
 
     assert result.exit_code == 3, result.output
+    assert 'invalid percent-encoded token: "***"' in result.output
     files = _assert_nowhere(incident, result.output, markers)
     notebook = next(p for p in files if p.name == "01_prepare.ipynb").read_text()
-    assert "invalid percent-encoded token" in notebook and '\\"***\\"' in notebook
+    assert 'invalid percent-encoded token: \\"***\\"' in notebook
 
 
-def _notebooks_that_quote_the_url(tmp_path: Path) -> Path:
-    """The packaged notebooks, with a cell in 01_prepare that prints the URL and raises with it."""
+QUOTE_THE_URL = (f"import os\nurl = os.environ[{DRILL_URL_ENV!r}]\nprint('using', url)\n"
+                 "raise RuntimeError(f'could not use {url}')")
+
+
+def _notebooks_with_a_cell(tmp_path: Path, source: str = QUOTE_THE_URL) -> Path:
+    """The packaged notebooks, with a cell added to 01_prepare after it opened the run (by default one
+    that prints the URL and raises with it)."""
     folder = tmp_path / "notebooks"
     shutil.copytree(notebooks_dir(), folder)
     nb = nbformat.read(folder / "01_prepare.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "open_run" in c.source) + 1
-    nb.cells.insert(at, nbformat.v4.new_code_cell(
-        "import os\n"
-        f"url = os.environ[{DRILL_URL_ENV!r}]\n"
-        "print('using', url)\n"
-        "raise RuntimeError(f'could not use {url}')"))
+    nb.cells.insert(at, nbformat.v4.new_code_cell(source))
     nbformat.write(nb, folder / "01_prepare.ipynb")
     return folder
 
@@ -229,7 +239,7 @@ def _notebooks_that_quote_the_url(tmp_path: Path) -> Path:
 def test_a_traceback_that_quotes_the_url_is_masked(incident, password_role, monkeypatch, tmp_path):
     role, password, url = password_role
     markers = [password, quote(password, safe=""), url] + _set_every_secret(monkeypatch, url)
-    monkeypatch.setenv("ROLLBACK_NOTEBOOKS", str(_notebooks_that_quote_the_url(tmp_path)))
+    monkeypatch.setenv("ROLLBACK_NOTEBOOKS", str(_notebooks_with_a_cell(tmp_path)))
 
     result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
 
@@ -246,7 +256,7 @@ def test_the_kernel_masks_before_anything_is_written(incident, password_role, mo
     """No runner, no post-processing: what the kernel sends (to JupyterLab too) is masked already."""
     role, password, url = password_role
     markers = [password, quote(password, safe=""), url] + _set_every_secret(monkeypatch, url)
-    source = _notebooks_that_quote_the_url(tmp_path) / "01_prepare.ipynb"
+    source = _notebooks_with_a_cell(tmp_path) / "01_prepare.ipynb"
     nb = parameterize_notebook(load_notebook_node(str(source)), {
         "migration_id": MIGRATION, "environment": "drill", "config_path": str(incident.config),
         "reports_dir": str(incident.reports), "run_id": "in-kernel", "backup": str(incident.backup)})
