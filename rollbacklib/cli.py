@@ -2,6 +2,7 @@
 
 Exit codes: 0 succeeded, 2 bad usage or config, 3 aborted safely before any change,
 4 refused (a gate or a lock), 5 failed after changes began (a person must act).
+``verify-audit``: 0 the audit trail is intact, 1 something in it was altered, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = typer.Option(None, "--config", "-c", help="runbook.toml (default: $ROLLBACK_CONFIG, ./runbook.toml).")
 EnvOpt = typer.Option(..., "--env", "-e", help="Environment from the config: production, staging, drill, ...")
 ReportsOpt = typer.Option(None, "--reports-dir", help="Where runs write their folders (default: ./reports).")
+MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration ID to roll back.")
+BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
+                         "a relative path is relative to the working directory.")
+RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
 
 
 def _fail(error: RollbackError) -> None:
@@ -51,7 +56,7 @@ def print_event(event: dict) -> None:
     step, status = event["step"], event["status"]
     if status == "started":
         _step_started[step] = event["ts"]
-    if step in ("phase", "plan") or status not in _MARKS or (status == "info" and not event["message"]):
+    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]):
         return
     text = f"      {_MARKS[status]} {step}"
     if status == "ok" and step in _step_started:
@@ -126,6 +131,10 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         cell = failed_cell(run_dir)
         if cell:
             err.print(f"Failed cell: {cell}", markup=False)
+    audit = summary.get("audit")
+    if audit:
+        out.print(f"Audit chain head: {audit['head']} ({audit['events']} events); keep it with the incident and "
+                  f"check the folder with: rollback verify-audit {run_dir} --head {audit['head']}", highlight=False)
     out.print(f"Report folder: {run_dir}")
     if report is not None:
         out.print(f"Report: {report}", highlight=False)
@@ -136,19 +145,16 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
 
 @app.command()
 def run(
-    migration: str = typer.Option(..., "--migration", "-m", help="The Prisma migration ID to roll back."),
+    migration: str = MigrationOpt,
     env: str = EnvOpt,
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
-    backup: Optional[Path] = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
-                                          "a relative path is relative to the working directory."),
+    backup: Optional[Path] = BackupOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
     yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one)."),
+    run_id: Optional[str] = RunIdOpt,
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
-    from rollbacklib.pipeline import run_phases
-
     from functools import partial
 
     from rollbacklib.pipeline import run_phases
@@ -176,10 +182,13 @@ def _run_dir(path: Path) -> Path:
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>.")):
     """Render RUN_DIR/report.html from the run's executed notebooks, journal and state (done after every run too)."""
+    from rollbacklib.audit import record_artifact
     from rollbacklib.report import html
 
     try:
-        path = html.write(_run_dir(run_dir))
+        folder = _run_dir(run_dir)
+        path = html.write(folder)
+        record_artifact(folder, path, "report")  # masked, then sealed into the run's journal
     except RollbackError as error:
         _fail(error)
     out.print(f"Report: {path}", highlight=False)
@@ -192,10 +201,17 @@ def postmortem(
                                            "here (default: RUN_DIR/postmortem.md)."),
 ):
     """Write the post-mortem draft: the seed's template filled from the run's evidence, blanks marked for people."""
+    from rollbacklib.audit import record_artifact
+    from rollbacklib.redaction import run_secrets, scrub_file
     from rollbacklib.report import postmortem as pm
 
     try:
-        path = pm.write(_run_dir(run_dir), out_dir)
+        folder = _run_dir(run_dir)
+        path = pm.write(folder, out_dir)
+        if out_dir is None:
+            record_artifact(folder, path, "evidence")  # masked, then sealed into the run's journal
+        else:
+            scrub_file(path, run_secrets(folder))
     except RollbackError as error:
         _fail(error)
     out.print(f"Post-mortem draft: {path}", highlight=False)
@@ -333,6 +349,65 @@ def verify_backup(
                 raise typer.Exit(3)
     except RollbackError as error:
         _fail(error)
+
+
+@app.command("verify-audit")
+def verify_audit(
+    run_dir: Path = typer.Argument(..., help="The run's report folder (reports/<migration>/<env>/<run_id>)."),
+    head: Optional[str] = typer.Option(None, "--head", help="The chain head kept outside the folder (default: run.json's)."),
+):
+    """Check the journal's hash chain and every sealed file; name the first altered line or file.
+
+    Exit 0 when the audit trail is intact, 1 when anything in it was altered, removed or moved, 2 bad usage.
+    """
+    from rollbacklib.audit import verify_audit as verify
+
+    if not run_dir.is_dir():
+        err.print(f"{run_dir} is not a run folder.", markup=False)
+        raise typer.Exit(2)
+    result = verify(run_dir, head=head)
+    for note in result.notes:
+        out.print(f"note: {note}", markup=False, highlight=False)
+    if result.intact:
+        sealed = sum(1 for v in result.files.values() if v == "ok")
+        out.print(f"Audit trail intact: {result.events} events chained, {sealed} sealed file(s) unchanged; "
+                  f"head {result.head}", highlight=False)
+        raise typer.Exit(0)
+    err.print(f"[bold red]ALTERED[/]: {result.problems[0]}", highlight=False)
+    for problem in result.problems[1:]:
+        err.print(f"  also: {problem}", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def lab(
+    migration: str = MigrationOpt,
+    env: str = EnvOpt,
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    run_id: Optional[str] = RunIdOpt,
+    backup: Optional[Path] = BackupOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Notebooks that only print what they would run."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser: print the URL (with its token)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port on 127.0.0.1 (default: a free one)."),
+):
+    """JupyterLab on a run folder holding the five phase notebooks, parameterized for this run."""
+    from rollbacklib.lab import prepare_lab, serve_lab
+
+    try:
+        prepared = prepare_lab(migration_id=migration, environment=env, config_path=str(config) if config else None,
+                               reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
+                               backup=str(backup) if backup else None, dry_run=dry_run)
+        for path in prepared.kept:
+            out.print(f"kept as it was: {path}", markup=False)
+        out.print(f"Run folder: {prepared.run_dir}\nOpen {prepared.notebooks[0].name} first and run its cells in "
+                  "order; each section says what good looks like and what to do if a step does not pass.",
+                  highlight=False)
+        code = serve_lab(prepared, port=port, open_browser=not no_browser,
+                         say=lambda line: out.print(line, markup=False, highlight=False))
+    except RollbackError as error:
+        _fail(error)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ class Thresholds(_Strict):
     statement_timeout_seconds: float = 600
     restore_statement_timeout_seconds: float = 4 * 3600
     cell_timeout_seconds: float = 6 * 3600
+    restore_space_factor: float = 1.2
 
 
 class ThresholdOverrides(_Strict):
@@ -62,6 +63,7 @@ class ThresholdOverrides(_Strict):
     statement_timeout_seconds: float | None = None
     restore_statement_timeout_seconds: float | None = None
     cell_timeout_seconds: float | None = None
+    restore_space_factor: float | None = None
 
 
 class Service(_Strict):

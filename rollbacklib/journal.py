@@ -2,10 +2,19 @@
 
 Resume, the timeline, the metrics and the post-mortem all read it. Every event passes through
 ``redact`` first, so no secret the run knows of can reach the file.
+
+The journal is a hash chain (``rollbacklib.audit`` verifies it): each event carries ``seq``,
+its number in the journal (1, 2, ...), and ``prev``, the sha256 of the previous line's bytes
+as written (without its newline; the first event's ``prev`` is ``GENESIS``). Several
+processes write one journal (each phase's kernel, the runner), so reading the last line and
+appending the next happen under an exclusive ``flock`` on the journal file. Journals written
+before the chain existed have neither field and are read as before.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 from datetime import date, datetime, timezone
@@ -13,6 +22,12 @@ from pathlib import Path
 from typing import Iterable
 
 JOURNAL_NAME = "journal.jsonl"
+GENESIS = "0" * 64  # the ``prev`` of a journal's first event
+
+
+def line_hash(line: bytes) -> str:
+    """The sha256 that the next event's ``prev`` names: of a line's bytes, without its newline."""
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 # started/ok: a step's life; planned: what a dry run would do; ran: an action executed; changed: a change to a live
 # database took effect; aborted/refused/failed: how a step ended badly; skipped/info: notes.
@@ -70,9 +85,11 @@ class Journal:
             self.secrets,
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(event, default=str) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+            prefix, seq, prev = _chain_tail(fh)
+            event = {"seq": seq, "prev": prev, **event}  # after redaction: a hash is never rewritten
+            fh.write(prefix + json.dumps(event, default=str).encode() + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
         return event
@@ -100,5 +117,47 @@ def read_events(path: Path) -> list[dict]:
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            break  # a line cut short by a killed writer: everything before it stands
+            continue  # a line cut short by a killed writer: the events around it stand
     return events
+
+
+def _chain_tail(fh) -> tuple[bytes, int, str]:
+    """What the next event needs from the journal's end: a newline to write first (after a line cut
+    short by a killed writer), its ``seq`` and its ``prev``. Called with the journal locked."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    if size == 0:
+        return b"", 1, GENESIS
+    data, pos, block = b"", size, 8192
+    while True:  # read back from the end until the last complete event (or the start) is in hand
+        step, block = min(block, pos), block * 2
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step) + data
+        lines = data.split(b"\n")
+        if pos > 0:
+            lines = lines[1:]  # the first piece may be the end of a longer line
+        seq = _last_seq(lines)
+        if seq is not None or pos == 0:
+            break
+    prefix = b"" if data.endswith(b"\n") else b"\n"
+    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if seq is None:  # no event carries a number yet: a journal from before the chain
+        seq = sum(1 for line in data.split(b"\n") if line.strip())
+    return prefix, seq + 1, line_hash(last)
+
+
+def _last_seq(lines: list[bytes]) -> int | None:
+    """The ``seq`` of the last complete event among ``lines``; None if it has none (or there is none)."""
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index].strip()
+        if not line:
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("seq"), int):
+            return event["seq"]
+        return None
+    return None

@@ -14,10 +14,12 @@ from typing import Callable
 
 import papermill as pm
 
+from rollbacklib.audit import chain_head, record_artifact, record_changed_files, update_summary_head
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
+from rollbacklib.redaction import config_secrets, masked_output, refuse_credentials, scrub_file
 from rollbacklib.resources import notebooks_dir as packaged_notebooks
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.run import record_approval
@@ -130,12 +132,19 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     approval it gives is recorded against the plan's digest.
     A relative ``backup`` is the caller's: it is resolved here, against the caller's working
     directory, because the notebooks run in the run folder.
+
+    Parameters carry names, IDs and paths only: one that looks like a credential is refused
+    before anything runs. Each executed notebook is written with every secret masked and,
+    once papermill is done with it, sealed into the journal's hash chain (``rollbacklib.audit``).
     """
+    refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
+                        "reports_dir": reports_dir, "run_id": run_id, "approve": approve, "backup": backup})
     validate_migration_id(migration_id)
     backup = str(Path(backup).expanduser().resolve()) if backup else None
     config = load_config(config_path)
     env = config.environment(environment)
     env.database_url()  # fail on a missing secret before anything runs
+    secrets = config_secrets(config)
     run_id = run_id or new_run_id()
     reports = Path(reports_dir or default_reports_dir()).resolve()
     run_dir = run_folder(reports, migration_id, environment, run_id)
@@ -143,7 +152,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     with environment_lock(reports, environment), database_lock(env, run_id), \
             _kernel_environment({WORKDIR_ENV: str(working_directory())}):
         run_dir.mkdir(parents=True, exist_ok=True)
-        journal = Journal(run_dir / JOURNAL_NAME)
+        journal = Journal(run_dir / JOURNAL_NAME, secrets=secrets)
         earlier = read_events(run_dir)
         number = 1 + sum(1 for e in earlier if e["step"] == "attempt")
         journal.record("run", "attempt", "info", f"attempt {number} of run {run_id}", attempt=number,
@@ -156,7 +165,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     if progress:
                         progress(phase, "done earlier", None)
                     continue
-                if phase == GATED_PHASE and not dry_run and not _approve(run_dir, migration_id, approve, confirm):
+                if phase == GATED_PHASE and not dry_run and \
+                        not _approve(run_dir, migration_id, approve, confirm, secrets):
                     break
                 if progress:
                     progress(phase, "started", None)
@@ -168,7 +178,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                         "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
                         "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
                         "backup": backup or "",
-                    }, run_dir, timeout=env.thresholds.cell_timeout_seconds)
+                    }, run_dir, timeout=env.thresholds.cell_timeout_seconds, secrets=secrets)
                 finally:
                     if follower:
                         follower.stop()
@@ -180,27 +190,30 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     break
         finally:
             summary = write_summary(run_dir)
-            report, report_error = write_report(run_dir)
+            report, report_error = write_report(run_dir, secrets)
+            summary["audit"] = chain_head(run_dir)  # the report's seal moved the head on
     return RunResult(run_dir, summary, report, report_error)
 
-def write_report(run_dir: Path) -> tuple[Path | None, str | None]:
-    """``report.html`` and ``postmortem.md`` for every run, whatever its outcome; journaled either way.
+
+def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:
+    """``report.html`` and ``postmortem.md`` for every run, whatever its outcome, each sealed into the journal.
 
     A failure here is journaled and returned, never raised: it must not change the run's outcome
     or exit code (``run.json`` is already written), and ``rollback report RUN_DIR`` can try again.
     """
-    journal = Journal(run_dir / JOURNAL_NAME)
     try:
         from rollbacklib.report import write_all
 
         paths = write_all(run_dir)
+        record_artifact(run_dir, paths["postmortem"], "evidence", phase="run", secrets=secrets)
+        record_artifact(run_dir, paths["report"], "report", phase="run", secrets=secrets)
     except Exception as err:  # noqa: BLE001 - whatever broke the report, the run's outcome stands
         message = f"{type(err).__name__}: {err}".splitlines()[0]
-        journal.record("run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
-                       next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
+        Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
+            "run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
+            next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
+        update_summary_head(run_dir)
         return None, message
-    journal.record("run", "report", "info", "report written", report=str(paths["report"]),
-                   postmortem=str(paths["postmortem"]))
     return paths["report"], None
 
 
@@ -220,9 +233,10 @@ def resume(run_dir: str | Path, **options) -> RunResult:
                       backup=options.pop("backup", None) or (state.backup.path if state.backup else None), **options)
 
 
-def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[Plan], str] | None) -> bool:
+def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[Plan], str] | None,
+             secrets: list[str] = ()) -> bool:
     """Before phase 02: record the approval given on the command line (or typed), bound to the plan's digest."""
-    journal = Journal(run_dir / JOURNAL_NAME)
+    journal = Journal(run_dir / JOURNAL_NAME, secrets=secrets)
     try:
         plan = read_plan(run_dir)
     except RollbackError as err:
@@ -262,11 +276,14 @@ def _kernel_environment(values: dict[str, str]):
                 os.environ[name] = value
 
 
-def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeout: float | None = None) -> bool:
+def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeout: float | None = None,
+             secrets: list[str] = ()) -> bool:
+    """Run one phase notebook; every save of ``output`` is masked; when papermill is done, seal it."""
     try:
-        pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                            progress_bar=False, log_output=False, cwd=str(run_dir), execution_timeout=timeout,
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        with masked_output(output, secrets) as masked:
+            pm.execute_notebook(str(source), masked, parameters=parameters, kernel_name="python3",
+                                progress_bar=False, log_output=False, cwd=str(run_dir), execution_timeout=timeout,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         return True
     except Exception as err:  # a failed cell, a dead kernel, a cell over its timeout: all end the phase
         events = read_events(run_dir)
@@ -283,9 +300,16 @@ def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeou
                 where = f"the kernel running {output.name} stopped ({type(err).__name__}); `rollback resume {run_dir}` " \
                         "continues from what the live system shows"
             outcome = "failed" if changes_made(events) else "aborted"
-            Journal(run_dir / JOURNAL_NAME).record(output.stem, "notebook", outcome, what,
-                                                   error=type(err).__name__, next_action=f"{where}; escalate to L1.")
+            Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
+                output.stem, "notebook", outcome, what, error=type(err).__name__,
+                next_action=f"{where}; escalate to L1.")
         return False
+    finally:
+        # papermill has written the notebook for the last time: one more masking pass, then its
+        # sha256 (and that of every other new or changed evidence file) goes into the journal.
+        if output.exists():
+            scrub_file(output, secrets)
+            record_changed_files(run_dir, phase=output.stem, secrets=secrets, notebook=output)
 
 
 def failed_cell(run_dir: Path) -> str | None:

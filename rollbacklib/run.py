@@ -83,11 +83,10 @@ class RunContext:
         return client_tools(self.env.client_binaries)
 
     def secrets(self) -> list[str]:
-        """The URL and its password, as written and percent-decoded: what the journal redacts."""
-        from rollbacklib.postgres.urls import secrets_in
+        """Every secret the config's env vars hold (the database URL, its password in each form): masked everywhere."""
+        from rollbacklib.redaction import config_secrets
 
-        value = os.environ.get(self.env.database_url_env, "")
-        return secrets_in(value) if value else []
+        return config_secrets(self.config)
 
     @property
     def migration(self):
@@ -139,9 +138,17 @@ def _ms(seconds: float) -> str:
 
 def open_run(*, migration_id: str, environment: str, config_path: str = "", run_id: str = "",
              reports_dir: str = "", phase: str = "", dry_run: bool = False, approve: str = "") -> RunContext:
-    """Validate the parameters and open (or create) the run's folder. Changes nothing else."""
+    """Validate the parameters and open (or create) the run's folder. Changes nothing else.
+
+    Inside a kernel it also masks the run's secrets in what the kernel shows (tracebacks included).
+    """
+    from rollbacklib.redaction import config_secrets, mask_in_kernel, refuse_credentials
+
+    refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
+                        "run_id": run_id, "reports_dir": reports_dir, "approve": approve})
     validate_migration_id(migration_id)
     config = load_config(config_path or None)
+    mask_in_kernel(config_secrets(config))
     env = config.environment(environment)
     env.database_url()  # a missing secret is bad usage, found before anything happens
     run_id = run_id or new_run_id()

@@ -267,7 +267,7 @@ def check_precondition(ctx: "RunContext", step: Step) -> None:
 def _journal_failure(ctx: "RunContext", step: Step, err: RollbackError) -> None:
     if err.step is None:
         err.step = step.name
-    if "lock timeout" in err.message:
+    if "lock timeout" in err.message or "statement timeout" in err.message:  # pg_dump's lock wait is the latter
         _name_what_it_waited_on(ctx, err)
     if not isinstance(err, (ConfigError, RefusedError)):
         err.outcome = "failed" if ctx.changes_began() else "aborted"
@@ -278,7 +278,7 @@ def _journal_failure(ctx: "RunContext", step: Step, err: RollbackError) -> None:
 
 
 def _name_what_it_waited_on(ctx: "RunContext", err: RollbackError) -> None:
-    """A lock timeout says which sessions held the locks it waited on (pid, user, state, query)."""
+    """A timeout says which sessions held the locks it may have waited on (pid, user, state, query)."""
     from rollbacklib.postgres import database as db
 
     try:

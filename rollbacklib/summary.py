@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from rollbacklib.audit import ARTIFACT, chain_head
 from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import changes_made, read_events
@@ -34,6 +35,8 @@ def phase_table(events: list[dict]) -> list[dict]:
             continue
         if e["step"] == "phase" and e["status"] == "skipped":
             continue  # finished in an earlier attempt: its status and times stand
+        if e["step"] == ARTIFACT:
+            continue  # a file sealed after its phase: not a step of it
         p = phases.setdefault(e["phase"], {"name": e["phase"], "status": "running", "started_at": e["ts"], "finished_at": None})
         if e["step"] == "phase" and e["status"] == "started" and p["status"] != "running":
             p.update(status="running", finished_at=None)  # a resumed phase
@@ -74,7 +77,7 @@ def finished_phases(events: list[dict]) -> set[str]:
 def summarize(run_dir: Path) -> dict:
     """Status, timings, RTO, RPO, validation, the success metrics: all read from the journal and the state."""
     run_dir = Path(run_dir)
-    events = read_events(run_dir)
+    events = [e for e in read_events(run_dir) if e["step"] != ARTIFACT]  # files sealed, not steps of the run
     state = load_state(run_dir)
     phases = phase_table(events)
     last = attempts(events)[-1]
@@ -136,6 +139,7 @@ def summarize(run_dir: Path) -> dict:
         "attempts": len(attempts(events)),
         "earlier_errors": [{"phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
                            for e in earlier],
+        "audit": chain_head(run_dir),
     }
     return summary | measure(summary, events, state)
 

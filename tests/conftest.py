@@ -141,9 +141,13 @@ from contextlib import contextmanager  # noqa: E402
 
 
 @contextmanager
-def behind_the_runbook(incident: Incident):
-    """A connection to the live database while the runbook keeps it closed (a person acting between phases)."""
-    statements = [s.as_string(None) for s in db.private_connection_statements(incident.database)]
+def behind_the_runbook(incident: Incident, run_id: str | None = None):
+    """A connection to a database the runbook keeps closed (a person acting between phases).
+
+    With ``run_id``: the restored copy of that run, which phase 03 validates before it goes live.
+    """
+    name = f"{incident.database}__restored_{run_id}" if run_id else incident.database
+    statements = [s.as_string(None) for s in db.private_connection_statements(name)]
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
-        with db.private_connection(admin, incident.url, incident.database, statements) as conn:
+        with db.private_connection(admin, incident.url, name, statements) as conn:
             yield conn

@@ -20,7 +20,7 @@ def test_validation_failure_after_the_swap_needs_a_person(incident):
     first = run_phases(**common, phases=("01_prepare", "02_execute"))
     assert first.summary["changes_made"] is True and first.summary["error"] is None
 
-    with behind_the_runbook(incident) as conn:  # damage between the swap and validation
+    with behind_the_runbook(incident, "swap-then-damage") as conn:  # damage between the swap and validation
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
 
     result = run_phases(**common, phases=("03_validate",))
@@ -45,7 +45,7 @@ def test_cli_names_the_failed_cell(incident):
     run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                reports_dir=str(incident.reports), run_id="r1", approve=MIGRATION, backup=str(incident.backup),
                phases=("01_prepare", "02_execute"))
-    with behind_the_runbook(incident) as conn:
+    with behind_the_runbook(incident, "r1") as conn:
         conn.execute("DELETE FROM workflows WHERE id IN (SELECT id FROM workflows LIMIT 3)")
     result = CliRunner().invoke(app, incident.run_args("--run-id", "r1", "--yes", "--backup", str(incident.backup)))
     # The same run again resumes it: 01 and 02 finished, 03 finds the rows gone and fails: changes were made.

@@ -64,7 +64,7 @@ def test_a_run_killed_in_phase_02_is_finished_by_resume(incident, step, status):
     proc, hit = _kill_when(incident, "killed", step, status)
     run_dir = incident.reports.resolve() / MIGRATION / "drill" / "killed"
     before_resume = _databases(incident)
-    assert before_resume.get(incident.database, (True, -1)) != (True, -1)  # production is down or renamed away
+    assert before_resume.get(incident.database) != (True, -1)  # production is down: blocked, or renamed away
 
     result = runner.invoke(app, ["resume", str(run_dir), "--config", str(incident.config)])
 
@@ -87,7 +87,7 @@ def test_the_way_back_printed_after_a_failure_works_when_followed_literally(inci
     common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="way-back", approve=MIGRATION, backup=str(incident.backup))
     run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
-    with behind_the_runbook(incident) as conn:
+    with behind_the_runbook(incident, "way-back") as conn:
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
     result = run_phases(**common, phases=(Phase.VALIDATE,))
     assert result.exit_code == 5
@@ -130,7 +130,7 @@ def test_a_held_lock_times_out_and_names_the_session_it_waited_on(incident):
     finally:
         holder.close()
     assert result.exit_code == 3, result.output
-    assert "lock timeout" in result.output and f"It waited on: pid {pid}" in result.output
+    assert "timeout" in result.output and f"It waited on: pid {pid}" in result.output
     assert _databases(incident)[incident.database] == (True, -1)
 
 
@@ -169,3 +169,96 @@ def test_no_session_reaches_the_restored_database_before_it_is_validated(inciden
     assert not early, f"the pool reached the restored database before it was reopened: {early[:3]}"
     assert validated < reopened
     assert any(oid == restored_oid for oid, _ in seen), "the pool never got in after the reopen (test did not test)"
+
+
+def test_a_migration_that_failed_without_changing_the_schema_is_not_restored(fresh_db, tmp_path, monkeypatch):
+    """Prisma's P3009 state: finished_at empty, the error in logs, the schema untouched. A restore would only lose writes."""
+    from rollbacklib.drill.prisma_migrate import apply_migration
+    from rollbacklib.drill.scenario import generate_data, load_scenario, prepare_until
+    from rollbacklib.errors import FailedError
+    from rollbacklib.postgres.backup import take_backup
+    from rollbacklib.postgres.client import client_tools
+    from rollbacklib.resources import scenarios_dir
+    import shutil as sh
+
+    scenario_dir = tmp_path / "scenario"
+    sh.copytree(scenarios_dir() / "auth-platform", scenario_dir)
+    (scenario_dir / "prisma" / "migrations" / MIGRATION / "migration.sql").write_text(
+        'ALTER TABLE "users" DROP COLUMN "passwordHash";\nSELECT 1 / 0;\n')
+    scenario = load_scenario(scenario_dir)
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    with psycopg.connect(fresh_db) as conn:
+        prepare_until(conn, scenario, MIGRATION)
+        generate_data(conn, scenario, 50)
+    backup = take_backup(fresh_db, tmp_path / "backups", client_tools("embedded"))
+    with psycopg.connect(fresh_db) as conn:
+        with pytest.raises(FailedError):
+            apply_migration(conn, scenario.migrations_dir, MIGRATION)
+        conn.execute("UPDATE users SET email = 'changed-after-the-backup@example.com' WHERE id = "
+                     "(SELECT id FROM users LIMIT 1)")
+        conn.commit()
+    config = tmp_path / "runbook.toml"
+    from conftest import CONFIG
+    config.write_text(CONFIG.read_text().replace('"scenarios/', f'"{CONFIG.resolve().parent}/scenarios/'))
+
+    result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--config", str(config), "--reports-dir",
+                                 str(tmp_path / "reports"), "--backup", str(backup), "--yes"])
+
+    assert result.exit_code == 3, result.output
+    assert "failed without changing the schema" in result.output and "--rolled-back" in result.output
+    with psycopg.connect(fresh_db) as conn:  # the write made after the backup is still there
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'changed-after-the-backup@example.com'"
+                            ).fetchone()[0] == 1
+
+
+def test_a_copy_the_server_disk_can_not_hold_is_refused_with_the_figures(incident, tmp_path):
+    text = incident.config.read_text().replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/')
+    config = tmp_path / "runbook.toml"
+    config.write_text(text.replace("lock_timeout_seconds = 3\n", "lock_timeout_seconds = 3\nrestore_space_factor = 1e12\n"))
+    before = _databases(incident)
+    args = incident.run_args("--backup", str(incident.backup), "--yes")
+    args[args.index("--config") + 1] = str(config)
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 3, result.output
+    assert "Not enough free disk for the copy" in result.output and "restore_space_factor" in result.output
+    assert _databases(incident) == before  # no copy was created
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A real filesystem of a chosen size (tmpfs), for a disk that fills up."""
+    mounted = []
+
+    def make(size: int):
+        folder = tmp_path / f"volume-{size}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["pg_dump", "manifest"])
+def test_a_backup_that_fills_the_disk_leaves_nothing_behind(incident, tmp_path, small_volume, where):
+    dump = incident.backup.stat().st_size
+    page = 4096
+    room = 2 * page if where == "pg_dump" else (dump // page + 2) * page  # the dump fits, its manifest does not
+    assert where == "pg_dump" or (incident.backup.parent / (incident.backup.name + ".manifest.json")).stat().st_size > 2 * page
+    volume = small_volume(room)
+    text = incident.config.read_text().replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/')
+    config = tmp_path / "runbook.toml"
+    config.write_text(text.replace('backup_dir = "backups/drill"', f'backup_dir = "{volume}"'))
+
+    result = runner.invoke(app, ["backup", "--env", "drill", "--config", str(config)])
+
+    assert result.exit_code == 3, result.output
+    assert "No space left on the device" in result.output and "partial files were removed" in result.output
+    assert list(volume.iterdir()) == []

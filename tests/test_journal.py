@@ -14,8 +14,9 @@ def test_events_carry_time_phase_step_status_and_evidence(tmp_path):
     journal = Journal(tmp_path / "journal.jsonl")
     journal.record("02_execute", "drain", "changed", "terminated 1 session(s)", terminated=[{"pid": 42}])
     (event,) = read_events(tmp_path)
-    assert set(event) == {"ts", "phase", "step", "status", "message", "evidence"}
+    assert set(event) == {"seq", "prev", "ts", "phase", "step", "status", "message", "evidence"}
     assert event["evidence"] == {"terminated": [{"pid": 42}]}
+    assert event["seq"] == 1 and event["prev"] == "0" * 64  # the first link of the hash chain
 
 
 def test_unknown_status_is_refused(tmp_path):

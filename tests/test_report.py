@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from rollbacklib.audit import verify_audit
 from rollbacklib.cli import app
 from rollbacklib.config import load_config
 from rollbacklib.drill import stage_incident
@@ -133,6 +134,10 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
     state = json.loads((run_dir / "state.json").read_text())
     manifest = json.loads(Path(f"{written.backup}.manifest.json").read_text())
     assert f"Report: {run_dir / 'report.html'}" in result.output
+    assert f"Audit chain head: {run['audit']['head']}" in result.output  # the head after the report was sealed
+    sealed = {e["evidence"]["path"]: e["evidence"]["kind"] for e in map(json.loads, (run_dir / "journal.jsonl")
+              .read_text().splitlines()) if e["step"] == "artifact"}
+    assert sealed["report.html"] == "report" and sealed["postmortem.md"] == "evidence"
 
     start = events[0]["ts"]
     restored_at = next(e["ts"] for e in events if e["step"] == StepName.HEALTH and e["status"] == "ok")
@@ -175,7 +180,8 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
         assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
                              (kept,)).fetchone() == (False, 0)
     compare = [e["message"] for e in events if e["step"] == StepName.COMPARE_ROWS and e["status"] == "changed"]
-    for database in (kept, written.database):  # each read through a private connection, opened and closed again
+    copy = f"{written.database}__restored_measured"  # compared under its own name, before it went live
+    for database in (kept, copy):  # each read through a private connection, opened and closed again
         assert compare[:2] == [f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true',
                                f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false']
         assert compare[2].startswith("SELECT pg_terminate_backend(pid)") and f"'{database}'" in compare[2]
@@ -188,6 +194,7 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
 
     _check_postmortem(run_dir, run, tmp_path_factory.mktemp("postmortems"))
     _check_report_in_browser(run_dir, run, tmp_path_factory.mktemp("report-artifacts"))
+    assert verify_audit(run_dir).intact  # rendered again by `rollback report`: sealed again
 
 
 def _check_postmortem(run_dir: Path, run: dict, out: Path) -> None:
@@ -243,7 +250,7 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="damaged", approve=MIGRATION, backup=str(incident.backup))
     run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
-    with behind_the_runbook(incident) as conn:  # damage between the swap and validation
+    with behind_the_runbook(incident, "damaged") as conn:  # damage to the copy before it is validated
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
 
     result = run_phases(**common, phases=(Phase.VALIDATE, Phase.RESTORE_SERVICE, Phase.CLOSE))
@@ -262,7 +269,7 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     assert "L3 (DevOps Lead)" in text and "RENAME TO" in text  # the next action: the way back
     assert re.search(r"RTO \(Recovery Time\)\s+< 15 min\s+-\s+– not measured", text)
     postmortem = (result.run_dir / "postmortem.md").read_text()
-    assert "- Step `validation` (03_validate) failed: The restored database does not match the backup:" in postmortem
+    assert "- Step `validation` (03_validate) failed: The restored copy does not match the backup" in postmortem
 
 
 def test_a_refused_run_is_reported_and_a_broken_report_never_changes_the_exit_code(incident, monkeypatch):

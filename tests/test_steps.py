@@ -76,7 +76,7 @@ def test_a_refused_gate_stops_every_later_cell_of_02_execute(incident, tmp_path)
     assert not any(e["status"] == "changed" for e in events)
     plan = read_plan(first.run_dir)
     destructive = [s.name for s in plan.for_phase(Phase.EXECUTE) if s.destructive]
-    assert set(destructive) >= {StepName.BLOCK, StepName.TERMINATE, StepName.SWAP_KEEP, StepName.SWAP_PROMOTE}
+    assert set(destructive) >= {StepName.BLOCK, StepName.TERMINATE, StepName.SWAP_KEEP}
     for name in destructive:
         outcomes = [e["status"] for e in execute_events if e["step"] == name and e["status"] not in ("started",)]
         assert outcomes == ["refused"], (name, outcomes)
@@ -147,15 +147,16 @@ def test_a_failure_after_a_change_fails_with_exit_5(incident):
                   backup=str(incident.backup))
     first = run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
     assert first.summary["changes_made"] and first.summary["error"] is None
-    # the swapped-in database disappears from under the runbook: phase 03 can not connect
+    # the restored copy disappears from under the runbook: phase 03 can not connect to it
+    copy = f"{incident.database}__restored_after-change"
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{incident.database}" RENAME TO "{incident.database}_gone"')
+        admin.execute(f'ALTER DATABASE "{copy}" RENAME TO "{copy}_gone"')
     try:
         result = run_phases(**common, phases=(Phase.VALIDATE,))
     finally:
         with psycopg.connect(incident.admin_url, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{incident.database}_gone" RENAME TO "{incident.database}"')
+            admin.execute(f'ALTER DATABASE "{copy}_gone" RENAME TO "{copy}"')
     assert result.exit_code == 5, result.summary
-    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.VALIDATION
-    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.VALIDATION and e["status"] == "failed")
+    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.BOOKKEEPING
+    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.BOOKKEEPING and e["status"] == "failed")
     assert event["evidence"]["exit_code"] == 5

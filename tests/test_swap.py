@@ -88,5 +88,5 @@ def test_running_execute_again_on_a_swapped_run_changes_nothing(incident):
     skipped = [json.loads(line) for line in (again.run_dir / "journal.jsonl").read_text().splitlines()]
     done_before = {e["step"] for e in skipped if e["status"] == "skipped" and "already done" in e["message"]}
     assert done_before >= {StepName.CREATE_COPY, StepName.RESTORE, StepName.VALIDATE_COPY, StepName.CARRY_PROPERTIES,
-                           StepName.GATE, StepName.BLOCK, StepName.DRAIN, StepName.TERMINATE, StepName.SWAP_KEEP,
-                           StepName.SWAP_PROMOTE}
+                           StepName.CLOSE_COPY, StepName.GATE, StepName.BLOCK, StepName.DRAIN, StepName.TERMINATE,
+                           StepName.SWAP_KEEP}

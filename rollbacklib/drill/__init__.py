@@ -235,9 +235,11 @@ def stop_drill(folder: str | os.PathLike) -> StoppedDrill:
 
 def _end(staged: StagedDrill) -> StoppedDrill:
     app = stop_app_session(staged.app_pid, staged.folder)
-    server = staged.pgdata.exists() and stop_server(staged.pgdata)
-    if staged.server is not None:
-        staged.server.stop()  # this process's handle: its bookkeeping, and pgdata deleted if asked at start
+    if staged.server is not None:  # this process's handle: it stops the server once, and deletes pgdata if asked
+        server = staged.pgdata.exists()
+        staged.server.stop()
+    else:
+        server = staged.pgdata.exists() and stop_server(staged.pgdata)
     shutil.rmtree(staged.folder, ignore_errors=True)
     return StoppedDrill(staged.folder, app, server)
 

@@ -14,6 +14,7 @@ destructive step refuses without an approval of that plan.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -122,16 +123,29 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              _sql(admin, live, [db.rename_statement(live, kept)]), destructive=True, requires=(StepName.TERMINATE,),
              postcondition=f"{kept} exists and {live} does not (until the copy takes its name)",
              undo=(db.rename_statement(kept, live).as_string(admin),)),
-        Step(StepName.SWAP_PROMOTE, PHASE, restored, f"the restored copy takes the name {live}, still closed",
-             _sql(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live)]),
-             destructive=True, requires=(StepName.SWAP_KEEP,),
-             postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
-             undo=(db.rename_statement(live, restored).as_string(admin), db.rename_statement(kept, live).as_string(admin))),
-        Step(StepName.BOOKKEEPING, PHASE, live, "assert _prisma_migrations equals the backup's (never edited)",
-             private_actions(live, admin) + (Action("read", live, "SELECT * FROM _prisma_migrations"),),
-             destructive=True, requires=(StepName.SWAP_PROMOTE,),
-             postcondition="_prisma_migrations equals the backup's manifest"),
     ]
+
+
+def validated_swap_steps(ctx: RunContext, admin) -> tuple[list[Step], list[Step]]:
+    """Phase 03's steps around its validation: the bookkeeping check on the copy, then the copy goes live.
+
+    The copy is read under its own name, which no application knows, and takes the live name
+    only once validated: no unvalidated database is ever reachable by the live name.
+    """
+    live, restored, kept = ctx.database, restored_name(ctx), kept_name(ctx)
+    bookkeeping = Step(StepName.BOOKKEEPING, Phase.VALIDATE, restored,
+                       "assert the copy's _prisma_migrations equals the backup's (never edited)",
+                       private_actions(restored, admin) + (Action("read", restored, "SELECT * FROM _prisma_migrations"),),
+                       destructive=True, requires=(StepName.SWAP_KEEP,),
+                       postcondition="_prisma_migrations equals the backup's manifest")
+    promote = Step(StepName.SWAP_PROMOTE, Phase.VALIDATE, restored,
+                   f"the validated copy takes the name {live}, still closed until phase 04",
+                   _sql(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live)]),
+                   destructive=True, requires=(StepName.VALIDATION,),
+                   postcondition=f"{live} is the restored copy, {kept} is kept, {restored} is gone",
+                   undo=(db.rename_statement(live, restored).as_string(admin),
+                         db.rename_statement(kept, live).as_string(admin)))
+    return [bookkeeping], [promote]
 
 
 def show_plan(ctx: RunContext) -> pd.DataFrame:
@@ -181,14 +195,35 @@ def _create_copy(ctx: RunContext, step: Step) -> None:
             admin.execute(db.drop_database_statement(restored))  # our own half-done copy from a retried step
             ctx.record(step.name, "info", f"dropped this run's earlier, unfinished copy {restored}")
         live_props = dbp.read_properties(admin, ctx.database)
+        check_free_space(ctx, step, admin)
         execute_actions(ctx, admin, step)
     ctx.update(restored=RestoredCopy(name=restored), live_properties=live_props)
+
+
+def check_free_space(ctx: RunContext, step: Step, admin) -> None:
+    """The copy needs about the live database's size on the server's disk: refuse with the figures if short."""
+    size = admin.execute("SELECT pg_database_size(%s)", (ctx.database,)).fetchone()[0]
+    need = int(size * ctx.env.thresholds.restore_space_factor)
+    folder = db.data_directory(admin)
+    if folder is None or not Path(folder).is_dir():
+        ctx.record(step.name, "skipped", f"free disk not checked: the server's data directory is not on this machine; "
+                   f"it needs about {need:,} bytes free for the copy", needed_bytes=need)
+        return
+    free = shutil.disk_usage(folder).free
+    ctx.record(step.name, "info", f"free disk: {free:,} bytes, the copy needs about {need:,}", free_bytes=free,
+               needed_bytes=need, live_bytes=size, data_directory=folder)
+    if free < need:
+        raise AbortedError(
+            f"Not enough free disk for the copy: the live database is {size:,} bytes, the copy needs about "
+            f"{need:,} (restore_space_factor {ctx.env.thresholds.restore_space_factor}), and {folder} has {free:,} free.",
+            next_action="free space on the database server's volume (or grow it), then run again; nothing was "
+            "changed.", expected=f">= {need}", found=free, escalate="L3")
 
 
 def restore_copy(ctx: RunContext) -> pd.DataFrame:
     """Restore the backup into the copy. The live database is untouched; a failure drops the copy."""
     def restored_has_tables(c: RunContext, s: Step) -> Check:
-        if _swap_begun(c):
+        if _swap_begun(c) or c.state().done(StepName.CLOSE_COPY):
             return Check("the swap has begun: the copy went on", True)
         with db.connect(with_database(c.url, s.target), step=s.name) as conn:
             return compare(f"{s.target} holds tables", True, len(db.user_tables(conn)) > 0)
@@ -522,7 +557,7 @@ def check_bookkeeping(ctx: RunContext) -> str:
 def _bookkeeping(ctx: RunContext, step: Step) -> str:
     backup = ctx.state().need("backup", "verify_backup (01_prepare)")
     manifest = bk.load_manifest(Path(backup.path))
-    with private_session(ctx, step, ctx.database) as conn:
+    with private_session(ctx, step, step.target) as conn:
         rows = applied_migrations(conn)
     expected = manifest["prisma_migrations"] if manifest else None
     state = migration_state(rows, ctx.migration_id)

@@ -168,6 +168,7 @@ def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFra
             escalate="L3",
         )
     identity_checks = check_backup_identity(ctx, step, result)
+    refuse_a_restore_that_undoes_nothing(ctx, step, result)
     manifest = result.manifest or {}
     ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
                                 taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
@@ -196,6 +197,32 @@ def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerifica
     return checks
 
 
+def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step, result: bk.BackupVerification) -> None:
+    """A migration that failed without changing the schema (Prisma's P3009 state) needs no restore.
+
+    Restoring would only throw away every write since the backup; and afterwards the migration
+    is "not yet applied", so the next ``migrate deploy`` fails again on the same data.
+    """
+    if ctx.state().migration_state != "failed":
+        return
+    if not result.manifest:
+        ctx.record(step.name, "skipped", f"{ctx.migration_id} failed (P3009); without a manifest the runbook can not "
+                   "tell whether it changed the schema: a restore may discard writes for nothing")
+        return
+    with db.connect(ctx.url, step=step.name) as conn:
+        live = db.schema_fingerprint(db.schema_catalog(conn))
+    if live == result.manifest["schema_fingerprint"]:
+        raise AbortedError(
+            f"{ctx.migration_id} failed without changing the schema (Prisma P3009: finished_at is empty, its error "
+            "is in _prisma_migrations.logs); the live schema equals the backup's, so a restore would undo nothing "
+            "but discard every write made since the backup.",
+            next_action=f"do not restore. Fix the migration, mark it with `prisma migrate resolve --rolled-back "
+            f"{ctx.migration_id}`, then deploy again. Nothing was changed.",
+            expected="a schema changed by the migration", found="the backup's schema", escalate="L2")
+    ctx.record(step.name, "info", f"{ctx.migration_id} failed part way: the live schema differs from the backup's, "
+               "so the restore goes on")
+
+
 # --- the state before the rollback ------------------------------------------------------------
 
 def _capture_folder(ctx: RunContext) -> Path:
@@ -211,8 +238,11 @@ def capture_step(ctx: RunContext) -> Step:
 
 
 def capture_command(ctx: RunContext) -> list[str]:
+    """pg_dump sets its own lock_timeout to 0: only --lock-wait-timeout keeps it from waiting forever on a lock."""
     schema_file = _capture_folder(ctx) / "schema_before_rollback.sql"
-    return [ctx.tools.path("pg_dump"), "--schema-only", f"--file={schema_file}", f"--dbname={ctx.database}"]
+    wait = int(ctx.env.thresholds.lock_timeout_seconds * 1000)
+    return [ctx.tools.path("pg_dump"), "--schema-only", f"--lock-wait-timeout={wait}", f"--file={schema_file}",
+            f"--dbname={ctx.database}"]
 
 
 def capture_state(ctx: RunContext) -> pd.DataFrame:

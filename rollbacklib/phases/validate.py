@@ -127,46 +127,53 @@ def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> 
 # --- phase 03 ---------------------------------------------------------------------------------
 
 def plan_steps(ctx, admin=None) -> list[Step]:
-    live = ctx.database
-    return [Step(StepName.VALIDATION, PHASE, live,
-                 "the live database (the restored copy, still closed) against the backup and the migration's checks",
-                 private_actions(live, admin) + (
-                     Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows of every "
-                            "table, probes, configured expectations, database settings and grants, sampled rows"),),
-                 destructive=True, requires=(StepName.SWAP_PROMOTE,), postcondition="every check passes"),
-            compare_rows_step(ctx, admin)]
+    from rollbacklib.phases.execute import restored_name, validated_swap_steps
+
+    copy = restored_name(ctx)
+    before, after = validated_swap_steps(ctx, admin)
+    return before + [Step(StepName.VALIDATION, PHASE, copy,
+                          "the restored copy (closed, under its own name) against the backup and the migration's checks",
+                          private_actions(copy, admin) + (
+                              Action("read", copy, "schema fingerprint, row counts, _prisma_migrations, first rows of "
+                                     "every table, probes, configured expectations, database settings and grants, "
+                                     "sampled rows"),),
+                          destructive=True, requires=(StepName.BOOKKEEPING,), postcondition="every check passes"),
+                      compare_rows_step(ctx, admin)] + after
 
 
 # --- the rows the restore discarded -------------------------------------------------------------
 
 def compare_rows_step(ctx, admin=None) -> Step:
-    """Both databases read through private connections (the kept one and the live one, both still closed).
+    """The kept database against the validated copy, both read through private connections, both still closed.
 
     The kept database keeps ``CONNECTION LIMIT 0`` throughout and is closed again the instant the
-    runbook has connected; the live one stays closed until 04_restore_service reopens it, so
-    nothing writes to either while they are compared. Its time adds to the downtime.
+    runbook has connected; the copy is read under its own name (no application knows it) before
+    it goes live, so nothing writes to either while they are compared. Its time adds to the downtime.
     """
-    from rollbacklib.phases.execute import kept_name
+    from rollbacklib.phases.execute import kept_name, restored_name
 
-    live, kept = ctx.database, kept_name(ctx)
+    copy, kept = restored_name(ctx), kept_name(ctx)
     return Step(StepName.COMPARE_ROWS, PHASE, kept,
-                "the rows the restore discarded: the kept pre-rollback database against the restored one, by key",
-                private_actions(kept, admin) + private_actions(live, admin) + (
-                    Action("read", f"{kept}, {live}", "per table, on each side: SELECT key, md5(row) ORDER BY key "
+                "the rows the restore discarded: the kept pre-rollback database against the restored copy, by key",
+                private_actions(kept, admin) + private_actions(copy, admin) + (
+                    Action("read", f"{kept}, {copy}", "per table, on each side: SELECT key, md5(row) ORDER BY key "
                            "through a cursor; the two streams merged: keys only in the kept database (inserted), "
-                           "only in the restored one (deleted), in both with different rows (updated)"),),
+                           "only in the copy (deleted), in both with different rows (updated)"),),
                 destructive=True, requires=(StepName.VALIDATION,),
-                postcondition=f"{kept} is closed again (ALLOW_CONNECTIONS false, CONNECTION LIMIT 0); {live} still "
-                "closed", undo=(db.private_connection_statements(kept)[1].as_string(admin),))
+                postcondition=f"{kept} is closed again (ALLOW_CONNECTIONS false, CONNECTION LIMIT 0); {copy} still "
+                "closed", undo=tuple(db.private_connection_statements(name)[1].as_string(admin) for name in (kept, copy)))
 
 
 def _both_closed(ctx, step: Step) -> Check:
-    swap = ctx.state().need("swap", "swap_promote_copy (02_execute)")
+    from rollbacklib.phases.execute import restored_name
+
+    swap = ctx.state().need("swap", "swap_keep_live (02_execute)")
+    copy = ctx.database if swap.completed else restored_name(ctx)  # a re-run after the copy went live
     with db.connect(ctx.admin_url, step=step.name) as admin:
         found = {swap.kept: db.database_settings(admin, swap.kept),
-                 ctx.database: db.database_settings(admin, ctx.database)["allow_connections"]}
-    return compare("the kept database is closed again and the live one still closed",
-                   {swap.kept: {"allow_connections": False, "connection_limit": 0}, ctx.database: False}, found)
+                 copy: db.database_settings(admin, copy)["allow_connections"]}
+    return compare("the kept database is closed again and the copy still closed",
+                   {swap.kept: {"allow_connections": False, "connection_limit": 0}, copy: False}, found)
 
 
 def compare_rows(ctx) -> pd.DataFrame:
@@ -177,18 +184,20 @@ def compare_rows(ctx) -> pd.DataFrame:
 def _compare_rows(ctx, step: Step) -> pd.DataFrame:
     """A comparison that cannot be made (whatever the reason) is journaled as not measured, with the reason,
     and does not hold the service down: what must hold is the postcondition, both databases closed."""
+    from rollbacklib.phases.execute import restored_name
     from rollbacklib.postgres import rowdiff
 
-    swap = ctx.state().need("swap", "swap_promote_copy (02_execute)")
+    swap = ctx.state().need("swap", "swap_keep_live (02_execute)")
+    copy = restored_name(ctx)
     try:
-        with private_session(ctx, step, swap.kept) as kept, private_session(ctx, step, ctx.database) as restored:
+        with private_session(ctx, step, swap.kept) as kept, private_session(ctx, step, copy) as restored:
             lost = rowdiff.diff_databases(kept, restored)
     except Exception as err:  # noqa: BLE001 - a measurement; the postcondition guards the databases
         failure = f"{type(err).__name__}: " + (getattr(err, "message", None) or str(err)).splitlines()[0]
         ctx.record(step.name, "info", f"rows lost not measured: {failure}", rows_lost=None, kept=swap.kept)
         return pd.DataFrame([{"rows lost": f"not measured: {failure}"}])
     ctx.record(step.name, "info", f"{lost['total']} row(s) written after the backup were discarded by the restore",
-               rows_lost=lost, kept=swap.kept, restored=ctx.database)
+               rows_lost=lost, kept=swap.kept, restored=copy)
     return pd.DataFrame([{"table": t, "key": ", ".join(d["key"]), "inserted": d["inserted"], "updated": d["updated"],
                           "deleted": d["deleted"], "lost": d["lost"], "note": d["note"]}
                          for t, d in lost["tables"].items()])
@@ -212,7 +221,7 @@ def validate_restored(ctx) -> pd.DataFrame:
 def _validate(ctx, step: Step) -> pd.DataFrame:
     expected, from_manifest = expected_description(ctx)
     state = ctx.state()
-    with private_session(ctx, step, ctx.database) as conn:
+    with private_session(ctx, step, step.target) as conn:
         checks = against_manifest(conn, expected)
         checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None,
                                        expected if from_manifest else None)
@@ -221,7 +230,7 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
                             "absent", migration))
         if state.live_properties:
             with db.connect(ctx.admin_url, step=step.name) as admin:
-                found = dbp.comparable(dbp.read_properties(admin, ctx.database))
+                found = dbp.comparable(dbp.read_properties(admin, step.target))
             checks.append(compare("database settings, grants and locale equal pre-rollback",
                                   dbp.comparable(state.live_properties), found))
         sample = ctx.migration.expect.sample if ctx.migration and ctx.migration.expect.sample else None
@@ -237,7 +246,7 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
                sample_lost=lost)
     if not passed:
         raise ValidationFailed(
-            f"The restored database does not match the backup:\n{describe_failures(checks)}",
+            f"The restored copy does not match the backup (it was not put live):\n{describe_failures(checks)}",
             next_action=(f"keep connections closed. The pre-rollback database is kept as "
                          f"{state.swap.kept if state.swap else None}; "
                          + way_back.describe(way_back.way_back(state, ctx.run_id), ctx.env.maintenance_database)),

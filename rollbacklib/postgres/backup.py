@@ -7,6 +7,7 @@ with or without a manifest.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from rollbacklib import __version__
 from rollbacklib.postgres import database as db
+from rollbacklib.files import atomic_write_json
 from rollbacklib.checks import Check, compare, describe_failures, failed, skipped
 from rollbacklib.errors import BackupCheckFailed, StepError
 from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
@@ -108,35 +110,48 @@ def take_backup(url: str, backup_dir: Path, tools: ClientTools, probes: list = (
         partial = path.with_name(path.name + ".partial")
         # The manifest describes exactly the snapshot pg_dump reads, even while writes go on.
         description = describe_database(conn, probes)
+        staged = manifest_path(partial)
         try:
             tools.run("pg_dump", ["--format=custom", f"--snapshot={snapshot}", f"--file={partial}",
                                   f"--dbname={dbname}"], url=url, step="backup")
-        except BaseException:
-            partial.unlink(missing_ok=True)
+            conn.execute("COMMIT")
+            manifest = {
+                "format": "custom",
+                "file": path.name,
+                "database": dbname,
+                "system_identifier": system_identifier,
+                "taken_at": started.isoformat(),
+                "finished_at": now_utc().isoformat(),
+                "server_version": info["server_version"],
+                "server_version_num": info["server_version_num"],
+                "wal_lsn": info["wal_lsn"],
+                "pg_dump": tools.version("pg_dump")[1],
+                "rollbacklib": __version__,
+                "size_bytes": partial.stat().st_size,
+                "sha256": sha256_of(partial),
+                **description,
+            }
+            # The manifest lands first: a backup file is never seen without the manifest it was made with.
+            atomic_write_json(staged, manifest)
+            os.replace(staged, manifest_path(path))
+            os.replace(partial, path)
+        except BaseException as err:  # no half backup is ever left behind, whatever stopped it
+            for leftover in (partial, staged, manifest_path(path)):
+                leftover.unlink(missing_ok=True)
+            if _disk_full(err):
+                raise StepError(
+                    f"No space left on the device of {backup_dir} ({shutil.disk_usage(backup_dir).free} bytes "
+                    "free) while writing the backup; its partial files were removed.",
+                    next_action="free space there or point backup_dir at a bigger volume, then take the backup "
+                    "again.", step="backup", escalate="L1") from None
             raise
-        conn.execute("COMMIT")
-    manifest = {
-        "format": "custom",
-        "file": path.name,
-        "database": dbname,
-        "system_identifier": system_identifier,
-        "taken_at": started.isoformat(),
-        "finished_at": now_utc().isoformat(),
-        "server_version": info["server_version"],
-        "server_version_num": info["server_version_num"],
-        "wal_lsn": info["wal_lsn"],
-        "pg_dump": tools.version("pg_dump")[1],
-        "rollbacklib": __version__,
-        "size_bytes": partial.stat().st_size,
-        "sha256": sha256_of(partial),
-        **description,
-    }
-    # The manifest lands first: a backup file is never seen without the manifest it was made with.
-    staged = manifest_path(partial)
-    staged.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(staged, manifest_path(path))
-    os.replace(partial, path)
     return path
+
+
+def _disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return isinstance(err, StepError) and "No space left on device" in err.message
 
 
 def load_manifest(path: Path) -> dict | None:

@@ -91,6 +91,15 @@ def private_connection(admin: psycopg.Connection, url: str, database: str,
         conn.close()
 
 
+def data_directory(conn: psycopg.Connection) -> str | None:
+    """The server's data directory, or None when this role may not read it."""
+    try:
+        with conn.transaction():
+            return conn.execute("SHOW data_directory").fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
 def lock_holders(conn: psycopg.Connection, database: str) -> list[dict]:
     """Sessions on ``database`` holding strong locks or idle in a transaction: what a lock timeout waited on."""
     rows = conn.execute(

@@ -192,7 +192,10 @@ def _facts(run: Evidence) -> str:
              ("Approval", f"{s['approval']['how']} at {s['approval']['at']}" if s.get("approval") else "none"),
              ("Kept pre-rollback database", s.get("kept_database")),
              ("To open it for inspection", s.get("open_kept_database")),
-             ("Post-mortem draft", POSTMORTEM_NAME if (run.run_dir / POSTMORTEM_NAME).exists() else "not written")]
+             ("Post-mortem draft", POSTMORTEM_NAME if (run.run_dir / POSTMORTEM_NAME).exists() else "not written"),
+             ("Audit chain head when this report was rendered",
+              f"{s['audit']['head']} ({s['audit']['events']} events): rollback verify-audit RUN_DIR --head <head>"
+              if s.get("audit") else "none")]
     return "<dl class='rb-facts'>" + "".join(f"<dt>{e(k)}</dt><dd><code>{e(v or '-')}</code></dd>" for k, v in items) \
         + "</dl>"
 
