@@ -262,3 +262,57 @@ def test_a_backup_that_fills_the_disk_leaves_nothing_behind(incident, tmp_path, 
     assert result.exit_code == 3, result.output
     assert "No space left on the device" in result.output and "partial files were removed" in result.output
     assert list(volume.iterdir()) == []
+
+
+def test_a_kernel_killed_mid_phase_is_a_journaled_failure_and_a_new_run_names_what_it_left(incident):
+    cmd = [sys.executable, "-m", "rollbacklib.cli", *incident.run_args("--backup", str(incident.backup), "--yes",
+                                                                       "--run-id", "kernel-dies")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    journal = incident.reports.resolve() / MIGRATION / "drill" / "kernel-dies" / "journal.jsonl"
+    deadline = time.monotonic() + 240
+    killed = False
+    while time.monotonic() < deadline and not killed:
+        events = read_events(journal) if journal.exists() else []
+        if any(e["step"] == StepName.CLOSE_COPY and e["status"] == "ok" for e in events):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                if "ipykernel" in " ".join(child.cmdline()):
+                    child.kill()
+                    killed = True
+        time.sleep(0.01)
+    output, _ = proc.communicate(timeout=120)
+    assert killed
+    assert proc.returncode in (3, 5), output  # never 1 with a traceback
+    assert "Traceback" not in output
+    run = json.loads((journal.parent / "run.json").read_text())
+    assert run["status"] in ("aborted", "failed") and run["error"]["step"] in ("notebook", StepName.GATE)
+    assert "rollback resume" in run["error"]["next_action"] or run["error"]["step"] == StepName.GATE
+
+    # a new run (not a resume) names the copy the killed one left, and how to drop it
+    result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--dry-run", "--run-id", "next"))
+    assert f"left by an earlier run: {incident.database}__restored_kernel-dies" in result.output
+    assert "DROP DATABASE IF EXISTS" in result.output
+
+
+def test_a_run_resumed_after_an_aborted_attempt_succeeds(incident, tmp_path):
+    missing = tmp_path / "no-such-backup.dump"
+    first = runner.invoke(app, incident.run_args("--backup", str(missing), "--yes", "--run-id", "again"))
+    assert first.exit_code == 3, first.output
+
+    second = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", "again"))
+
+    assert second.exit_code == 0, second.output
+    run = json.loads(next(incident.reports.rglob("again/run.json")).read_text())
+    assert run["status"] == "succeeded" and run["attempts"] == 2 and run["validation"]["passed"]
+    assert [e["step"] for e in run["earlier_errors"]] == [StepName.VERIFY_BACKUP]
+
+
+def test_a_live_database_left_blocked_by_an_earlier_run_is_named_not_run_over(incident):
+    proc, _ = _kill_when(incident, "crashed", StepName.BLOCK, "changed")
+    before = _databases(incident)
+
+    result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", "fresh"))
+
+    assert result.exit_code == 3, result.output
+    assert "an earlier rollback stopped midway" in result.output
+    assert "rollback resume" in result.output and "crashed" in result.output
+    assert _databases(incident) == before

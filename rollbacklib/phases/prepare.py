@@ -50,6 +50,7 @@ def _check_migration(ctx: RunContext, step: Step) -> pd.DataFrame:
             "from another database's connection.",
             next_action=f"set maintenance_database for environment {ctx.env.name!r} to another database on the "
             "server (for example template1 or postgres).")
+    name_leftovers(ctx, step)
     with db.connect(ctx.url, step=step.name) as conn:
         info = db.server_info(conn)
         rows = applied_migrations(conn)
@@ -70,6 +71,45 @@ def _check_migration(ctx: RunContext, step: Step) -> pd.DataFrame:
     if ctx.migration is None:
         ctx.record(step.name, "info", "no expectations configured for this migration: generic checks only")
     return pd.DataFrame(rows)
+
+
+def name_leftovers(ctx: RunContext, step: Step) -> None:
+    """What earlier runs left on the server: copies, kept databases, a live database still blocked or renamed away."""
+    with db.connect(ctx.admin_url, step=step.name) as admin:
+        found = admin.execute(
+            "SELECT datname, datallowconn, datconnlimit, pg_size_pretty(pg_database_size(oid)) FROM pg_database "
+            "WHERE datname = %s OR starts_with(datname, %s) OR starts_with(datname, %s) ORDER BY datname",
+            (ctx.database, ctx.database + "__restored_", ctx.database + "__pre_rollback_")).fetchall()
+    live = next((r for r in found if r[0] == ctx.database), None)
+    others = [r for r in found if r[0] != ctx.database and not r[0].endswith(f"_{ctx.run_id}")]
+    unfinished = _unfinished_runs(ctx)
+    resume = ("resume it: " + "; ".join(f"rollback resume {folder}" for folder in unfinished)) if unfinished else \
+        "resume the run that did it (rollback resume reports/<migration>/<environment>/<run_id>)"
+    if live is None or not live[1] or live[2] == 0:
+        what = "does not exist (renamed away)" if live is None else "refuses connections (blocked)"
+        raise AbortedError(
+            f"The live database {ctx.database} {what}: an earlier rollback stopped midway. Found on the server: "
+            + (", ".join(f"{r[0]} ({r[3]})" for r in others) or "nothing else"),
+            next_action=f"do not start a new rollback over it; {resume}. Nothing was changed by this run.",
+            found=[list(r) for r in found], escalate="L2")
+    for name, _allow, _limit, size in others:
+        advice = (f"drop it once nobody needs it: {db.drop_database_statement(name).as_string(None)}"
+                  if "__restored_" in name else "the database an earlier rollback replaced; kept on purpose")
+        ctx.record(step.name, "info", f"left by an earlier run: {name} ({size}); {advice}", database=name, size=size)
+
+
+def _unfinished_runs(ctx: RunContext) -> list[str]:
+    """Run folders of this migration and environment whose state shows a change and no finished phase 04."""
+    from rollbacklib.state import load_state
+
+    folders = []
+    for folder in sorted(ctx.run_dir.parent.iterdir()) if ctx.run_dir.parent.is_dir() else []:
+        if folder == ctx.run_dir or not (folder / "state.json").exists():
+            continue
+        state = load_state(folder)
+        if state.blocked is not None and not state.done(StepName.HEALTH):
+            folders.append(str(folder))
+    return folders
 
 
 # --- the release ------------------------------------------------------------------------------
