@@ -127,7 +127,8 @@ def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> 
 # --- phase 03 ---------------------------------------------------------------------------------
 
 def plan_steps(ctx, admin=None) -> list[Step]:
-    from rollbacklib.phases.execute import restored_name, validated_swap_steps
+    from rollbacklib.phases.execute import restored_name
+    from rollbacklib.phases.swap import validated_swap_steps
 
     copy = restored_name(ctx)
     before, after = validated_swap_steps(ctx, admin)
