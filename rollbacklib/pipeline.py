@@ -26,6 +26,8 @@ from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
 from rollbacklib.summary import finished_phases, first_error, phase_table, write_summary
+from rollbacklib.live import Situation
+from rollbacklib.way_back import run_view
 from rollbacklib.postgres.locks import database_lock
 
 PREPARE = Phase.PREPARE
@@ -158,6 +160,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         journal.record("run", "attempt", "info", f"attempt {number} of run {run_id}", attempt=number,
                        dry_run=dry_run, pid=os.getpid())
         finished = set() if dry_run else finished_phases(earlier)
+        if earlier and not dry_run:
+            finished -= _phases_to_redo(run_dir, journal, str(config.path))
         try:
             for phase in phases:
                 if phase in finished:
@@ -193,6 +197,28 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
             report, report_error = write_report(run_dir, secrets)
             summary["audit"] = chain_head(run_dir)  # the report's seal moved the head on
     return RunResult(run_dir, summary, report, report_error)
+
+
+# Where each situation (read from the catalog) sends a resumed run back to: every step of those
+# phases whose postcondition holds now is skipped, the rest acts from what the catalog shows.
+_REDO_FROM = {Situation.NOT_STARTED: Phase.EXECUTE, Situation.COPY_PREPARING: Phase.EXECUTE,
+              Situation.COPY_READY: Phase.EXECUTE, Situation.LIVE_BLOCKED: Phase.EXECUTE,
+              Situation.BETWEEN_RENAMES: Phase.EXECUTE, Situation.SERVING_ORIGINAL_AGAIN: Phase.EXECUTE,
+              Situation.PROMOTED_CLOSED: Phase.VALIDATE}
+
+
+def _phases_to_redo(run_dir: Path, journal: Journal, config_path: str) -> set[str]:
+    """A resume starts from the catalog: it names the situation and reopens the phases it calls for."""
+    now = run_view(run_dir, config_path)
+    if now is None:
+        return set()
+    start = _REDO_FROM.get(now.situation)
+    if now.situation is Situation.NOT_STARTED and load_state(run_dir).plan_digest is None:
+        start = None  # phase 01 has not written its plan: nothing past it to redo
+    redo = {p for p in PHASES if start is not None and p >= start}
+    journal.record("run", "live", "info", f"resume: {now.describe()}", situation=now.to_dict(),
+                   redo=sorted(redo))
+    return redo
 
 
 def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:

@@ -9,7 +9,8 @@ import pandas as pd
 from rollbacklib.journal import read_events
 from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.run import RunContext
-from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, finish_phase
+from rollbacklib.dispatch import dispatch, finish_phase
+from rollbacklib.steps import Action, Phase, Step, StepName
 from rollbacklib.summary import RUN_SUMMARY, write_summary
 
 PHASE = Phase.CLOSE

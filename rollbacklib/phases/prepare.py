@@ -21,7 +21,8 @@ from rollbacklib.postgres.client import display_command
 from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_state
 from rollbacklib.run import RunContext
 from rollbacklib.state import BackupRef, Captured
-from rollbacklib.steps import Action, Phase, Plan, Step, StepName, dispatch, plan_frame, write_plan
+from rollbacklib.dispatch import dispatch
+from rollbacklib.steps import Action, Phase, Plan, Step, StepName, plan_frame, write_plan
 
 PHASE = Phase.PREPARE
 
@@ -337,9 +338,10 @@ def build_plan(ctx: RunContext) -> Plan:
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
-        steps += validate.plan_steps(ctx, admin)
+        steps += validate.plan_steps(ctx, admin, facts["properties"]["comment"])
         steps += restore_service.plan_steps(ctx, facts, admin)
     steps += close.plan_steps(ctx)
+    ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)
 
 
