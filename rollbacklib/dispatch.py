@@ -169,9 +169,9 @@ def close_left_copy(ctx: RunContext, step: str, now=None) -> None:
     from rollbacklib.postgres import database as db
 
     now = now or ctx.live()
-    copy = now.named(now.copy)
-    if copy is None or copy.closed or now.catalog is None:
-        return
+    copy = now.the_copy
+    if copy is None or now.copy_oid is None or copy.oid != now.copy_oid or copy.name != now.copy or copy.closed:
+        return  # only this run's own copy (by oid), under its own name, and only when open
     try:
         with db.connect(ctx.admin_url, step=step) as admin:
             for statement in db.block_statements(copy.name):

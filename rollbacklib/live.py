@@ -247,6 +247,8 @@ class LiveView:
         if copy is None:
             return checks
         on_live = copy.name == self.live
+        checks.append(Check("the copy has its own name (or the live name)", copy.name in (self.copy, self.live),
+                            self.copy, copy.name))
         checks.append(Check("the copy carries its validation's marker", self.marker is not None and (
             copy.comment == self.marker or on_live), self.marker, copy.comment))
         checks.append(compare("the copy is closed, with no session", {"closed": True, "sessions": 0},

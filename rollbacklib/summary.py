@@ -13,7 +13,7 @@ from rollbacklib.postgres.database import open_database_sql
 from rollbacklib.report.metrics import measure
 from rollbacklib.state import load_state
 from rollbacklib.steps import PHASES, StepName
-from rollbacklib.live import psql_command
+from rollbacklib.live import Situation, psql_command
 from rollbacklib.way_back import previous_settings, run_view
 
 RUN_SUMMARY = "run.json"
@@ -101,13 +101,9 @@ def summarize(run_dir: Path) -> dict:
     # What the catalog shows now decides too: production down at the end is a failure, said first.
     now = run_view(run_dir) if events and not dry_run else None
     down = now.health_line() if now is not None and status != "succeeded" else None
-    if down:
+    if down and (changed or now.situation is Situation.SERVER_DOWN):  # this run's doing, or nobody can tell
         status, exit_code = "failed", EXIT_FAILED
     back = now.way_back(previous_settings(run_dir)) if now is not None and status == "failed" else []
-    if down and error is None:
-        error = {"phase": "run", "step": "live", "message": down,
-                 "evidence": {"next_action": "run the way back below (or `rollback resume`), then check the service.",
-                              "escalate": "L2", "error": "ProductionDown"}}
 
     started_at = events[0]["ts"] if events else None
     finished_at = events[-1]["ts"] if events else None

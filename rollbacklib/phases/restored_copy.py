@@ -220,8 +220,9 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
     with db.connect(ctx.admin_url, step=step.name) as admin:
         statement = db.comment_statement(step.target, marker)
         admin.execute(statement)
-        ctx.record(step.name, "ran", statement.as_string(admin), kind="sql", target=step.target,
-                   why="the copy's identity: checked from the maintenance database before it goes live")
+        ctx.record(step.name, "ran", statement.as_string(admin), kind="marker", target=step.target,
+                   why="the copy's identity (the plan's marker action, filled in): checked from the maintenance "
+                   "database before it goes live")
     restored = ctx.state().need("restored", "create_copy (02_execute)")
     ctx.update(restored=restored.model_copy(update={"validated": True, "row_counts": description["row_counts"],
                                                     "marker": marker}))
