@@ -52,9 +52,12 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
             ctx.mark_step(step.name, "skipped")
             ctx.record(step.name, "skipped", "dry run: planned above, not executed")
             return None
-        check_precondition(ctx, step)
+        check_precondition(ctx, step, live=precondition is not None)
         if ctx.state().done(step.name) and postcondition is not None:
             holds = postcondition(ctx, step)
+            if not holds.passed:
+                ctx.record(step.name, "info", f"done earlier, but it does not hold now: {holds.name}",
+                           check=holds.to_dict())
             if holds.passed:
                 ctx.record(step.name, "skipped", f"already done, and it holds now: {holds.name}",
                            evidence=holds.to_dict())
@@ -124,10 +127,13 @@ def check_approval(ctx: RunContext, step: Step) -> None:
             step=step.name, expected=approved["plan_digest"], found=digest)
 
 
-def check_precondition(ctx: RunContext, step: Step) -> None:
-    """A destructive step needs an approval of this very plan; every step needs what it requires done."""
+def check_precondition(ctx: RunContext, step: Step, *, live: bool = False) -> None:
+    """A destructive step needs an approval of this very plan; a step without a live precondition needs what it
+    requires done (one with a live precondition asks the catalog instead: ``dispatch``)."""
     if step.destructive:
         check_approval(ctx, step)
+    if live:
+        return
     state = ctx.state()
     missing = [name for name in step.requires if not state.done(name)]
     if missing:

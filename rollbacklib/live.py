@@ -81,6 +81,22 @@ def read_catalog(admin: psycopg.Connection) -> dict[str, Database]:
     return {r[0]: Database(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
 
 
+def settled_session_count(admin: psycopg.Connection, database: str, attempts: int = 20,
+                          pause: float = 0.1) -> int | None:
+    """``pg_stat_database.sessions`` of ``database`` once it stops moving (a session counts once its backend exited)."""
+    import time
+
+    query = "SELECT s.sessions FROM pg_stat_database s WHERE s.datname = %s"
+    last = admin.execute(query, (database,)).fetchone()
+    for _ in range(attempts):
+        time.sleep(pause)
+        now = admin.execute(query, (database,)).fetchone()
+        if now == last:
+            break
+        last = now
+    return last[0] if last else None
+
+
 class Situation(StrEnum):
     """Where a run stands, as the catalog shows it: what resume acts from."""
 
@@ -227,6 +243,9 @@ class LiveView:
                 is_copy = self.the_copy is not None and live.oid == self.the_copy.oid
                 target = self.copy if is_copy and self.named(self.copy) is None else _name(self.live, "__aside")
                 statements.append(db.rename_statement(self.live, target).as_string(None))
+                if is_copy and target == self.copy and self.marker and live.closed:
+                    # closed since it was validated: it keeps its identity, so a resume can use it again
+                    statements.append(db.comment_statement(self.copy, self.marker).as_string(None))
             statements.append(db.rename_statement(original.name, self.live).as_string(None))
         settings = previous or {"allow_connections": True, "connection_limit": -1}
         if original.allow_connections != settings["allow_connections"] or \

@@ -270,6 +270,19 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
         return False
     if plan is None or (approve != migration_id and confirm is None):
         return True  # the gate step in the notebook decides (and refuses without a plan or an approval)
+    from rollbacklib.dispatch import approval_event
+
+    earlier = approval_event(run_dir)
+    if earlier is not None and earlier["evidence"]["approval"]["plan_digest"] != plan.digest:
+        journal.record(GATED_PHASE, StepName.GATE, "refused",
+                       f"plan.json is not the plan approved earlier in this run ({plan.digest[:12]}, approved "
+                       f"{earlier['evidence']['approval']['plan_digest'][:12]}): plan.json was changed after its "
+                       "approval; nothing was changed by this attempt.",
+                       next_action="do not approve it again: find out who changed plan.json (rollback verify-audit "
+                       "names it); start a new run from 01_prepare and approve its plan.")
+        return False
+    if earlier is not None:
+        return True  # approved earlier in this run, for this very plan
     how = "--yes / approve given to the runner"
     if approve != migration_id:
         typed = confirm(plan).strip()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +21,7 @@ from rollbacklib.checks import Check, as_frame, compare, describe_failures, fail
 from rollbacklib.dispatch import dispatch, execute_actions
 from rollbacklib.errors import AbortedError, RollbackError
 from rollbacklib.files import atomic_write_json
-from rollbacklib.live import marker_text
+from rollbacklib.live import marker_text, settled_session_count
 from rollbacklib.phases.validate import against_expectations, against_manifest, sample_difference
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
@@ -346,26 +345,13 @@ def _close(ctx: RunContext, step: Step) -> pd.DataFrame:
             raise AbortedError(f"{len(left)} session(s) on the copy {step.target} survived termination.",
                                next_action="end them by hand (pg_stat_activity), then run this cell again.",
                                found=[s["pid"] for s in left])
-        sessions = _settled_session_count(admin, step.target)
+        sessions = settled_session_count(admin, step.target)
         settings = db.database_settings(admin, step.target)
     restored = ctx.state().need("restored", "create_copy (02_execute)")
     ctx.update(restored=restored.model_copy(update={"sessions_at_close": sessions}))
     ctx.record(step.name, "info", f"{step.target} closed: {sessions} session(s) ever opened on it, none from now on",
                sessions_at_close=sessions, oid=restored.oid, marker=restored.marker)
     return pd.DataFrame([{**settings, "sessions ever opened": sessions}])
-
-
-def _settled_session_count(admin, database: str, attempts: int = 20, pause: float = 0.1) -> int | None:
-    """``pg_stat_database.sessions`` once it stops moving: a session's count lands when its backend has exited."""
-    query = "SELECT s.sessions FROM pg_stat_database s WHERE s.datname = %s"
-    last = admin.execute(query, (database,)).fetchone()
-    for _ in range(attempts):
-        time.sleep(pause)
-        now = admin.execute(query, (database,)).fetchone()
-        if now == last:
-            break
-        last = now
-    return last[0] if last else None
 
 
 # --- undo -----------------------------------------------------------------------------------------

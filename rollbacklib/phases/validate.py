@@ -217,9 +217,24 @@ def _kept_closed(ctx, step: Step) -> Check:
     return compare("the kept database is closed again", {"allow_connections": False, "connection_limit": 0}, found)
 
 
+def _measured_and_unchanged(ctx, step: Step) -> Check:
+    """Closed, and no session on the kept database since it was measured: a way back in between means measure again."""
+    from rollbacklib.journal import read_events
+
+    closed = _kept_closed(ctx, step)
+    measured = next((e["evidence"].get("kept_sessions") for e in reversed(read_events(ctx.run_dir))
+                     if e["step"] == StepName.COMPARE_ROWS and e["status"] == "info" and "kept_sessions" in e["evidence"]),
+                    None)
+    original = ctx.live().original
+    found = original.sessions_ever if original else None
+    if not closed.passed:
+        return closed
+    return compare("the kept database is closed and had no session since it was measured", measured, found)
+
+
 def compare_rows(ctx) -> pd.DataFrame:
     """Rows inserted, updated or deleted after the backup that the restore discarded, per table (RPO in rows)."""
-    return dispatch(ctx, StepName.COMPARE_ROWS, _compare_rows, postcondition=_kept_closed)
+    return dispatch(ctx, StepName.COMPARE_ROWS, _compare_rows, postcondition=_measured_and_unchanged)
 
 
 def _compare_rows(ctx, step: Step) -> pd.DataFrame:
@@ -235,10 +250,18 @@ def _compare_rows(ctx, step: Step) -> pd.DataFrame:
             lost = rowdiff.diff_against_snapshot(kept, ctx.run_dir / COPY_ROWS)
     except Exception as err:  # noqa: BLE001 - a measurement; the postcondition guards the databases
         failure = f"{type(err).__name__}: " + (getattr(err, "message", None) or str(err)).splitlines()[0]
-        ctx.record(step.name, "info", f"rows lost not measured: {failure}", rows_lost=None, kept=swap.kept)
+        ctx.record(step.name, "info", f"rows lost not measured: {failure}", rows_lost=None, kept=swap.kept,
+                   kept_sessions=_kept_sessions(ctx, swap.kept))
         return pd.DataFrame([{"rows lost": f"not measured: {failure}"}])
     ctx.record(step.name, "info", f"{lost['total']} row(s) written after the backup were discarded by the restore",
-               rows_lost=lost, kept=swap.kept, restored=copy)
+               rows_lost=lost, kept=swap.kept, restored=copy, kept_sessions=_kept_sessions(ctx, swap.kept))
     return pd.DataFrame([{"table": t, "key": ", ".join(d["key"]), "inserted": d["inserted"], "updated": d["updated"],
                           "deleted": d["deleted"], "lost": d["lost"], "note": d["note"]}
                          for t, d in lost["tables"].items()])
+
+
+def _kept_sessions(ctx, kept: str) -> int | None:
+    from rollbacklib.live import settled_session_count
+
+    with db.connect(ctx.admin_url, step=StepName.COMPARE_ROWS) as admin:
+        return settled_session_count(admin, kept)
