@@ -288,7 +288,7 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
         typed = confirm(plan).strip()
         if typed != migration_id:
             journal.record(GATED_PHASE, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
-                           next_action="nothing was changed; run again and type the migration ID to go on.")
+                           next_action="this answer changed nothing; run again and type the migration ID to go on.")
             return False
         how = "typed at the terminal"
     record_approval(run_dir, migration_id, how, plan.digest)

@@ -95,7 +95,7 @@ def test_a_typo_at_the_gate_keeps_the_copy_and_the_right_answer_then_rolls_back(
 
     with pytest.raises(RefusedError) as refused:
         execute.approve_swap(ctx)
-    assert "Nothing was changed" in refused.value.message and "stays closed and ready" in refused.value.message
+    assert "This answer changed nothing" in refused.value.message and "stays closed and ready" in refused.value.message
     copy = f"{incident.database}__restored_typo"
     assert _databases(incident)[copy] == (False, 0)  # the validated copy is still there, closed
     with pytest.raises(RefusedError):  # nothing destructive runs without the approval

@@ -102,7 +102,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              sql_actions(admin, live, db.block_statements(live)), destructive=True,
              requires=(StepName.GATE,),
              precondition=f"the validated copy {restored} is there, closed, unchanged; {live} is the original",
-             postcondition=f"the original database: ALLOW_CONNECTIONS false, CONNECTION LIMIT 0", undo=tuple(unblock)),
+             postcondition="the original database: ALLOW_CONNECTIONS false, CONNECTION LIMIT 0", undo=tuple(unblock)),
         Step(StepName.DRAIN, PHASE, live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end on their own",
              (Action("wait", live, f"poll pg_stat_activity every {t.poll_interval_seconds} s for client sessions "
                      f"on {live}"),), requires=(StepName.BLOCK,), postcondition="the original is still blocked"),
@@ -188,8 +188,7 @@ def approve_swap(ctx: RunContext) -> str:
 
 def _gate(ctx: RunContext, step: Step) -> str:
     plan = ctx.plan()
-    held, _ = _approved(ctx, step).passed, None
-    if held:
+    if _approved(ctx, step).passed:
         existing = ctx.state().approval
         ctx.record(step.name, "info", f"plan {plan.digest[:12]} approved earlier"
                    + (f" ({existing.how}, {existing.at})" if existing else ""))
@@ -230,8 +229,8 @@ def _ask(ctx: RunContext, digest: str) -> str:
     if typed.strip() != ctx.migration_id:
         copy = restored_name(ctx.database, ctx.run_id)
         raise RefusedError(
-            f"Refused: typed {typed.strip()!r}, not the migration ID. Nothing was changed: the live database was "
-            f"not touched, and the validated copy {copy} stays closed and ready.",
+            f"Refused: typed {typed.strip()!r}, not the migration ID. This answer changed nothing: the live "
+            f"database was not touched by it, and the validated copy {copy} stays closed and ready.",
             next_action=f"run the gate cell again and type {ctx.migration_id} to go on; to stop the rollback "
             f"instead, drop the copy: {db.drop_database_statement(copy).as_string(None)};")
     return "typed at the notebook's prompt"

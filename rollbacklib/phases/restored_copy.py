@@ -22,7 +22,6 @@ from rollbacklib.dispatch import dispatch, execute_actions
 from rollbacklib.errors import AbortedError, RollbackError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.live import marker_text, settled_session_count
-from rollbacklib.phases.validate import against_expectations, against_manifest, sample_difference
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import identity
@@ -33,8 +32,8 @@ from rollbacklib.prisma import applied_migrations, migration_state
 from rollbacklib.run import RunContext
 from rollbacklib.state import RestoredCopy
 from rollbacklib.steps import Step, StepName
+from rollbacklib.validation import against_expectations, against_manifest, sample_difference
 
-COPY_ROWS = "copy_rows"  # the copy's row hashes, taken at its validation, for compare-rows
 COPY_STEPS = (StepName.CREATE_COPY, StepName.RESTORE, StepName.VALIDATE_COPY, StepName.BOOKKEEPING,
               StepName.CARRY_PROPERTIES, StepName.CLOSE_COPY)
 
@@ -147,7 +146,7 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     except RollbackError as err:
         drop_copy(ctx, step.name, "the restore into it failed")
         raise AbortedError(f"Restoring into {step.target} failed; the live database was not touched.\n{err.message}",
-                           next_action="ABORT: nothing was changed. " + err.next_action, escalate="L3") from None
+                           next_action="ABORT: the live database was not touched by this step. " + err.next_action, escalate="L3") from None
     restored = ctx.state().need("restored", "create_copy (02_execute)")
     ctx.update(restored=restored.model_copy(update={"seconds": round(seconds, 3)}))
     ctx.record(step.name, "info", f"restored into {step.target} in {seconds:.1f} s", seconds=seconds)
@@ -188,7 +187,7 @@ def validate_copy(ctx: RunContext) -> pd.DataFrame:
 def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
     backup = ctx.state().need("backup", "verify_backup (01_prepare)")
     manifest = bk.load_manifest(Path(backup.path))
-    rows_folder = ctx.run_dir / COPY_ROWS
+    rows_folder = ctx.run_dir / rowdiff.SNAPSHOT_FOLDER
     try:
         with db.connect(with_database(ctx.url, step.target), step=step.name) as conn:
             checks = against_manifest(conn, manifest) if manifest else [check_restored_history(ctx, conn, backup.path)]
@@ -207,7 +206,7 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
         drop_copy(ctx, step.name, "it fails its checks")
         raise AbortedError(f"The restored copy fails its checks; the live database was not touched:\n"
                            f"{describe_failures(checks)}",
-                           next_action="ABORT: nothing was changed. This backup does not give the state the "
+                           next_action="ABORT: the live database was not touched by this step. This backup does not give the state the "
                            "migration's checks expect (or is not what its manifest says): use another backup, "
                            "or fix the expectations.", escalate="L3")
     if manifest is None:  # the plan's plain format: what was restored becomes what is expected

@@ -1,127 +1,24 @@
-"""Is a database what the backup promised, and what the migration's config expects?
+"""Phase 03, validate: the copy recognised without connecting to it, the rows the restore discarded, the promote.
 
-``against_manifest`` compares a database with the manifest of the backup it was restored
-from (schema fingerprint, row counts, Prisma bookkeeping, first rows of every table, probes).
-``against_expectations`` runs the checks the config states for the migration being rolled
-back (columns and nullability, counts, queries, relations, sample).
+The copy was validated against the backup in phase 02 (``rollbacklib.validation``) and closed
+for good; here its identity is read from the maintenance database (``rollbacklib.live``), the
+kept database is compared with the copy's row hashes, and the copy goes live
+(``rollbacklib.phases.swap``).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 
-from rollbacklib.postgres import database as db
-from rollbacklib.postgres import properties as dbp
-from rollbacklib.postgres.rows import NO_PRIMARY_KEY
-from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed, skipped
-from rollbacklib.config import Expectations
+from rollbacklib.checks import Check, as_frame, compare, describe_failures, failed
 from rollbacklib.dispatch import checked_before, dispatch, private_actions, private_session
 from rollbacklib.errors import ValidationFailed
 from rollbacklib.live import kept_name, restored_name
-from rollbacklib.prisma import applied_migrations
+from rollbacklib.postgres import database as db
+from rollbacklib.postgres import properties as dbp
 from rollbacklib.steps import Action, Phase, Step, StepName
 
 PHASE = Phase.VALIDATE
-
-
-def _schema_diff(expected: dict, found: dict) -> str:
-    lines = []
-    for kind in ("columns", "constraints", "indexes"):
-        want = {tuple(sorted(x.items())) for x in expected.get(kind, [])}
-        have = {tuple(sorted(x.items())) for x in found.get(kind, [])}
-        for item in sorted(want - have)[:5]:
-            lines.append(f"missing {kind[:-1]} {dict(item)}")
-        for item in sorted(have - want)[:5]:
-            lines.append(f"unexpected {kind[:-1]} {dict(item)}")
-    return "; ".join(lines)
-
-
-def against_manifest(conn, manifest: dict) -> list[Check]:
-    """Every comparison a manifest allows; each check says expected and found."""
-    checks = []
-    catalog = db.schema_catalog(conn)
-    fingerprint = db.schema_fingerprint(catalog)
-    check = compare("schema fingerprint equals backup", manifest["schema_fingerprint"], fingerprint)
-    if not check.passed and "schema" in manifest:
-        check.detail = _schema_diff(manifest["schema"], catalog)
-    checks.append(check)
-
-    counts = db.row_counts(conn)
-    for table, expected in sorted(manifest.get("row_counts", {}).items()):
-        checks.append(compare(f"rows in {table} equal backup", expected, counts.get(table)))
-
-    checks.append(compare("_prisma_migrations equals backup", manifest.get("prisma_migrations", []),
-                          applied_migrations(conn),
-                          "after a full restore the bookkeeping is the backup's; the runbook asserts it, never edits it"))
-
-    digests = db.table_digests(conn)
-    for table, expected in sorted(manifest.get("table_digests", {}).items()):
-        found = digests.get(table, {})
-        checks.append(Check(f"first {expected['rows']} rows of {table} equal backup", expected["md5"] == found.get("md5"),
-                            expected["md5"], found.get("md5"), f"ordered by {', '.join(expected['order_by'])}"))
-
-    for probe in manifest.get("probes", []):
-        if "error" in probe:
-            continue
-        checks.append(compare(f"{probe['name']} equals backup", probe["value"], db.run_probe(conn, probe["sql"])))
-    return checks
-
-
-def against_expectations(conn, expect: Expectations | None, manifest: dict | None) -> list[Check]:
-    if expect is None:
-        return [skipped("migration expectations", "this migration has no [migrations.<id>.expect] in the config")]
-    checks = []
-    for col in expect.columns:
-        info = db.column_info(conn, col.table, col.column)
-        label = f"{col.table}.{col.column}"
-        checks.append(compare(f"{label} {'exists' if col.exists else 'is absent'}", col.exists, info is not None))
-        if info is None or not col.exists:
-            continue
-        if col.nullable is not None:
-            checks.append(compare(f"{label} nullable", col.nullable, info["nullable"]))
-        if col.data_type is not None:
-            checks.append(compare(f"{label} type", col.data_type, info["data_type"]))
-
-    counts = db.row_counts(conn) if expect.tables_match_backup else {}
-    for table in expect.tables_match_backup:
-        if not manifest:
-            checks.append(skipped(f"rows in {table} equal pre-migration", "no manifest to compare with"))
-            continue
-        checks.append(compare(f"rows in {table} equal pre-migration", manifest["row_counts"].get(table), counts.get(table)))
-
-    recorded = {p["sql"]: p for p in (manifest or {}).get("probes", [])}
-    for query in expect.queries:
-        value = db.run_probe(conn, query.sql)
-        probe = recorded.get(query.sql)
-        if probe is None or "error" in probe:
-            checks.append(skipped(query.name, f"not recorded in the backup's manifest; found {value!r}"))
-        else:
-            checks.append(compare(f"{query.name} unchanged", probe["value"], value))
-
-    for rel in expect.relations:
-        ref_table, ref_column = rel.references.split(".")
-        label = f"{rel.table}.{rel.column} -> {rel.references}"
-        checks.append(compare(f"foreign key {label} exists", True,
-                              db.foreign_key_exists(conn, rel.table, rel.column, ref_table, ref_column)))
-        checks.append(compare(f"no orphans in {label}", 0, db.orphan_count(conn, rel.table, rel.column, ref_table, ref_column)))
-    return checks
-
-
-def sample_difference(before: list[dict], after: list[dict], key: list[str]) -> dict:
-    """Rows of a sample taken before the rollback that the restored database no longer has.
-
-    ``key`` is the table's primary key (``database.primary_key_columns``), composite or not;
-    ``missing_after`` lists each lost row's key values in that order. No key: no comparison.
-    """
-    sampled = {"sampled_before": len(before), "sampled_after": len(after), "key": key}
-    if not key:
-        return {**sampled, "missing_after": None, "reason": NO_PRIMARY_KEY}
-    after_keys = {tuple(row.get(c) for c in key) for row in after}
-    missing = [[row.get(c) for c in key] for row in before if tuple(row.get(c) for c in key) not in after_keys]
-    return {**sampled, "missing_after": missing}
 
 
 # --- phase 03 ---------------------------------------------------------------------------------
@@ -240,14 +137,13 @@ def compare_rows(ctx) -> pd.DataFrame:
 def _compare_rows(ctx, step: Step) -> pd.DataFrame:
     """A comparison that cannot be made (whatever the reason) is journaled as not measured, with the reason,
     and does not hold the service down: what must hold is the postcondition, the kept database closed."""
-    from rollbacklib.phases.restored_copy import COPY_ROWS
     from rollbacklib.postgres import rowdiff
 
     swap = ctx.state().need("swap", "swap_keep_live (02_execute)")
     copy = restored_name(ctx.database, ctx.run_id)
     try:
         with private_session(ctx, step, swap.kept) as kept:
-            lost = rowdiff.diff_against_snapshot(kept, ctx.run_dir / COPY_ROWS)
+            lost = rowdiff.diff_against_snapshot(kept, ctx.run_dir / rowdiff.SNAPSHOT_FOLDER)
     except Exception as err:  # noqa: BLE001 - a measurement; the postcondition guards the databases
         failure = f"{type(err).__name__}: " + (getattr(err, "message", None) or str(err)).splitlines()[0]
         ctx.record(step.name, "info", f"rows lost not measured: {failure}", rows_lost=None, kept=swap.kept,

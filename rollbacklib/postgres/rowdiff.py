@@ -197,6 +197,7 @@ def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
 # The columns compared are fixed at hashing time from the live database's schema (which
 # becomes the kept one); a table whose schema changed since is reported as not comparable.
 
+SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the copy's row hashes, taken at its validation
 SNAPSHOT_INDEX = "index.json"
 
 
