@@ -232,6 +232,11 @@ def resume(
 
     from rollbacklib.pipeline import resume as resume_run
 
+    from rollbacklib.way_back import run_view
+
+    now = run_view(Path(run_dir).resolve(), str(config) if config else None)
+    if now is not None:
+        out.print(f"Live: {now.describe()}", markup=False, highlight=False)
     execute = partial(resume_run, run_dir, config_path=str(config) if config else None)
     result = _run_with_terminal(execute, migration_id=Path(run_dir).resolve().parent.parent.name,
                                 environment=Path(run_dir).resolve().parent.name, yes=yes)

@@ -235,8 +235,8 @@ class LiveView:
         resume can use it again. ``previous`` is the original's settings before it was blocked.
         """
         original, live = self.original, self.named(self.live)
-        if self.catalog is None or original is None:
-            return []
+        if self.catalog is None or original is None or self.situation is Situation.DONE:
+            return []  # DONE: the rollback is over and serving; going back is then a new decision, not a way back
         statements = []
         if original.name != self.live:
             if live is not None:  # the copy (or something else) has the live name: move it aside first

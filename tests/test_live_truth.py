@@ -301,3 +301,56 @@ def test_the_free_space_check_counts_the_wal_the_copy_writes(incident):
                                            "pg_size_bytes(current_setting('wal_segment_size'))").fetchone()
     assert evidence["wal_bytes"] >= template0 + 4 * segment
     assert evidence["needed_bytes"] == evidence["copy_bytes"] + evidence["wal_bytes"]
+
+
+# --- 5 (health in every failure): the server stops between two phases ------------------------------
+
+def test_a_server_that_stops_is_said_first_and_a_resume_once_it_is_back_finishes(tmp_path, monkeypatch):
+    from rollbacklib.config import load_config
+    from rollbacklib.drill import stage_incident
+    from rollbacklib.drill.embedded import start_server, stop_server
+    from rollbacklib.drill.scenario import load_scenario
+    from rollbacklib.postgres.client import database_name
+    from rollbacklib.resources import scenarios_dir
+
+    from conftest import CONFIG, DRILL_URL_ENV, Incident
+
+    pgdata = tmp_path / "pgdata"
+    server = start_server(pgdata)
+    try:
+        with psycopg.connect(server.url(), autocommit=True) as admin:
+            admin.execute('CREATE DATABASE "prod"')
+        url = server.url("prod")
+        monkeypatch.setenv(DRILL_URL_ENV, url)
+        backup = stage_incident(url, load_scenario(scenarios_dir() / "auth-platform"), MIGRATION, users=100,
+                                backup_dir=tmp_path / "backups", tools=client_tools("embedded"),
+                                probes=load_config(CONFIG).all_queries(), say=lambda _line: None)
+        incident = Incident(url, database_name(url), backup, tmp_path / "reports")
+        run_phases(**_common(incident, "server", approve=MIGRATION), phases=(Phase.PREPARE, Phase.EXECUTE))
+        stop_server(pgdata)
+
+        down = run_phases(**_common(incident, "server", approve=MIGRATION), phases=(Phase.VALIDATE,))
+
+        assert down.exit_code == 5, down.summary
+        assert down.summary["error"]["message"].startswith("THE SERVER IS DOWN"), down.summary["error"]
+        assert down.summary["production"].startswith("THE SERVER IS DOWN")
+        _pg_ctl_start(pgdata)
+        result = run_phases(**_common(incident, "server", approve=MIGRATION))
+        assert result.exit_code == 0, result.summary["error"]
+        _serves_restored_data(incident)
+    finally:
+        server.stop()
+
+
+def _pg_ctl_start(pgdata) -> None:
+    """Start a stopped embedded server again with the options it last ran with (as the data folder's owner)."""
+    import os
+    import shlex
+
+    options = shlex.split((pgdata / "postmaster.opts").read_text())[3:]  # after: postgres "-D" "<pgdata>"
+    owner = pgdata.stat().st_uid
+    as_owner = {"user": owner} if os.geteuid() == 0 and owner != 0 else {}
+    with open(pgdata.parent / "restart.log", "w") as log:
+        subprocess.run([client_tools("embedded").path("pg_ctl"), "-D", str(pgdata), "-w", "-o", shlex.join(options),
+                        "start"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=pgdata, check=True,
+                       **as_owner)

@@ -86,6 +86,12 @@ def name_leftovers(ctx: RunContext, step: Step) -> None:
     unfinished = _unfinished_runs(ctx)
     resume = ("resume it: " + "; ".join(f"rollback resume {folder}" for folder in unfinished)) if unfinished else \
         "resume the run that did it (rollback resume reports/<migration>/<environment>/<run_id>)"
+    if live is None and not any("__pre_rollback_" in r[0] for r in found):
+        raise AbortedError(
+            f"The database {ctx.database} was not found on the server, and no earlier rollback kept a database "
+            "of that name.",
+            next_action=f"check the database name in ${ctx.env.database_url_env} (environment {ctx.env.name!r}) "
+            "and the server it points to; nothing was changed.", expected=ctx.database, found=None)
     if live is None or not live[1] or live[2] == 0:
         what = "does not exist (renamed away)" if live is None else "refuses connections (blocked)"
         raise AbortedError(

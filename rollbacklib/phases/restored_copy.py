@@ -192,6 +192,9 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
         with db.connect(with_database(ctx.url, step.target), step=step.name) as conn:
             checks = against_manifest(conn, manifest) if manifest else [check_restored_history(ctx, conn, backup.path)]
             checks += against_expectations(conn, ctx.migration.expect if ctx.migration else None, manifest)
+            applied = migration_state(applied_migrations(conn), ctx.migration_id)
+            checks.append(Check(f"{ctx.migration_id} no longer applied", applied in ("absent", "rolled-back"),
+                                "absent", applied))
             description = bk.describe_database(conn, ctx.config.all_queries())
             sample_lost = _sample_lost(ctx, conn)
             if not failed(checks):
@@ -362,6 +365,11 @@ def drop_copy(ctx: RunContext, step: str, why: str) -> str | None:
     copy = now.the_copy
     if copy is None or (restored is not None and restored.oid is not None and copy.oid != restored.oid) \
             or copy.name == ctx.database:
+        return None
+    if restored is not None and restored.sessions_at_close is not None and copy.sessions_ever is not None \
+            and copy.sessions_ever != restored.sessions_at_close:
+        ctx.record(step, "info", f"{copy.name} is not dropped: sessions were opened on it since it was closed, so it "
+                   "may hold writes; a person decides", database=copy.name, keep=True)
         return None
     statement = db.drop_database_statement(copy.name)
     with db.connect(ctx.admin_url, step=step) as admin:

@@ -77,7 +77,8 @@ def _checks_at_validate_copy(ctx) -> list[Check]:
                   and e["status"] == "info" and "checks" in e["evidence"]), None)
     if event is None:
         return [Check("the copy's checks at validate-copy are in the journal", False, "an event", None)]
-    return [Check(**{**c, "name": c["name"] + " (at validate-copy)"}) for c in event["evidence"]["checks"]]
+    return [Check(**{**c, "detail": ((c.get("detail") or "") + " (checked at validate-copy, before the copy was "
+                                      "closed)").strip()}) for c in event["evidence"]["checks"]]
 
 
 def way_back_now(ctx) -> str:
