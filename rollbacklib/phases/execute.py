@@ -34,6 +34,7 @@ from rollbacklib.prisma import applied_migrations
 from rollbacklib.run import RunContext, record_approval
 from rollbacklib.state import Blocked, RestoredCopy
 from rollbacklib import way_back
+from rollbacklib import frontends
 from rollbacklib.steps import (Action, Phase, Step, StepName, dispatch, execute_actions, plan_frame)
 
 PHASE = Phase.EXECUTE
@@ -359,7 +360,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
         return "approve parameter"
     if ctx.approve:
         raise RefusedError(f"The approval given ({ctx.approve!r}) is not the migration ID.",
-                           next_action=f"pass approve={ctx.migration_id} (or --yes on the CLI) to allow: {action}")
+                           next_action=f"{frontends.approve_advice(ctx.migration_id)}, to allow: {action}")
     try:
         typed = input(f"{action}\nType the migration ID ({ctx.migration_id}) to go on, anything else to stop: ")
     except Exception:  # papermill and other headless kernels have no stdin
@@ -367,11 +368,10 @@ def _ask(ctx: RunContext, digest: str) -> str:
     if typed is None:
         raise RefusedError(
             f"Refused: {action} needs confirmation and this run has no one to ask.",
-            next_action=f"re-run with -p approve {ctx.migration_id} (papermill) or --yes (rollback run) once the "
-            "dry run (-p dry_run True / --dry-run) shows what will happen.")
+            next_action=f"nothing was changed; {frontends.approve_advice(ctx.migration_id)}.")
     if typed.strip() != ctx.migration_id:
         raise RefusedError(f"Refused: typed {typed.strip()!r}, not the migration ID.",
-                           next_action="nothing was changed; run the cell again to retry.")
+                           next_action=f"nothing was changed; {frontends.approve_advice(ctx.migration_id)}.")
     return "typed at the notebook's prompt"
 
 
