@@ -30,6 +30,7 @@ from rollbacklib.audit import artifacts, verify_audit
 from rollbacklib.lab import free_port
 from rollbacklib.steps import PHASES
 
+import browser
 from conftest import MIGRATION
 
 
@@ -165,3 +166,12 @@ def test_a_person_in_jupyterlab_rolls_back_from_01_to_05_and_stopping_the_lab_wr
     assert "Run succeeded (exit code 0)" in text and "not run: none" in text and str(run_dir / "report.html") in text
     html = (run_dir / "report.html").read_text()
     assert "This phase did not run" not in html and "KeyboardInterrupt" not in text
+
+    if browser.chromium() is None and not os.environ.get("ROLLBACK_REQUIRE_CHROMIUM"):
+        return  # the rest is the reader's view: Debian's chromium (.ci/run installs it)
+    page = browser.open_page(run_dir / "report.html", tmp_path / "report-artifacts", "lab")
+    print(f"\nlab report screenshot: {page.screenshot}\nlab report as PDF: {page.pdf}")
+    assert page.console == [] and page.failed_loads == [], page.console
+    assert all(url.startswith(("file://", "data:")) for url in page.requests), page.requests
+    assert [row[0] for row in page.data["metricRows"]] == [m["metric"] for m in run["metrics"]]
+    assert all(phase in page.data["text"] for phase in PHASES) and page.data["failedCells"] == []
