@@ -38,11 +38,15 @@ def _fail(error: RollbackError) -> None:
 
 
 def _summary_table(summary: dict) -> Table:
-    table = Table(title=f"Run {summary['run_id']}: {summary['status'].upper()}", show_lines=False)
+    outcome = "DRY RUN" if summary.get("dry_run") and summary["status"] == "succeeded" else summary["status"].upper()
+    table = Table(title=f"Run {summary['run_id']}: {outcome}", show_lines=False)
     for col in ("phase", "status", "seconds"):
         table.add_column(col)
     for p in summary["phases"]:
-        table.add_row(p["name"], p["status"], f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
+        status = p["status"]
+        if summary.get("dry_run") and status == "succeeded" and p["name"] != summary["phases"][0]["name"]:
+            status = "planned, not executed"  # a dry run's later phases only print their steps
+        table.add_row(p["name"], status, f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
     return table
 
 
@@ -74,9 +78,10 @@ def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: boo
     confirm = None
     if not yes and not dry_run and sys.stdin.isatty():
         def confirm(plan) -> str:
-            out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {environment} "
-                      f"to the backup by the plan above ({plan.digest[:12]}; the live database is kept, never dropped).")
-            return typer.prompt("Type the migration ID to approve this plan, anything else to stop")
+            from rollbacklib.gate import ask_at_terminal
+
+            return ask_at_terminal(plan, environment, lambda line: out.print(line, markup=False, highlight=False),
+                                   typer.prompt)
 
     def progress(phase, status, seconds):
         out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
@@ -163,9 +168,11 @@ def run(
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
                       backup=str(backup) if backup else None)
     result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
-    if dry_run:
-        out.print("[bold]DRY RUN[/]: phase 01 only read; every later step was printed above and not executed.")
     print_run(result.summary, result.run_dir, result.report, result.report_error)
+    if dry_run:
+        out.print("Phase 01 only read; every later step was printed above and not executed.")
+        out.print("[bold]DRY RUN: nothing was changed[/]" + ("" if result.exit_code == 0 else
+                  f" (it stopped at the error above: exit {result.exit_code})"))
     raise typer.Exit(result.exit_code)
 
 

@@ -43,6 +43,7 @@ class StepName(StrEnum):
     MIGRATION = "migration"
     RELEASE = "release"
     VERIFY_BACKUP = "verify-backup"
+    MIGRATION_STATE = "migration-state"
     CAPTURE = "capture"
     PLAN = "plan"
     CREATE_COPY = "create-copy"

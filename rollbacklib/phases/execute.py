@@ -32,6 +32,7 @@ from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
+from rollbacklib import frontends
 from rollbacklib.state import Blocked
 from rollbacklib.steps import Action, Phase, Step, StepName, plan_frame, sql_actions
 
@@ -214,8 +215,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
         dropped = drop_copy(ctx, StepName.GATE, "the gate refused")
         raise RefusedError(f"The approval given ({ctx.approve!r}) is not the migration ID: refused. "
                            + _what_changed(ctx, dropped),
-                           next_action=f"to go on, run 02_execute again from the top with approve={ctx.migration_id} "
-                           f"(or rollback run --yes) to allow: {action}")
+                           next_action=f"{frontends.approve_advice(ctx.migration_id)}, to allow: {action}")
     try:
         typed = input(f"{action}\nType the migration ID ({ctx.migration_id}) to go on, anything else to stop: ")
     except Exception:  # papermill and other headless kernels have no stdin
@@ -224,8 +224,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
         dropped = drop_copy(ctx, StepName.GATE, "the gate refused")
         raise RefusedError(
             f"Refused: {action} needs confirmation and this run has no one to ask. " + _what_changed(ctx, dropped),
-            next_action=f"re-run 02_execute with -p approve {ctx.migration_id} (papermill) or --yes (rollback run) "
-            "once the dry run (-p dry_run True / --dry-run) shows what will happen.")
+            next_action=f"{frontends.approve_advice(ctx.migration_id)}.")
     if typed.strip() != ctx.migration_id:
         copy = restored_name(ctx.database, ctx.run_id)
         raise RefusedError(

@@ -368,7 +368,8 @@ def block_statements(database: str) -> list[sql.Composable]:
 
 
 def connection_limit_statement(database: str, limit: int) -> sql.Composable:
-    return sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(database), sql.Literal(limit))
+    # The limit as a plain integer: sql.Literal renders -1 as " -1", so the statement shown would not read as run.
+    return sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(database), sql.SQL(str(int(limit))))
 
 
 def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
