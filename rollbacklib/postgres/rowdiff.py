@@ -240,9 +240,9 @@ def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Pat
     sha256 of every file (the copy's validation digest covers them).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    live_tables = set(_tables(live))
-    index = {"tables": {}, "live_only": sorted(t for t in live_tables - set(_tables(restored)) if t not in skip),
-             "left_out": list(skip)}
+    live_tables, restored_tables = set(_tables(live)), set(_tables(restored))
+    index = {"tables": {}, "skip": list(skip),
+             "left_out": sorted(t for t in live_tables | restored_tables if t in skip)}
     for n, table in enumerate(t for t in _tables(restored) if t not in skip):
         spec = _table_spec(restored, live, table, table in live_tables)
         if spec.get("comparable"):
@@ -293,7 +293,7 @@ def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
         query = rows_query(table, spec["key"], spec["native"], spec["common"])
         diffs.append(merge(_stream(kept, query, "rollbacklib_kept"), _read_snapshot(folder / spec["file"]),
                            len(spec["key"]), diff))
-    for table in sorted(kept_tables - set(index["tables"]) - set(index["left_out"])):
+    for table in sorted(kept_tables - set(index["tables"]) - set(index["skip"])):
         n = _count_rows(kept, table)
         diffs.append(TableDiff(table, db.primary_key_columns(kept, table), inserted=n, kept_rows=n, restored_rows=0,
                                note="only in the pre-rollback database (created after the backup): every row is lost"))
@@ -305,5 +305,5 @@ def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
         "deleted": sum(d.deleted for d in counted),
         "tables": {d.table: d.to_dict() for d in sorted(diffs, key=lambda d: d.table)},
         "not_compared": [d.table for d in diffs if not d.comparable],
-        "left_out": index["left_out"],
+        "left_out": sorted(set(index["left_out"]) | {t for t in kept_tables if t in index["skip"]}),
     }
