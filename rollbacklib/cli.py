@@ -109,6 +109,9 @@ def print_plan(plan) -> None:
 
 
 def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_error: str | None = None) -> None:
+    production = summary.get("production") or ""
+    if production.startswith(("PRODUCTION IS DOWN", "THE SERVER IS DOWN")):
+        err.print(f"[bold red]{production}[/]", highlight=False)  # the first thing a person must know
     out.print(_summary_table(summary))
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
@@ -126,6 +129,13 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         err.print("[bold]The way back[/] (run on the maintenance database, in order):", highlight=False)
         for statement in summary["way_back"]:
             err.print(f"  {statement};", markup=False, highlight=False)
+        if summary.get("way_back_command"):
+            err.print(f"  as one command that stops at the first error: {summary['way_back_command']}",
+                      markup=False, highlight=False)
+    for orphan in summary.get("orphans") or []:
+        err.print(f"Left on the server: {orphan['database']} ({'closed' if orphan['closed'] else 'OPEN'}, "
+                  f"{'validated' if orphan['validated'] else 'not validated'}); once nobody needs it: "
+                  f"{orphan['drop']};", markup=False, highlight=False)
     if summary["error"]:
         e = summary["error"]
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)

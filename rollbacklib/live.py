@@ -14,7 +14,7 @@ number of sessions ever opened on it) is checked from here without connecting to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import psycopg
@@ -131,6 +131,7 @@ class LiveView:
     changes_made: bool = False
     error: str | None = None
     maintenance: str = "postgres"
+    admin_url: str = field(default="", repr=False)  # where the way back runs; holds the password: never shown
 
     # --- which database is which, wherever it is named ---
     def _by_oid(self, oid: int | None) -> Database | None:
@@ -297,17 +298,28 @@ def view(admin_url: str, *, live: str, run_id: str, original_oid: int | None = N
         message = getattr(err, "message", None) or str(err)
         return LiveView(live, kept, copy, None, original_oid, copy_oid, marker, changes_made,
                         error=message.splitlines()[0] if message else type(err).__name__,
-                        maintenance=database_name(admin_url))
+                        maintenance=database_name(admin_url), admin_url=admin_url)
     return LiveView(live, kept, copy, catalog, original_oid, copy_oid, marker, changes_made,
-                    maintenance=database_name(admin_url))
+                    maintenance=database_name(admin_url), admin_url=admin_url)
 
 
-def psql_command(statements: list[str], maintenance_database: str) -> str:
-    """The way back as one psql invocation that stops at the first error (never goes on past a failed rename)."""
+def psql_command(statements: list[str], admin_url: str) -> str:
+    """The way back as one psql invocation that stops at the first error (never goes on past a failed rename).
+
+    Host, port, user and database come from ``admin_url`` (the maintenance database); the
+    password never does: psql asks for it, or takes it from ``PGPASSWORD`` / ``~/.pgpass``.
+    """
     import shlex
 
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(admin_url)
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1"]
+    for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user"), ("-d", "dbname")):
+        if params.get(key):
+            argv += [flag, str(params[key])]
     script = " ".join(s if s.endswith(";") else s + ";" for s in statements)
-    return f"psql -v ON_ERROR_STOP=1 -d {shlex.quote(maintenance_database)} -c {shlex.quote(script)}"
+    return shlex.join(argv + ["-c", script])
 
 
 def describe_way_back(statements: list[str], maintenance_database: str | None = None) -> str:

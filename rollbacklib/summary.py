@@ -143,7 +143,7 @@ def summarize(run_dir: Path) -> dict:
                   "message": (f"{down}\n" if down and not error["message"].startswith(down) else "") + error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
         "way_back": back,
-        "way_back_command": psql_command(back, now.maintenance) if back else None,
+        "way_back_command": psql_command(back, now.admin_url) if back else None,
         "live": now.to_dict() if now is not None else None,
         "production": down or (now.situation.value if now is not None else "not read (the server was not asked)"),
         "orphans": now.orphans() if now is not None and status != "succeeded" else [],
