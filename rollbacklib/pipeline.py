@@ -14,7 +14,7 @@ from typing import Callable
 
 import papermill as pm
 
-from rollbacklib.audit import chain_head, record_artifact, record_changed_files, update_summary_head
+from rollbacklib.audit import record_artifact, record_changed_files, record_head
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
@@ -191,7 +191,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         finally:
             summary = write_summary(run_dir)
             report, report_error = write_report(run_dir, secrets)
-            summary["audit"] = chain_head(run_dir)  # the report's seal moved the head on
+            summary["audit"] = record_head(run_dir, "end of the run", secrets=secrets)  # signed, to syslog
     return RunResult(run_dir, summary, report, report_error)
 
 
@@ -212,7 +212,6 @@ def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, s
         Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
             "run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
             next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
-        update_summary_head(run_dir)
         return None, message
     return paths["report"], None
 

@@ -283,9 +283,10 @@ def test_a_refused_run_is_reported_and_a_broken_report_never_changes_the_exit_co
                         reports_dir=str(incident.reports), run_id="refused", backup=str(incident.backup),
                         phases=(Phase.PREPARE, Phase.EXECUTE))
 
-    assert result.exit_code == 4 and result.summary["status"] == "aborted"
+    assert result.exit_code == 4 and result.summary["status"] == "refused"
     assert result.report is None and result.report_error == "RuntimeError: the report broke"
-    last = json.loads((result.run_dir / "journal.jsonl").read_text().splitlines()[-1])
+    last = [json.loads(line) for line in (result.run_dir / "journal.jsonl").read_text().splitlines()
+            if '"step": "report"' in line][-1]
     assert last["step"] == "report" and last["status"] == "info" and "the report broke" in last["message"]
     assert json.loads((result.run_dir / "run.json").read_text())["exit_code"] == 4
     monkeypatch.undo()

@@ -24,7 +24,8 @@ from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME, REPORT_NAME
 from rollbacklib.report.checklist import checklist
 from rollbacklib.report import plots
-from rollbacklib.report.metrics import BAD, Evidence, duration
+from rollbacklib.report.evidence import Evidence
+from rollbacklib.report.metrics import BAD, duration
 from rollbacklib.steps import PHASES
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -257,8 +258,9 @@ the executed notebooks, <code>journal.jsonl</code>, <code>state.json</code> and 
 """
 
 
-def write(run_dir: Path) -> Path:
-    path = Path(run_dir) / REPORT_NAME
+def write(run_dir: Path, path: Path | None = None) -> Path:
+    """Write the report to ``path`` (default: ``report.html`` in the run folder)."""
+    path = Path(path) if path else Path(run_dir) / REPORT_NAME
     path.write_text(render(run_dir), encoding="utf-8")
     return path
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME
-from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, Evidence,
-                                        duration, first_event, metric, seconds_between)
+from rollbacklib.report.evidence import Evidence
+from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, duration,
+                                        first_event, metric, seconds_between)
 from rollbacklib.steps import StepName
 
 
@@ -240,10 +241,10 @@ def _actions(s: dict, error: dict | None) -> list[str]:
     return items
 
 
-def write(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write the draft: ``postmortem.md`` in the run folder, or the seed's dated name in ``out_dir``."""
+def write(run_dir: Path, out_dir: Path | None = None, path: Path | None = None) -> Path:
+    """Write the draft: ``path``, or the seed's dated name in ``out_dir``, or ``postmortem.md`` in the run folder."""
     run = Evidence(run_dir)
-    path = Path(out_dir) / file_name(run) if out_dir else Path(run_dir) / POSTMORTEM_NAME
+    path = Path(path) if path else Path(out_dir) / file_name(run) if out_dir else Path(run_dir) / POSTMORTEM_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(run), encoding="utf-8")
     return path
