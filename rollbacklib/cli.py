@@ -104,7 +104,15 @@ def print_plan(plan) -> None:
 
 
 def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_error: str | None = None) -> None:
+    from rollbacklib.report.evidence import next_actions
+
+    production = summary.get("production") or {}
+    if production.get("line"):
+        style = "bold red" if production.get("state") in ("down", "blocked") else "bold"
+        out.print(f"[{style}]{production['line']}[/]", highlight=False)
     out.print(_summary_table(summary))
+    if summary.get("outcome"):
+        out.print(f"{summary['status'].upper()} (exit {summary['exit_code']}): {summary['outcome']}", highlight=False)
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
         verdict = "[green]within[/]" if rto < budget else "[red]OVER[/]"
@@ -117,6 +125,11 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/], closed to connections"
                   + (f"; to open it for inspection: {summary['open_kept_database']}"
                      if summary.get("open_kept_database") else ""), highlight=False)
+    actions = next_actions(summary, run_dir)
+    if actions:
+        out.print("[bold]Next actions[/]:", highlight=False)
+        for number, (text, code) in enumerate(actions, 1):
+            out.print(f"  {number}. {text}" + (f"\n     {code}" if code else ""), markup=False, highlight=False)
     if summary.get("way_back"):
         err.print("[bold]The way back[/] (run on the maintenance database, in order):", highlight=False)
         for statement in summary["way_back"]:

@@ -72,6 +72,11 @@ def _word(error: dict, events: list[dict]) -> str:
     return REFUSED if error["status"] == "refused" else ABORTED
 
 
+def phase_word(events: list[dict], phase: str) -> str:
+    """How a phase ended, in the run's words (succeeded, failed, aborted, refused; running if it has not)."""
+    return next((p["status"] for p in phase_table(events) if p["name"] == phase), "not run")
+
+
 def first_error(events: list[dict]) -> dict | None:
     return next((e for e in events if e["status"] in _BAD), None)
 
@@ -163,7 +168,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "backup": state.backup.model_dump() if state.backup else None,
         "plan_digest": state.plan_digest,
         "approval": state.approval.model_dump() if state.approval else None,
-        "kept_database": state.swap.kept if state.swap else None,
+        "kept_database": state.swap.kept if state.swap and first_event(events, StepName.SWAP_KEEP, "changed") else None,
         "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,

@@ -25,7 +25,7 @@ from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
-from rollbacklib.summary import finished_phases, first_error, phase_table, write_summary
+from rollbacklib.summary import finished_phases, first_error, phase_table, phase_word, write_summary
 from rollbacklib.postgres.locks import database_lock
 
 PREPARE = Phase.PREPARE
@@ -183,7 +183,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     if follower:
                         follower.stop()
                 if progress:
-                    progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
+                    progress(phase, "ok" if ok else phase_word(read_events(run_dir), phase),
+                             phase_seconds(run_dir, phase))
                 if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
                     on_plan(read_plan(run_dir))
                 if not ok:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from rollbacklib.audit import record_artifact
 from rollbacklib.files import atomic_write_json
-from rollbacklib.outcome import attempts, compute, finished_phases, first_error, phase_table  # noqa: F401 - the runner's
+from rollbacklib.outcome import (attempts, compute, finished_phases, first_error, phase_table,  # noqa: F401
+                                 phase_word)  # the runner's
 from rollbacklib.errors import ConfigError
 from rollbacklib.signing import chain_head, signed_head
 

@@ -18,11 +18,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from rollbacklib.audit import verify_audit
+from rollbacklib.verify import verify_audit
 from rollbacklib.cli import app
 from rollbacklib.config import load_config
 from rollbacklib.drill import stage_incident
 from rollbacklib.drill.scenario import load_scenario
+from rollbacklib.journal import line_hash
 from rollbacklib.pipeline import run_phases
 from rollbacklib.postgres import rowdiff
 from rollbacklib.postgres.client import client_tools, database_name, with_database
@@ -134,7 +135,8 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
     state = json.loads((run_dir / "state.json").read_text())
     manifest = json.loads(Path(f"{written.backup}.manifest.json").read_text())
     assert f"Report: {run_dir / 'report.html'}" in result.output
-    assert f"Audit chain head: {run['audit']['head']}" in result.output  # the head after the report was sealed
+    last = (run_dir / "journal.jsonl").read_bytes().splitlines()[-1]  # the head event after the report's seal
+    assert f"Audit chain head: {line_hash(last)}" in result.output and json.loads(last)["step"] == "head"
     sealed = {e["evidence"]["path"]: e["evidence"]["kind"] for e in map(json.loads, (run_dir / "journal.jsonl")
               .read_text().splitlines()) if e["step"] == "artifact"}
     assert sealed["report.html"] == "report" and sealed["postmortem.md"] == "evidence"
@@ -191,6 +193,10 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
     created = next(e["ts"] for e in events if e["step"] == StepName.CREATE_COPY and e["status"] == "started")
     assert milestones["rollback started"]["seconds"] == pytest.approx(_seconds(start, created), abs=0.002)
     assert milestones["team notified"]["status"] == "for people"
+    assert milestones["rollback completed"]["seconds"] == pytest.approx(_seconds(start, swapped), abs=0.002)
+    assert milestones["rollback completed"]["status"] == "pass"
+    assert run["production"]["state"] == "serving the restored database"
+    assert run["production"]["line"].startswith(f"Production serving the restored database since {restored_at[11:19]}")
 
     _check_postmortem(run_dir, run, tmp_path_factory.mktemp("postmortems"))
     _check_report_in_browser(run_dir, run, tmp_path_factory.mktemp("report-artifacts"))
@@ -214,7 +220,8 @@ def _check_postmortem(run_dir: Path, run: dict, out: Path) -> None:
     result = runner.invoke(app, ["postmortem", str(run_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     dated = out / f"{run['started_at'][:10]}-migration-rollback-postmortem.md"
-    assert dated.read_text() == text
+    at = re.compile(r"read from the live catalog at \d\d:\d\d:\d\d UTC")  # read again, a moment later
+    assert at.sub("", dated.read_text()) == at.sub("", text)
 
 
 def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
@@ -222,9 +229,13 @@ def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
     html = report.read_text()
     assert not re.search(r"https?:", html), re.search(r".{60}https?:.{60}", html).group(0)
     assert "<script" not in html and "<link" not in html
-    before = report.stat().st_mtime_ns
-    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0  # renders again on demand
-    assert report.stat().st_mtime_ns > before
+    sealed = report.read_bytes()
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0  # renders again on demand, to a new file
+    assert report.read_bytes() == sealed and (run_dir / "report-2.html").exists()
+    assert html.index('id="production"') < html.index("<h1>")  # the first line says production's state
+    assert html.index('id="timeline"') < html.index('id="metrics"')  # the timeline right after the summary
+    assert html.index("Next actions") < html.index('id="timeline"')
+    assert f"rollback lost-rows {run_dir} --out DIR" in html
 
     _need_chromium()
     page = browser.open_page(report, artifacts, "succeeded")
@@ -243,6 +254,8 @@ def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
     assert data["scripts"] == 0 and data["stylesheets"] == 0 and data["brokenAnchors"] == []
     assert data["closedCode"] > 20 and data["openCode"] == 0 and data["failedCells"] == []
     assert page.screenshot.stat().st_size > 50_000 and page.pdf.read_bytes()[:4] == b"%PDF"
+    assert data["production"]["text"].startswith("Production serving the restored database since")
+    assert data["timelineTop"] < 1500  # no longer 2,000 px down
 
 
 def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident, tmp_path_factory):
@@ -268,8 +281,22 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     assert "This cell failed (step validation)" in text and "ValidationFailed" in text
     assert "L3 (DevOps Lead)" in text and "RENAME TO" in text  # the next action: the way back
     assert re.search(r"RTO \(Recovery Time\)\s+< 15 min\s+-\s+– not measured", text)
+    live = database_name(incident.url)
+    assert data["production"]["text"].startswith(f"Production DOWN since ") and \
+        f"(live name {live} missing)" in data["production"]["text"]
+    assert data["production"]["top"] < 200  # on the first screen (the screenshot is kept)
+    assert re.search(r"Downtime \(connections blocked\)\s+< 15 min\s+still down at \d\d:\d\d:\d\d UTC", text)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and run["production"]["state"] == "down" and run["failing_checks"]
+    for check in run["failing_checks"]:  # every failing check is a ✘, with what was expected and found
+        assert f"✘ {check['step']}: {check['name']}" in text
+        assert f"{check['name']}: expected " in text
+    assert "users.emailVerified exists: expected true, found false" in text
     postmortem = (result.run_dir / "postmortem.md").read_text()
     assert "- Step `validation` (03_validate) failed: The restored copy does not match the backup" in postmortem
+    impact = postmortem.split("\n## Impact\n", 1)[1].strip().splitlines()
+    assert impact[0].startswith("**Production DOWN since ") and f"(live name {live} missing)" in impact[0]
+    assert "- ✘ users.emailVerified exists: expected true, found false (step `validation`)" in postmortem
 
 
 def test_a_refused_run_is_reported_and_a_broken_report_never_changes_the_exit_code(incident, monkeypatch):

@@ -70,3 +70,20 @@ class Evidence:
                 if row:
                     return row
         return self.state.migration
+
+
+def next_actions(summary: dict, run_dir: Path) -> list[tuple[str, str | None]]:
+    """After a success, what people do next, in order: (what, the command or SQL for it)."""
+    if summary.get("status") != "succeeded" or summary.get("dry_run"):
+        return []
+    items: list[tuple[str, str | None]] = []
+    if summary.get("kept_database"):
+        items.append((f"The pre-rollback database is kept as {summary['kept_database']}, closed to connections. "
+                      "To open it for inspection (on the maintenance database):", summary.get("open_kept_database")))
+    lost = summary.get("rows_lost") or {}
+    if lost.get("total"):
+        items.append((f"{lost['total']} row(s) written after the backup were discarded by the restore. Export them "
+                      "from the kept database, one file per table:", f"rollback lost-rows {run_dir} --out DIR"))
+    items.append((f"Redeploy a release without {summary.get('migration_id')}: the next `prisma migrate deploy` "
+                  "would apply it again.", None))
+    return items
