@@ -368,3 +368,32 @@ def test_row_diff_merges_key_ordered_streams_whatever_the_key_type(pg_server, fr
     assert lost["tables"]["created_after"]["inserted"] == 2
     assert lost["not_compared"] == ["no_key"] and lost["tables"]["no_key"]["lost"] is None
     assert lost["total"] == 4 + 50 + 2
+
+
+def test_a_migrations_own_type_conversion_is_not_counted_as_lost(pg_server, fresh_db):
+    """DOUBLE PRECISION to DECIMAL(65,30), as a second Prisma project's migration does: 300 rows the application
+    never touched hold converted values in the kept database; only what the application wrote is lost."""
+    kept_url = with_database(fresh_db, database_name(fresh_db) + "_kept")
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database_name(kept_url)}"')
+    for url in (fresh_db, kept_url):  # the backup's state on both sides
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute('CREATE TABLE "Invoice" (id integer PRIMARY KEY, amount double precision NOT NULL, note text)')
+            conn.execute("INSERT INTO \"Invoice\" SELECT g, g * 0.1::float8 + 0.2::float8, 'n' FROM generate_series(1, 300) g")
+    with psycopg.connect(kept_url, autocommit=True) as kept:  # the migration, then what the application wrote
+        kept.execute('ALTER TABLE "Invoice" ALTER COLUMN amount TYPE DECIMAL(65,30)')
+        assert kept.execute('SELECT amount::text FROM "Invoice" WHERE id = 1').fetchone()[0] == \
+            "0.300000000000000000000000000000"  # 0.30000000000000004 in the backup
+        kept.execute("INSERT INTO \"Invoice\" VALUES (301, 1.5, 'new'), (302, 2.5, 'new')")
+        kept.execute("UPDATE \"Invoice\" SET note = 'paid' WHERE id IN (7, 8, 9)")
+        kept.execute('DELETE FROM "Invoice" WHERE id = 300')
+    with psycopg.connect(fresh_db) as restored:
+        assert restored.execute('SELECT amount::text FROM "Invoice" WHERE id = 1').fetchone()[0] == "0.30000000000000004"
+
+    with psycopg.connect(kept_url) as kept, psycopg.connect(fresh_db) as restored:
+        lost = rowdiff.diff_databases(kept, restored)
+
+    invoice = lost["tables"]["Invoice"]
+    assert (invoice["inserted"], invoice["updated"], invoice["deleted"], lost["total"]) == (2, 3, 1, 6)
+    assert sorted(invoice["examples"]["updated"]) == [[7], [8], [9]]
+    assert "amount to numeric(65,30)" in invoice["note"]

@@ -16,7 +16,11 @@ uuid keys are ordered natively, any other type by the UTF-8 bytes of its text fo
 compares keys only; this compares rows too). Composite keys are tuples.
 
 Columns only one side has (a column the migration dropped or added) are left out of the row
-hash and listed, so a schema change alone does not count every row as updated.
+hash and listed, so a schema change alone does not count every row as updated. A column both
+have with another type (the migration converted it: DOUBLE PRECISION to DECIMAL(65,30)) is
+compared after the restored side's values are converted the way the migration converted them
+(cast to the kept side's type), so the migration's own conversion is not counted as a write; a
+value the cast cannot take makes the table compare as written, and says so.
 """
 
 from __future__ import annotations
@@ -119,10 +123,16 @@ def _key_expr(column: str, native: bool) -> sql.Composable:
     return ident if native else sql.SQL("convert_to({}::text, 'UTF8')").format(ident)
 
 
-def rows_query(table: str, key: list[str], native: list[bool], columns: list[str]) -> sql.Composable:
-    """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream."""
+def rows_query(table: str, key: list[str], native: list[bool], columns: list[str],
+               casts: dict[str, str] | None = None) -> sql.Composable:
+    """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream.
+
+    ``casts``: column -> type (as ``format_type`` gives it) to convert that column to before hashing.
+    """
+    casts = casts or {}
     keys = sql.SQL(", ").join(_key_expr(c, n) for c, n in zip(key, native))
-    row = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    row = sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Identifier(c), sql.SQL(casts[c])) if c in casts
+                             else sql.Identifier(c) for c in columns)
     order = sql.SQL(", ").join(sql.Literal(i) for i in range(1, len(key) + 1))
     return sql.SQL("SELECT {keys}, md5(ROW({row})::text) FROM {table} ORDER BY {order}").format(
         keys=keys, row=row, table=db._ident(table), order=order)
@@ -160,12 +170,34 @@ def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: st
     common = [c for c in ours if c in theirs]
     left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
     native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]  # the order rows.lost_rows uses
+    converted = {c: theirs[c] for c in common if theirs[c] != ours[c]}  # restored value -> the kept one's type
     query = rows_query(table, key, native, common)
-    diff = TableDiff(table, key, columns_left_out=left_out)
-    if left_out:
-        diff.note = "compared over the columns both have; left out: " + ", ".join(left_out)
-    return merge(_stream(kept, query, "rollbacklib_kept"), _stream(restored, query, "rollbacklib_restored"),
-                 len(key), diff)
+    notes = ["compared over the columns both have; left out: " + ", ".join(left_out)] if left_out else []
+    if converted:
+        try:
+            diff = _merged(kept, restored, table, query, rows_query(table, key, native, common, converted), key,
+                           left_out)
+            diff.note = "; ".join(notes + ["the migration's type changes applied to the restored values before "
+                                           "comparing (" + ", ".join(f"{c} to {t}" for c, t in converted.items())
+                                           + "): its own conversions are not writes"])
+            return diff
+        except psycopg.Error as err:
+            notes.append(f"the migration's type changes could not be applied ({type(err).__name__}): converted "
+                         "values count as updated")
+    diff = _merged(kept, restored, table, query, query, key, left_out)
+    diff.note = "; ".join(notes)
+    return diff
+
+
+def _merged(kept: psycopg.Connection, restored: psycopg.Connection, table: str, kept_query: sql.Composable,
+            restored_query: sql.Composable, key: list[str], left_out: list[str]) -> TableDiff:
+    ours, theirs = _stream(kept, kept_query, "rollbacklib_kept"), _stream(restored, restored_query,
+                                                                          "rollbacklib_restored")
+    try:
+        return merge(ours, theirs, len(key), TableDiff(table, key, columns_left_out=left_out))
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
