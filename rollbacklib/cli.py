@@ -234,6 +234,26 @@ def postmortem(
     out.print(f"Post-mortem draft: {path}", highlight=False)
 
 
+@app.command("lost-rows")
+def lost_rows(
+    run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the files, one per table."),
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Export the rows the restore discarded, per table, from the kept pre-rollback database (CSV or JSON Lines)."""
+    from rollbacklib.lost_rows import export_lost_rows
+
+    try:
+        written = export_lost_rows(_run_dir(run_dir), out_dir, fmt, str(config) if config else None)
+    except RollbackError as error:
+        _fail(error)
+    for table in written:
+        counts = ", ".join(f"{n} {kind}" for kind, n in table.rows.items()) or "no rows lost"
+        out.print(f"{table.table}: {counts}" + (f" -> {table.path}" if table.path else "")
+                  + (f" ({table.note})" if table.note else ""), markup=False, highlight=False)
+
+
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="The run folder: reports/<migration>/<environment>/<run_id>."),

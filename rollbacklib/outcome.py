@@ -103,7 +103,10 @@ def finished_phases(events: list[dict]) -> set[str]:
 
 
 def run_outcome(events: list[dict]) -> tuple[str, int, dict | None]:
-    """The run's word, its exit code and the error behind it: the final state's (a resumed run that reached the goal succeeded)."""
+    """The run's word, its exit code and the error behind it.
+
+    The final state's: a resumed run that reached the goal succeeded, whatever came before.
+    """
     phases = phase_table(events)
     done = {p["name"] for p in phases if p["status"] == SUCCEEDED}
     if all(name in done for name in PHASES):

@@ -8,6 +8,7 @@ backup's manifest and the databases read by this file's own SQL.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -188,6 +189,21 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
                                f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false']
         assert compare[2].startswith("SELECT pg_terminate_backend(pid)") and f"'{database}'" in compare[2]
         compare = compare[3:]
+
+    exported = runner.invoke(app, ["lost-rows", str(run_dir), "--out", str(tmp_path_factory.mktemp("lost"))])
+    assert exported.exit_code == 0, exported.output
+    folder = Path(exported.output.split("memberships: ", 1)[1].split(" -> ", 1)[1].split()[0]).parent
+    for table, kinds in EXPECTED_LOST.items():  # every lost row, from the kept database (deleted ones: the live)
+        path = folder / f"{table}.csv"
+        if not sum(kinds.values()):
+            assert not path.exists()
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {kind: sum(1 for r in rows if r["_lost"] == kind) for kind in kinds} == kinds, table
+    with psycopg.connect(written.admin_url) as admin:  # closed again after the export
+        assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
+                             (kept,)).fetchone() == (False, 0)
 
     milestones = {m["milestone"]: m for m in run["milestones"]}
     created = next(e["ts"] for e in events if e["step"] == StepName.CREATE_COPY and e["status"] == "started")
@@ -379,7 +395,8 @@ def test_a_migrations_own_type_conversion_is_not_counted_as_lost(pg_server, fres
     for url in (fresh_db, kept_url):  # the backup's state on both sides
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute('CREATE TABLE "Invoice" (id integer PRIMARY KEY, amount double precision NOT NULL, note text)')
-            conn.execute("INSERT INTO \"Invoice\" SELECT g, g * 0.1::float8 + 0.2::float8, 'n' FROM generate_series(1, 300) g")
+            conn.execute("INSERT INTO \"Invoice\" SELECT g, g * 0.1::float8 + 0.2::float8, 'n' "
+                         "FROM generate_series(1, 300) g")
     with psycopg.connect(kept_url, autocommit=True) as kept:  # the migration, then what the application wrote
         kept.execute('ALTER TABLE "Invoice" ALTER COLUMN amount TYPE DECIMAL(65,30)')
         assert kept.execute('SELECT amount::text FROM "Invoice" WHERE id = 1').fetchone()[0] == \

@@ -26,7 +26,7 @@ value the cast cannot take makes the table compare as written, and says so.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -69,8 +69,12 @@ def _plain(value: object) -> object:
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
-def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: TableDiff) -> TableDiff:
-    """Merge two key-ordered streams of ``(key..., md5)`` (keys ``width`` wide) into ``diff``'s counts."""
+def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: TableDiff,
+          on_key: Callable[[str, tuple], None] | None = None) -> TableDiff:
+    """Merge two key-ordered streams of ``(key..., md5)`` (keys ``width`` wide) into ``diff``'s counts.
+
+    ``on_key`` hears of every key that differs, with its kind (``inserted``, ``updated``, ``deleted``).
+    """
     a_iter, b_iter = iter(kept), iter(restored)
     a, b = next(a_iter, None), next(b_iter, None)
     kept_rows = restored_rows = 0
@@ -78,16 +82,16 @@ def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: Ta
         ka = tuple(a[:width]) if a is not None else None
         kb = tuple(b[:width]) if b is not None else None
         if kb is None or (ka is not None and ka < kb):
-            _count(diff, "inserted", ka)
+            _count(diff, "inserted", ka, on_key)
             kept_rows += 1
             a = next(a_iter, None)
         elif ka is None or kb < ka:
-            _count(diff, "deleted", kb)
+            _count(diff, "deleted", kb, on_key)
             restored_rows += 1
             b = next(b_iter, None)
         else:
             if a[width] != b[width]:
-                _count(diff, "updated", ka)
+                _count(diff, "updated", ka, on_key)
             kept_rows += 1
             restored_rows += 1
             a, b = next(a_iter, None), next(b_iter, None)
@@ -95,8 +99,10 @@ def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: Ta
     return diff
 
 
-def _count(diff: TableDiff, kind: str, key: tuple) -> None:
+def _count(diff: TableDiff, kind: str, key: tuple, on_key=None) -> None:
     setattr(diff, kind, getattr(diff, kind) + 1)
+    if on_key is not None:
+        on_key(kind, key)
     shown = diff.examples.setdefault(kind, [])
     if len(shown) < EXAMPLES:
         shown.append(key)
@@ -149,8 +155,15 @@ def _count_rows(conn: psycopg.Connection, table: str) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(db._ident(table))).fetchone()[0]
 
 
-def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: str) -> TableDiff:
-    """The rows of ``table`` that differ between ``kept`` and ``restored``, by primary key."""
+def key_native(kept: psycopg.Connection, restored: psycopg.Connection, table: str, key: list[str]) -> list[bool]:
+    """For each key column: are its values streamed as they are (ordered natively), or as UTF-8 bytes of their text?"""
+    ours, theirs = _columns(restored, table), _columns(kept, table)
+    return [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]
+
+
+def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: str,
+               on_key: Callable[[str, tuple], None] | None = None) -> TableDiff:
+    """The rows of ``table`` that differ between ``kept`` and ``restored``, by primary key (``on_key``: see merge)."""
     in_kept, in_restored = table in _tables(kept), table in _tables(restored)
     if not in_restored:  # created after the backup: every row it holds is lost
         n = _count_rows(kept, table)
@@ -169,14 +182,14 @@ def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: st
     ours, theirs = _columns(restored, table), _columns(kept, table)
     common = [c for c in ours if c in theirs]
     left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
-    native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]  # the order rows.lost_rows uses
+    native = key_native(kept, restored, table, key)  # the order rows.lost_rows uses
     converted = {c: theirs[c] for c in common if theirs[c] != ours[c]}  # restored value -> the kept one's type
     query = rows_query(table, key, native, common)
     notes = ["compared over the columns both have; left out: " + ", ".join(left_out)] if left_out else []
     if converted:
         try:
             diff = _merged(kept, restored, table, query, rows_query(table, key, native, common, converted), key,
-                           left_out)
+                           left_out, on_key)
             diff.note = "; ".join(notes + ["the migration's type changes applied to the restored values before "
                                            "comparing (" + ", ".join(f"{c} to {t}" for c, t in converted.items())
                                            + "): its own conversions are not writes"])
@@ -184,20 +197,25 @@ def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: st
         except psycopg.Error as err:
             notes.append(f"the migration's type changes could not be applied ({type(err).__name__}): converted "
                          "values count as updated")
-    diff = _merged(kept, restored, table, query, query, key, left_out)
+    diff = _merged(kept, restored, table, query, query, key, left_out, on_key)
     diff.note = "; ".join(notes)
     return diff
 
 
 def _merged(kept: psycopg.Connection, restored: psycopg.Connection, table: str, kept_query: sql.Composable,
-            restored_query: sql.Composable, key: list[str], left_out: list[str]) -> TableDiff:
+            restored_query: sql.Composable, key: list[str], left_out: list[str], on_key=None) -> TableDiff:
     ours, theirs = _stream(kept, kept_query, "rollbacklib_kept"), _stream(restored, restored_query,
                                                                           "rollbacklib_restored")
+    heard: list[tuple[str, tuple]] = []  # told to on_key only once the merge went through (a cast may fail)
     try:
-        return merge(ours, theirs, len(key), TableDiff(table, key, columns_left_out=left_out))
+        diff = merge(ours, theirs, len(key), TableDiff(table, key, columns_left_out=left_out),
+                     (lambda kind, k: heard.append((kind, k))) if on_key else None)
     finally:
         ours.close()
         theirs.close()
+    for kind, k in heard:
+        on_key(kind, k)
+    return diff
 
 
 def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,

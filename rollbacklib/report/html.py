@@ -237,7 +237,8 @@ def render(run_dir: Path) -> str:
 <a href="#checklist">Checklist</a>{toc}</nav>
 <main>
 <section id="summary">
-<p class="rb-production rb-production-{e(s['production']['state']).replace(' ', '-')}" id="production">{e(s['production']['line'])}</p>
+<p class="rb-production rb-production-{e(s['production']['state']).replace(' ', '-')}" id="production">
+{e(s['production']['line'])}</p>
 <header class="rb-header rb-outcome-{e(s['status'])}">
 <h1>Rollback of <code>{e(s.get('migration_id'))}</code> on <code>{e(s.get('environment'))}</code></h1>
 <p class="rb-outcome"><span class="rb-badge">{e(s['status'].upper())}</span> exit code <strong>{e(s['exit_code'])}</strong>
