@@ -24,6 +24,7 @@ from rollbacklib.journal import JOURNAL_NAME, Journal, read_events
 from rollbacklib.outcome import ARTIFACT
 from rollbacklib.postgres.backup import sha256_of
 from rollbacklib.signing import chain_head, record_head  # noqa: F401 - chain_head: the runner's
+from rollbacklib.verify import AuditResult, verify_audit  # noqa: F401 - where callers found them before
 
 #: The one file of a run folder that is not sealed by hash: the journal is the chain itself.
 NOT_SEALED = {JOURNAL_NAME}

@@ -462,3 +462,27 @@ def test_a_real_signed_run_verifies_with_its_public_key_and_leaks_no_key(inciden
         data = path.read_bytes()
         assert not any(line.encode() in data for line in body), f"the signing key leaked into {path}"
     assert not any(line in result.output for line in body)
+
+
+def test_a_machine_without_logger_notes_it_in_the_head_event_and_goes_on(sealed_run, monkeypatch, tmp_path):
+    empty = tmp_path / "no-logger"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    record_head(sealed_run, "end of phase 04_restore_service", secrets=[])
+    event = read_events(sealed_run)[-1]
+    assert event["step"] == "head" and event["evidence"]["syslog"] == "not sent: no `logger` on this machine"
+    assert _verify(sealed_run).exit_code == 0
+
+
+def test_an_unsigned_run_fails_with_a_public_key_and_a_key_named_but_unset_says_why(tmp_path, keys, monkeypatch):
+    unsigned = _make_run(tmp_path / "20251202020032_x" / "drill" / "unsigned")
+    result = _verify(unsigned, "--public-key", str(keys[1]))
+    assert result.exit_code == 1 and "head event #" in result.output and "is not signed" in result.output
+    config = tmp_path / "signed.toml"
+    config.write_text(MINIMAL_CONFIG)
+    monkeypatch.delenv("ROLLBACK_TEST_AUDIT_KEY", raising=False)
+    run_dir = _make_run(tmp_path / "20251202020032_x" / "drill" / "no-key", config)
+    head = read_events(run_dir)[-1]["evidence"]
+    assert "signature" not in head and "ROLLBACK_TEST_AUDIT_KEY, which is not set" in head["not_signed"]
+    assert "ROLLBACK_TEST_AUDIT_KEY" in json.loads((run_dir / "run.json").read_text())["audit"]["not_signed"]
+    assert _verify(run_dir, "--public-key", str(keys[1])).exit_code == 1
