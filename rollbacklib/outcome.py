@@ -150,7 +150,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
     summary = {
         "status": status,
         "exit_code": exit_code,
-        "outcome": MEANING[status],
+        "outcome": MEANING[status] + _undone(events, status),
         "dry_run": dry_run,
         "migration_id": _from_path(run_dir, 2),
         "environment": _from_path(run_dir, 1),
@@ -185,6 +185,15 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
     summary["production"] = production_state(run_dir, events, state, live=live)
     _still_down(summary)
     return summary
+
+
+def _undone(events: list[dict], status: str) -> str:
+    """What a run that changed nothing live undid on its way out (the copy it had made, dropped), as the journal says."""
+    if status not in (REFUSED, ABORTED):
+        return ""
+    undone = [f"{e['message']} ({e['evidence']['why']})" for e in events
+              if e["status"] == "ran" and e["evidence"].get("why")]
+    return "; undone: " + "; ".join(undone) if undone else ""
 
 
 def failing_checks(events: list[dict]) -> list[dict]:
