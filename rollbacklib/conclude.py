@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rollbacklib.audit import chain_head
+from rollbacklib.audit import record_head
 from rollbacklib.summary import write_summary
 
 
@@ -30,5 +30,5 @@ def conclude(run_dir: Path, secrets: list[str] = ()) -> Concluded:
 
     summary = write_summary(run_dir)
     report, report_error = write_report(run_dir, secrets)
-    summary["audit"] = chain_head(run_dir)  # the seals moved the head on; run.json has it too
+    summary["audit"] = record_head(run_dir, "end of the run", secrets=secrets)  # signed, to syslog
     return Concluded(summary, report, report_error)

@@ -15,7 +15,7 @@ from typing import Callable
 import papermill as pm
 
 from rollbacklib import frontends
-from rollbacklib.audit import record_artifact, record_changed_files, update_summary_head
+from rollbacklib.audit import record_artifact, record_changed_files
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
 from rollbacklib.conclude import conclude
@@ -28,7 +28,7 @@ from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
 from rollbacklib.kernels import KERNEL_MANAGER
-from rollbacklib.summary import finished_phases, first_error, phase_table
+from rollbacklib.summary import finished_phases, first_error, phase_table, phase_word
 from rollbacklib.live import Situation
 from rollbacklib.way_back import run_view
 from rollbacklib.postgres.locks import database_lock
@@ -190,7 +190,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     if follower:
                         follower.stop()
                 if progress:
-                    progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
+                    progress(phase, "ok" if ok else phase_word(read_events(run_dir), phase),
+                             phase_seconds(run_dir, phase))
                 if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
                     on_plan(read_plan(run_dir))
                 if not ok:
@@ -239,7 +240,6 @@ def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, s
         Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
             "run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
             next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
-        update_summary_head(run_dir)
         return None, message
     return paths["report"], None
 

@@ -40,7 +40,7 @@ def timeline(ctx: RunContext) -> pd.DataFrame:
 
 def metrics(ctx: RunContext) -> pd.DataFrame:
     """The plan's success metrics (the seed's table: metric, target, actual, status), with their evidence."""
-    from rollbacklib.report.metrics import Evidence
+    from rollbacklib.report.evidence import Evidence
 
     return pd.DataFrame([{k: m[k] for k in ("metric", "target", "actual", "status", "evidence")}
                          for m in Evidence(ctx.run_dir).summary["metrics"]])
@@ -53,7 +53,7 @@ def show_plots(ctx: RunContext) -> None:
     from IPython.display import Markdown, display
 
     from rollbacklib.report import plots
-    from rollbacklib.report.metrics import Evidence
+    from rollbacklib.report.evidence import Evidence
 
     run = Evidence(ctx.run_dir)
     for name, draw in plots.FIGURES:
