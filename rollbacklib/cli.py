@@ -116,7 +116,7 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         style = "bold red" if production.get("state") in ("down", "blocked") else "bold"
         out.print(f"[{style}]{production['line']}[/]", highlight=False)
     out.print(_summary_table(summary))
-    if summary.get("outcome"):
+    if summary.get("outcome") and not summary.get("dry_run"):
         out.print(f"{summary['status'].upper()} (exit {summary['exit_code']}): {summary['outcome']}", highlight=False)
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
