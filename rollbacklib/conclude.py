@@ -26,11 +26,35 @@ class Concluded:
 
 
 def conclude(run_dir: Path, secrets: list[str] = ()) -> Concluded:
-    """Write ``run.json``, then ``report.html`` and ``postmortem.md`` (each sealed); return them."""
+    """Write ``run.json``, then ``report.html`` and ``postmortem.md`` (each sealed); return them.
+
+    A run concluded already, with nothing journaled since but seals and heads (05's last cell,
+    then JupyterLab stopping), keeps the evidence it has: rewriting it would move what was true
+    at the head the person was given.
+    """
+    already = _concluded_already(Path(run_dir))
+    if already is not None:
+        return already
     summary = write_summary(run_dir)
     report, report_error = write_report(run_dir, secrets)
     summary["audit"] = record_head(run_dir, "end of the run", secrets=secrets)  # signed, to syslog
     return Concluded(summary, report, report_error)
+
+
+def _concluded_already(run_dir: Path) -> Concluded | None:
+    import json
+
+    from rollbacklib.journal import read_events
+    from rollbacklib.outcome import NOT_STEPS
+
+    events = read_events(run_dir)
+    last_step = max((i for i, e in enumerate(events) if e["step"] not in NOT_STEPS), default=-1)
+    sealed = max((i for i, e in enumerate(events) if e["step"] in NOT_STEPS
+                  and e["evidence"].get("path") == "run.json"), default=-1)
+    report = run_dir / "report.html"
+    if sealed < last_step or not (run_dir / "run.json").exists() or not report.exists():
+        return None
+    return Concluded(json.loads((run_dir / "run.json").read_text()), report, None)
 
 
 def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:

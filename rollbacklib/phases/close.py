@@ -12,7 +12,8 @@ from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.run import RunContext
 from rollbacklib.dispatch import dispatch, finish_phase
 from rollbacklib.steps import PHASES, Action, Phase, Step, StepName
-from rollbacklib.summary import RUN_SUMMARY, write_summary
+from rollbacklib.files import atomic_write_json
+from rollbacklib.summary import RUN_SUMMARY, summarize
 
 PHASE = Phase.CLOSE
 
@@ -78,7 +79,10 @@ def finish(ctx: RunContext) -> dict:
     except RollbackError:
         write_evidence(ctx)
         raise
-    summary = write_summary(ctx.run_dir)
+    # Written, not sealed: the end of the run (the runner, 05's last cell, the lab stopping) writes it
+    # again and seals it then, so the head run.json names never precedes an older seal of run.json.
+    summary = summarize(ctx.run_dir)
+    atomic_write_json(ctx.run_dir / RUN_SUMMARY, summary)
     postmortem.write(ctx.run_dir)
     return summary
 
