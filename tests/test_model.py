@@ -289,6 +289,7 @@ class NotebookModel(RuleBasedStateMachine):
         assert not lost, "\n".join(self.trace) + f"\nrows the pool committed and nobody has: {lost[:10]}"
 
 
+@pytest.mark.timeout(3600)  # the examples run in one test: about half a minute each on 2 cores
 def test_any_order_of_cells_kills_resumes_and_way_backs_keeps_production_and_every_row(pg_server, tmp_path):
     print(f"\nmodel-based test: {EXAMPLES} examples, seed {SEED} (ROLLBACK_MODEL_SEED={SEED} repeats it)")
     NotebookModel.pg_server, NotebookModel.workdir = pg_server, tmp_path
