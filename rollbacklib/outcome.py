@@ -1,7 +1,7 @@
 """A run's outcome, metrics and production's state: computed once, from the journal, the state and the catalog.
 
 ``compute(run_dir)`` is the one place that says how a run ended (one word per outcome, each
-with its exit code), what it measured (``report.metrics``) and what state production is in
+with its exit code), what it measured (``rollbacklib.metrics``) and what state production is in
 now (read from the live catalog when the server answers, else from the run's final state).
 ``run.json`` is this result written down (``summary.write_summary``); the report, the
 post-mortem and ``rollback verify-audit`` read it from here and never compute it again.
@@ -15,7 +15,7 @@ from pathlib import Path
 from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from rollbacklib.journal import changes_made, read_events
 from rollbacklib.postgres.database import open_database_sql
-from rollbacklib.report.metrics import first_event, measure, seconds_between
+from rollbacklib.metrics import first_event, measure, seconds_between
 from rollbacklib.state import RunState, load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command

@@ -14,7 +14,7 @@ from typing import Callable
 
 from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.report.evidence import Evidence
-from rollbacklib.report.metrics import FAIL, PASS, first_event, metric
+from rollbacklib.metrics import FAIL, PASS, first_event, metric
 from rollbacklib.steps import StepName
 
 PROVED, FAILED, NOT_REACHED, PEOPLE = "proved", "failed", "not reached", "for people"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rollbacklib.journal import read_events
 from rollbacklib.outcome import compute
-from rollbacklib.report.metrics import step_table
+from rollbacklib.metrics import step_table
 from rollbacklib.state import load_state
 
 

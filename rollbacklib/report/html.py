@@ -25,7 +25,7 @@ from rollbacklib.report import POSTMORTEM_NAME, REPORT_NAME
 from rollbacklib.report.checklist import checklist
 from rollbacklib.report import plots
 from rollbacklib.report.evidence import Evidence, next_actions
-from rollbacklib.report.metrics import BAD, duration
+from rollbacklib.metrics import BAD, duration
 from rollbacklib.steps import PHASES
 
 TEMPLATES = Path(__file__).parent / "templates"

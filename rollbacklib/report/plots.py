@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from rollbacklib.report.evidence import Evidence
-from rollbacklib.report.metrics import BAD, DRILL_TARGETS, seconds_between
+from rollbacklib.metrics import BAD, DRILL_TARGETS, seconds_between
 
 PHASE_COLORS = {"01_prepare": "#4c78a8", "02_execute": "#f58518", "03_validate": "#54a24b",
                 "04_restore_service": "#b279a2", "05_close": "#9d755d"}

@@ -16,7 +16,7 @@ from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.report.checklist import expected_found
 from rollbacklib.report.evidence import Evidence
-from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, duration,
+from rollbacklib.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, duration,
                                         first_event, metric, seconds_between)
 from rollbacklib.steps import StepName
 
