@@ -22,8 +22,12 @@ def result_lines(result: FaultDrillResult) -> list[str]:
              f"  What the runbook must do: {fault.responds}"]
     lines += [f"  {'✓' if ok else '✗'} {text}" for ok, text in result.verdict.checks]
     lines += [f"  note: {note}" for note in result.verdict.notes]
-    lines += describe_rows_lost(result.rows_lost)
-    lines.append(f"Run folder: {result.run_dir}")
+    if result.rows_lost is None and fault.outcome in ("unchanged", "original-serves"):
+        lines.append("Rows the restore discarded: none (nothing went live from the backup).")
+    else:
+        lines += describe_rows_lost(result.rows_lost)
+    if result.run_dir.exists():
+        lines.append(f"Run folder: {result.run_dir}")
     if result.kept:
         lines.append(f"Server left running in {result.workdir}; stop it with: rollback drill --stop {result.workdir}")
     if result.passed:

@@ -147,7 +147,8 @@ class FaultDrill:
         self.say(f"$ rollback run ... --run-id {self.run_id} --yes {' '.join(extra)}".rstrip())
         command = self.command(self.run_args("--yes", *extra)).start()
         hit = strike_when(command, self.journal, trigger, act)
-        self.say(f"  fault injected {trigger.describe()}")
+        caught = f": {hit['program']} (pid {hit['pid']}) was running" if "program" in hit else ""
+        self.say(f"  fault injected {trigger.describe()}{caught}")
         return command, hit
 
     def kill_then_resume(self, trigger: Trigger, act: Callable = kill_runner_and_kernel) -> int:

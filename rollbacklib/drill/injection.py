@@ -112,15 +112,16 @@ class Trigger:
     step: str = ""
     statuses: tuple[str, ...] = ()
     phase: str = ""
-    program: str = ""  # e.g. "pg_restore": strike while it runs
+    program: str = ""  # e.g. "pg_restore": strike while it runs, once the journal shows ``step`` started
 
     def describe(self) -> str:
         if self.program:
-            return f"while {self.program} runs (or, once it is done, when the journal shows {self.step})"
+            return f"while {self.step}'s {self.program} runs (or, once it is done, when the journal shows {self.step})"
         return f"when the journal shows {self.step} " + " or ".join(repr(s) for s in self.statuses)
 
     def hit(self, events: list[dict], runner_pid: int) -> dict | None:
-        if self.program:
+        started = any(e["step"] == self.step and e["status"] == "started" for e in events)
+        if self.program and started:  # the step's own run of the program (phase 01 runs pg_restore --list too)
             for child in descendants(runner_pid):
                 try:
                     if child.name() == self.program:
