@@ -12,8 +12,9 @@ from rollbacklib.drill.injection import FaultUnavailable
 
 runner = CliRunner()
 
-# Faults whose expected outcome needs the live-truth changes of issue 10 (items 1 to 6), being made on main.
-# strict=False: each turns into a pass on its own once those land; then remove it from here.
+# Faults whose expected outcome needs the live-truth changes of issue 10 (items 1 to 6), being made on main:
+# an expected failure (xfail, not strict) while the drill sees another outcome; once those land each passes on
+# its own: then remove it from here.
 WAITS_FOR_LIVE_TRUTH = {
     "kill-in-promote": "issue 10 case 4: every resume fails on compare-rows, the live name holds the copy, closed",
     "kill-in-close-copy": "issue 10 case 5: the first resume fails connecting to the half-closed copy",
@@ -24,24 +25,47 @@ WAITS_FOR_LIVE_TRUTH = {
 }
 
 
-def _param(name: str):
-    reason = WAITS_FOR_LIVE_TRUTH.get(name)
-    marks = [pytest.mark.faults] + ([pytest.mark.xfail(reason=reason, strict=False)] if reason else [])
-    return pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", [_param(name) for name in FAULTS])
+@pytest.mark.faults
+@pytest.mark.parametrize("name", list(FAULTS))
 def test_fault_drill_ends_as_expected(name, tmp_path):
     lines: list[str] = []
     try:
         result = run_fault_drill(name, users=150, reports_dir=str(tmp_path / "reports"), say=lines.append)
     except FaultUnavailable as unavailable:
         pytest.skip(unavailable.message)
-    assert result.passed, "\n".join(result.differences() + ["", *lines[-60:]])
-    assert result.runbook_exit == FAULTS[name].exit_code
+    log = "\n".join(result.differences() + ["", *lines[-80:]])
+    # The fault itself was injected and the outcome judged, whatever the runbook did: the machinery works.
+    assert not any(d.startswith("the drill could not complete") for d in result.differences()), log
     assert result.verdict.checks, "the drill checked nothing"
+    if name in WAITS_FOR_LIVE_TRUTH and not result.passed:
+        pytest.xfail(f"{WAITS_FOR_LIVE_TRUTH[name]}; the drill saw: " + "; ".join(result.differences()))
+    assert result.passed, log
+    assert result.runbook_exit == FAULTS[name].exit_code
     if FAULTS[name].exit_code == 0:  # the rows the restore discarded are printed from run.json
         assert result.rows_lost and result.rows_lost["total"] >= 1
+
+
+def test_a_swapped_plan_keeps_every_digest_the_records_hold_in_agreement(tmp_path):
+    """What plan-swapped does to a run folder: plan.json reads back clean, state.json agrees; only the journal differs."""
+    import json
+
+    from rollbacklib.drill.injection import swap_plan
+    from rollbacklib.steps import Action, Plan, Step, read_plan, write_plan
+
+    steps = [Step("swap-keep-live", "02_execute", "db", "rename", (Action("sql", "db", 'ALTER DATABASE "db" RENAME TO "k"'),),
+                  destructive=True)]
+    original = Plan(steps)
+    write_plan(tmp_path, original)
+    (tmp_path / "state.json").write_text(json.dumps({"plan_digest": original.digest, "approval": {
+        "how": "test", "at": "now", "plan_digest": original.digest, "migration_id": "m"}}))
+
+    digest = swap_plan(tmp_path, "swap-keep-live", 'DROP DATABASE "db" WITH (FORCE)')
+
+    plan = read_plan(tmp_path)  # no "changed after it was written": the digest in plan.json was recomputed
+    assert plan.digest == digest != original.digest
+    assert plan.step("swap-keep-live").actions[0].text == 'DROP DATABASE "db" WITH (FORCE)'
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["plan_digest"] == state["approval"]["plan_digest"] == digest
 
 
 def test_fault_list_prints_each_fault_with_the_exit_it_expects():

@@ -195,7 +195,7 @@ def run_fault_drill(name: str, *, config_path: str | None = None, users: int | N
     run_id = new_run_id()  # short: the kept database is named <db>__pre_rollback_<run_id>, 63 bytes at most
     say(f"Fault drill {fault.name}: {fault.injects} The runbook must end with exit {fault.exit_code}.")
     run_dir = run_folder(reports, config.drill.migration, config.drill.environment, run_id)
-    staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir.parent / f"{run_id}.backup",
+    staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir / "backup",
                          keep=keep, say=say)
     drill = FaultDrill(staged, config.path, reports, run_id, say, users or config.drill.users,
                        migration.expect.columns if migration else [])

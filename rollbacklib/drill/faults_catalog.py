@@ -8,7 +8,6 @@ approval), and returns the exit code the runbook ended with. Some add checks of 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -174,6 +173,15 @@ def _idle_pool(drill: "FaultDrill") -> int:
         return drill.run("--yes")
 
 
+def _judge_idle_pool(drill: "FaultDrill", _code: int) -> None:
+    import json
+
+    path = drill.run_dir / "terminated_sessions.json"
+    ended = json.loads(path.read_text()) if path.exists() else []
+    pool = [s for s in ended if s.get("application_name") == "idle-pool"]
+    drill.verdict.check(bool(pool), f"terminate ended the idle pool's sessions ({len(pool)} in {path.name})")
+
+
 def _exclusive_lock(drill: "FaultDrill") -> int:
     table = next(name for name in drill.before.tables if not name.endswith("._prisma_migrations")).split(".", 1)[1]
     with exclusive_lock(drill.url, table) as pid:
@@ -299,7 +307,7 @@ def _judge_way_back_printed(drill: "FaultDrill", _code: int) -> None:
 
 def _judge_health(drill: "FaultDrill", code: int) -> None:
     _judge_way_back_printed(drill, code)
-    drill.verdict.check(re.search(r"health", drill.last_output) is not None, "the failure names the health step")
+    drill.verdict.check(f"/ {StepName.HEALTH}:" in drill.last_output, "the failure names the health step")
 
 
 _K = "SIGKILL of the runner and its kernel"
@@ -342,7 +350,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           _superuser_pool, judge=_judge_superuser_pool),
     Fault("idle-pool", 0, "Five idle sessions that reconnect whenever they are cut.",
           "Drain waits, terminate ends them (kept in terminated_sessions.json), the swap goes on.",
-          "Nothing: the run succeeds.", _idle_pool),
+          "Nothing: the run succeeds.", _idle_pool, judge=_judge_idle_pool),
     Fault("exclusive-lock", 3, "A session holds ACCESS EXCLUSIVE on a table, idle in its transaction.",
           "Phase 01's capture times out (lock_timeout) and aborts, naming the pid it waited on.",
           "End or wait for the named session, then run again.", _exclusive_lock, outcome="unchanged",
