@@ -18,6 +18,8 @@ runner = CliRunner()
 WAITS_FOR_LIVE_TRUTH = {
     "kill-in-promote": "issue 10 case 4: every resume fails on compare-rows, the live name holds the copy, closed",
     "kill-in-close-copy": "issue 10 case 5: the first resume fails connecting to the half-closed copy",
+    "kernel-death-mid-restore": "issue 10 case 5: resume re-runs pg_restore into the copy the orphaned pg_restore "
+                                "finished (relation already exists) and drops it",
     "way-back-then-resume": "issue 10 case 3: resume renames the serving original away again (block skipped as done)",
     "gate-typo-then-approve": "issue 10 case 1: after the refusal dropped the copy, the later approval swaps without one",
     "rerun-execute-after-refusal": "issue 10 case 2: the re-run makes an empty copy and skips the restore as done",

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Callable
 
 import psycopg
 
-from rollbacklib.drill.injection import (Pool, Trigger, exclusive_lock, kill_kernel, refused_by_hba, restart_server,
-                                         run_way_back, stop_server_now, swap_plan, tiny_volume)
+from rollbacklib.drill.injection import (Pool, Trigger, exclusive_lock, frozen, kill_kernel, refused_by_hba,
+                                         restart_server, run_way_back, stop_server_now, swap_plan, tiny_volume,
+                                         wait_gone)
 from rollbacklib.errors import ConfigError
 from rollbacklib.steps import Phase, StepName
 
@@ -38,14 +39,34 @@ def _kill_at(step: str, *statuses: str, phase: str = "") -> Callable[["FaultDril
     return lambda drill: drill.kill_then_resume(Trigger(step, statuses, phase))
 
 
+# pg_restore in flight; should it come and go between two looks, the instant after it ("restored into ...").
+_IN_RESTORE = Trigger(StepName.RESTORE, ("info",), program="pg_restore")
+
+
 def _kernel_death(drill: "FaultDrill") -> int:
-    return drill.kill_then_resume(Trigger(StepName.RESTORE, ("ran",), program="pg_restore"), kill_kernel)
+    """The kernel dies while its pg_restore runs; the orphaned pg_restore goes on to its end, as it would."""
+    left = {}
+
+    def strike(command, hit):
+        with frozen(hit) as process:
+            kill_kernel(command, hit)
+            left["pg_restore"] = process
+
+    command, _ = drill.strike(_IN_RESTORE, strike)
+    code = command.wait()
+    wait_gone(left.get("pg_restore"))
+    drill.say(f"  the run ended with exit {code}; the orphaned pg_restore has ended on its own")
+    return drill.resume()
 
 
 def _server_stop(drill: "FaultDrill") -> int:
     server = drill.staged.server
-    command, _ = drill.strike(Trigger(StepName.RESTORE, ("ran",), program="pg_restore"),
-                              lambda _command, _hit: stop_server_now(server))
+
+    def strike(_command, hit):
+        with frozen(hit):  # pg_restore in flight: the server stops under it
+            stop_server_now(server)
+
+    command, _ = drill.strike(_IN_RESTORE, strike)
     code = command.wait()
     drill.say(f"  the run ended with exit {code}; starting the server again (pg_ctl start) and the app session")
     restart_server(server)
@@ -328,10 +349,13 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("kill-in-close-copy", 0, f"{_K} while the restored copy is being closed.",
           "Resume closes the copy and goes on, in one attempt.", _RESUME,
           _kill_at(StepName.CLOSE_COPY, "changed", "ran")),
-    Fault("kernel-death-mid-restore", 0, "SIGKILL of the phase 02 kernel alone while pg_restore runs.",
-          "The runner journals the dead kernel (exit 3); resume restores into a clean copy and goes on.", _RESUME,
+    Fault("kernel-death-mid-restore", 0, "SIGKILL of the phase 02 kernel alone while its pg_restore runs (held "
+          "still for the instant); the orphaned pg_restore then runs to its end.",
+          "The runner journals the dead kernel (exit 3); resume judges the copy from what it holds (a restore the "
+          "journal never confirmed) and goes on in one attempt.", _RESUME,
           _kernel_death),
-    Fault("server-stop-mid-restore", 0, "pg_ctl stop of the server while pg_restore runs; then pg_ctl start.",
+    Fault("server-stop-mid-restore", 0, "pg_ctl stop of the server while pg_restore runs (held still for the "
+          "instant); then pg_ctl start.",
           "The run aborts (exit 3) naming the server; resume restores into a clean copy and goes on.",
           "Start the server, then run `rollback resume <run folder>`.", _server_stop),
     Fault("way-back-then-resume", 0, f"{_K} after the swap-keep rename; the way back run literally (psql "

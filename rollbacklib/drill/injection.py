@@ -141,13 +141,15 @@ def strike_when(command: Command, journal: Path, trigger: Trigger, act: Callable
     FailedError if the command ends, or ``timeout`` passes, before the trigger hits.
     """
     deadline = time.monotonic() + timeout
+    events, read_at = [], 0.0
     while time.monotonic() < deadline and command.proc.poll() is None:
-        events = read_events(journal) if journal.exists() and trigger.step else []
+        if trigger.step and journal.exists() and time.monotonic() - read_at > (0.02 if trigger.program else 0.0):
+            events, read_at = read_events(journal), time.monotonic()
         hit = trigger.hit(events, command.proc.pid)
         if hit:
             act(command, hit)
             return hit
-        time.sleep(0.005 if trigger.program else 0.01)
+        time.sleep(0.002 if trigger.program else 0.01)
     code = command.proc.poll()
     if code is None:
         sigkill([command.proc.pid, *[c.pid for c in descendants(command.proc.pid)]])
@@ -166,6 +168,39 @@ def kill_runner_and_kernel(command: Command, _hit: dict) -> None:
 def kill_kernel(command: Command, _hit: dict) -> None:
     """SIGKILL of the kernel alone: the runner goes on and journals the dead kernel."""
     sigkill([k.pid for k in kernels(command.proc.pid)])
+
+
+@contextmanager
+def frozen(hit: dict) -> Iterator[psutil.Process | None]:
+    """The program the trigger caught (``hit["pid"]``), stopped (SIGSTOP) while the fault strikes, then let go.
+
+    The fault then lands while the program is provably in flight, however fast it is; afterwards
+    it goes on as it would have (to its end, or to the error the fault caused).
+    """
+    try:
+        process = psutil.Process(hit["pid"]) if "pid" in hit else None
+        if process is not None:
+            process.suspend()
+    except psutil.NoSuchProcess:  # it finished in the instant between seeing it and stopping it
+        process = None
+    try:
+        yield process
+    finally:
+        if process is not None:
+            try:
+                process.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def wait_gone(process: psutil.Process | None, timeout: float = 120) -> None:
+    """Wait for a program the fault left behind (an orphaned pg_restore) to end on its own."""
+    if process is None:
+        return
+    try:
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
 
 
 # --- the server ---------------------------------------------------------------------------------
