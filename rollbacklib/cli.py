@@ -38,11 +38,15 @@ def _fail(error: RollbackError) -> None:
 
 
 def _summary_table(summary: dict) -> Table:
-    table = Table(title=f"Run {summary['run_id']}: {summary['status'].upper()}", show_lines=False)
+    outcome = "DRY RUN" if summary.get("dry_run") and summary["status"] == "succeeded" else summary["status"].upper()
+    table = Table(title=f"Run {summary['run_id']}: {outcome}", show_lines=False)
     for col in ("phase", "status", "seconds"):
         table.add_column(col)
     for p in summary["phases"]:
-        table.add_row(p["name"], p["status"], f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
+        status = p["status"]
+        if summary.get("dry_run") and status == "succeeded" and p["name"] != summary["phases"][0]["name"]:
+            status = "planned, not executed"  # a dry run's later phases only print their steps
+        table.add_row(p["name"], status, f"{p['seconds']:.1f}" if p["seconds"] is not None else "-")
     return table
 
 
@@ -74,9 +78,10 @@ def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: boo
     confirm = None
     if not yes and not dry_run and sys.stdin.isatty():
         def confirm(plan) -> str:
-            out.print(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {environment} "
-                      f"to the backup by the plan above ({plan.digest[:12]}; the live database is kept, never dropped).")
-            return typer.prompt("Type the migration ID to approve this plan, anything else to stop")
+            from rollbacklib.gate import ask_at_terminal
+
+            return ask_at_terminal(plan, environment, lambda line: out.print(line, markup=False, highlight=False),
+                                   typer.prompt)
 
     def progress(phase, status, seconds):
         out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
@@ -104,6 +109,9 @@ def print_plan(plan) -> None:
 
 
 def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_error: str | None = None) -> None:
+    production = summary.get("production") or ""
+    if production.startswith(("PRODUCTION IS DOWN", "THE SERVER IS DOWN")):
+        err.print(f"[bold red]{production}[/]", highlight=False)  # the first thing a person must know
     out.print(_summary_table(summary))
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
@@ -121,6 +129,13 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         err.print("[bold]The way back[/] (run on the maintenance database, in order):", highlight=False)
         for statement in summary["way_back"]:
             err.print(f"  {statement};", markup=False, highlight=False)
+        if summary.get("way_back_command"):
+            err.print(f"  as one command that stops at the first error: {summary['way_back_command']}",
+                      markup=False, highlight=False)
+    for orphan in summary.get("orphans") or []:
+        err.print(f"Left on the server: {orphan['database']} ({'closed' if orphan['closed'] else 'OPEN'}, "
+                  f"{'validated' if orphan['validated'] else 'not validated'}); once nobody needs it: "
+                  f"{orphan['drop']};", markup=False, highlight=False)
     if summary["error"]:
         e = summary["error"]
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
@@ -163,9 +178,11 @@ def run(
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
                       backup=str(backup) if backup else None)
     result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
-    if dry_run:
-        out.print("[bold]DRY RUN[/]: phase 01 only read; every later step was printed above and not executed.")
     print_run(result.summary, result.run_dir, result.report, result.report_error)
+    if dry_run:
+        out.print("Phase 01 only read; every later step was printed above and not executed.")
+        out.print("[bold]DRY RUN: nothing was changed[/]" + ("" if result.exit_code == 0 else
+                  f" (it stopped at the error above: exit {result.exit_code})"))
     raise typer.Exit(result.exit_code)
 
 
@@ -232,6 +249,11 @@ def resume(
 
     from rollbacklib.pipeline import resume as resume_run
 
+    from rollbacklib.way_back import run_view
+
+    now = run_view(Path(run_dir).resolve(), str(config) if config else None)
+    if now is not None:
+        out.print(f"Live: {now.describe()}", markup=False, highlight=False)
     execute = partial(resume_run, run_dir, config_path=str(config) if config else None)
     result = _run_with_terminal(execute, migration_id=Path(run_dir).resolve().parent.parent.name,
                                 environment=Path(run_dir).resolve().parent.name, yes=yes)

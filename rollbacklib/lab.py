@@ -20,16 +20,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import nbformat
 
-from rollbacklib.config import load_config
+from rollbacklib import frontends
+from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.redaction import config_secrets, refuse_credentials
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.steps import PHASES
+
+if TYPE_CHECKING:
+    from rollbacklib.conclude import Concluded
 
 PARAMETERS_TAG = "injected-parameters"
 
@@ -41,6 +45,7 @@ class LabRun:
     written: list[Path] = field(default_factory=list)  # notebooks prepared now
     kept: list[Path] = field(default_factory=list)  # notebooks already in the run folder, left as they were
     secrets: list[str] = field(default_factory=list, repr=False)
+    concluded: "Concluded | None" = None  # run.json, report.html, postmortem.md, once JupyterLab stopped
 
     @property
     def notebooks(self) -> list[Path]:
@@ -117,7 +122,7 @@ def start_lab(run_dir: Path, *, port: int | None = None, timeout: float = 120.0)
         command.append("--allow-root")
     # The token reaches the server through a file it reads at start and that is gone once it
     # answers: never on the command line (ps) nor in the kernels' environment.
-    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token_file)}
+    env = {**os.environ, **kernel_environment(), "JUPYTER_TOKEN_FILE": str(token_file)}
     env.pop("JUPYTER_TOKEN", None)
     process = subprocess.Popen(command, env=env, cwd=str(run_dir), stdin=subprocess.DEVNULL,
                                start_new_session=True)  # Ctrl-C reaches `rollback lab`, which stops it
@@ -159,16 +164,29 @@ def stop_lab(process: subprocess.Popen, wait: float = 30.0) -> None:
         process.wait()
 
 
+def kernel_environment() -> dict[str, str]:
+    """What JupyterLab hands its kernels, so that they resolve the run as ``rollback run``'s kernels do.
+
+    The kernels run in the run folder: the packaged config's ``backup_dir`` is resolved against
+    the command's working directory (``$ROLLBACK_WORKDIR``), and advice names this front end.
+    """
+    return {WORKDIR_ENV: str(working_directory()), frontends.KERNEL_ENV: frontends.LAB}
+
+
 def seal_lab(lab: LabRun) -> list[dict]:
-    """Once JupyterLab is stopped: mask the saved notebooks and seal every new or changed file of the run."""
+    """Once JupyterLab is stopped: mask the saved notebooks, seal every new or changed file of the run,
+    then write ``run.json``, ``report.html`` and ``postmortem.md`` (sealed too), whatever the outcome."""
     from rollbacklib.audit import record_changed_files
+    from rollbacklib.conclude import conclude
     from rollbacklib.redaction import scrub_file
 
     for path in lab.run_dir.rglob("*"):  # JupyterLab's .ipynb_checkpoints too: masked, though not sealed
         scrub_file(path, lab.secrets)
     if not (lab.run_dir / "journal.jsonl").exists():
         return []  # nothing was run: nothing to seal, and no journal to start for it
-    return record_changed_files(lab.run_dir, secrets=lab.secrets)
+    sealed = record_changed_files(lab.run_dir, secrets=lab.secrets)
+    lab.concluded = conclude(lab.run_dir, lab.secrets)
+    return sealed
 
 
 def serve_lab(lab: LabRun, *, port: int | None = None, open_browser: bool = True,
@@ -186,7 +204,7 @@ def serve_lab(lab: LabRun, *, port: int | None = None, open_browser: bool = True
         say(f"JupyterLab for run {lab.parameters['run_id']} ({lab.run_dir}):")
         say(f"  {server.url}")
         say(f"Stop it with Ctrl-C here (or: kill {os.getpid()}); the notebooks saved in it are then masked and "
-            "sealed into the journal.")
+            "sealed into the journal, and run.json, report.html and postmortem.md written for the run.")
         if open_browser:
             import webbrowser
 
@@ -199,10 +217,16 @@ def serve_lab(lab: LabRun, *, port: int | None = None, open_browser: bool = True
         if server is not None:
             stop_lab(server.process)
     sealed = seal_lab(lab)
-    if sealed:
-        from rollbacklib.audit import chain_head
-
-        head = chain_head(lab.run_dir)
-        say(f"Sealed {len(sealed)} file(s) into the journal; chain head {head['head']} ({head['events']} events). "
-            f"Check with: rollback verify-audit {lab.run_dir}")
+    end = lab.concluded
+    if end is None:
+        say(f"Nothing was run in {lab.run_dir}: no journal, nothing to seal.")
+        return 0
+    ran = [p["name"] for p in end.summary["phases"]]
+    say(f"Run {end.summary['status']} (exit code {end.summary['exit_code']}); phases run: {', '.join(ran) or 'none'}"
+        + "; not run: " + (", ".join(p for p in PHASES if p not in ran) or "none") + ".")
+    say(f"Sealed {len(sealed)} file(s) into the journal, then run.json, postmortem.md and "
+        + (f"{end.report}" if end.report else f"no report ({end.report_error}; try: rollback report {lab.run_dir})"))
+    head = end.summary["audit"]
+    say(f"Audit chain head {head['head']} ({head['events']} events); check with: "
+        f"rollback verify-audit {lab.run_dir} --head {head['head']}")
     return 0

@@ -14,9 +14,11 @@ from typing import Callable
 
 import papermill as pm
 
-from rollbacklib.audit import chain_head, record_artifact, record_changed_files, update_summary_head
+from rollbacklib import frontends
+from rollbacklib.audit import record_artifact, record_changed_files, update_summary_head
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
+from rollbacklib.conclude import conclude
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.redaction import config_secrets, masked_output, refuse_credentials, scrub_file
@@ -25,7 +27,10 @@ from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
-from rollbacklib.summary import finished_phases, first_error, phase_table, write_summary
+from rollbacklib.kernels import KERNEL_MANAGER
+from rollbacklib.summary import finished_phases, first_error, phase_table
+from rollbacklib.live import Situation
+from rollbacklib.way_back import run_view
 from rollbacklib.postgres.locks import database_lock
 
 PREPARE = Phase.PREPARE
@@ -150,7 +155,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     run_dir = run_folder(reports, migration_id, environment, run_id)
     folder = notebooks_dir()
     with environment_lock(reports, environment), database_lock(env, run_id), \
-            _kernel_environment({WORKDIR_ENV: str(working_directory())}):
+            _kernel_environment({WORKDIR_ENV: str(working_directory()), frontends.KERNEL_ENV: frontends.CLI}):
         run_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(run_dir / JOURNAL_NAME, secrets=secrets)
         earlier = read_events(run_dir)
@@ -158,6 +163,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         journal.record("run", "attempt", "info", f"attempt {number} of run {run_id}", attempt=number,
                        dry_run=dry_run, pid=os.getpid())
         finished = set() if dry_run else finished_phases(earlier)
+        if earlier and not dry_run:
+            finished -= _phases_to_redo(run_dir, journal, str(config.path))
         try:
             for phase in phases:
                 if phase in finished:
@@ -189,10 +196,30 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                 if not ok:
                     break
         finally:
-            summary = write_summary(run_dir)
-            report, report_error = write_report(run_dir, secrets)
-            summary["audit"] = chain_head(run_dir)  # the report's seal moved the head on
-    return RunResult(run_dir, summary, report, report_error)
+            end = conclude(run_dir, secrets)
+    return RunResult(run_dir, end.summary, end.report, end.report_error)
+
+
+# Where each situation (read from the catalog) sends a resumed run back to: every step of those
+# phases whose postcondition holds now is skipped, the rest acts from what the catalog shows.
+_REDO_FROM = {Situation.NOT_STARTED: Phase.EXECUTE, Situation.COPY_PREPARING: Phase.EXECUTE,
+              Situation.COPY_READY: Phase.EXECUTE, Situation.LIVE_BLOCKED: Phase.EXECUTE,
+              Situation.BETWEEN_RENAMES: Phase.EXECUTE, Situation.SERVING_ORIGINAL_AGAIN: Phase.EXECUTE,
+              Situation.PROMOTED_CLOSED: Phase.VALIDATE}
+
+
+def _phases_to_redo(run_dir: Path, journal: Journal, config_path: str) -> set[str]:
+    """A resume starts from the catalog: it names the situation and reopens the phases it calls for."""
+    now = run_view(run_dir, config_path)
+    if now is None:
+        return set()
+    start = _REDO_FROM.get(now.situation)
+    if now.situation is Situation.NOT_STARTED and load_state(run_dir).plan_digest is None:
+        start = None  # phase 01 has not written its plan: nothing past it to redo
+    redo = {p for p in PHASES if start is not None and p >= start}
+    journal.record("run", "live", "info", f"resume: {now.describe()}", situation=now.to_dict(),
+                   redo=sorted(redo))
+    return redo
 
 
 def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:
@@ -244,12 +271,25 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
         return False
     if plan is None or (approve != migration_id and confirm is None):
         return True  # the gate step in the notebook decides (and refuses without a plan or an approval)
+    from rollbacklib.dispatch import approval_event
+
+    earlier = approval_event(run_dir)
+    if earlier is not None and earlier["evidence"]["approval"]["plan_digest"] != plan.digest:
+        journal.record(GATED_PHASE, StepName.GATE, "refused",
+                       f"plan.json is not the plan approved earlier in this run ({plan.digest[:12]}, approved "
+                       f"{earlier['evidence']['approval']['plan_digest'][:12]}): plan.json was changed after its "
+                       "approval; nothing was changed by this attempt.",
+                       next_action="do not approve it again: find out who changed plan.json (rollback verify-audit "
+                       "names it); start a new run from 01_prepare and approve its plan.")
+        return False
+    if earlier is not None:
+        return True  # approved earlier in this run, for this very plan
     how = "--yes / approve given to the runner"
     if approve != migration_id:
         typed = confirm(plan).strip()
         if typed != migration_id:
             journal.record(GATED_PHASE, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
-                           next_action="nothing was changed; run again and type the migration ID to go on.")
+                           next_action=f"this answer changed nothing; {frontends.approve_advice(migration_id, frontends.CLI)}.")
             return False
         how = "typed at the terminal"
     record_approval(run_dir, migration_id, how, plan.digest)
@@ -283,7 +323,7 @@ def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeou
         with masked_output(output, secrets) as masked:
             pm.execute_notebook(str(source), masked, parameters=parameters, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(run_dir), execution_timeout=timeout,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"], kernel_manager_class=KERNEL_MANAGER)
         return True
     except Exception as err:  # a failed cell, a dead kernel, a cell over its timeout: all end the phase
         events = read_events(run_dir)

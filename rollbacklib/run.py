@@ -1,7 +1,7 @@
 """A run of the runbook: its folder, journal, typed state shared between phases, and its plan.
 
 Each phase notebook starts with ``ctx = open_run(...)`` and calls one library function per
-cell with ``ctx``; each of those runs one step through ``rollbacklib.steps.dispatch``.
+cell with ``ctx``; each of those runs one step through ``rollbacklib.dispatch.dispatch``.
 Notebooks run in separate kernels, so everything a later phase needs is kept in the run
 folder (``state.json``, ``plan.json`` and the journal), never in memory.
 """
@@ -130,6 +130,22 @@ class RunContext:
 
     def changes_began(self) -> bool:
         return changes_made(self.journal.events())
+
+    # --- what is true now ---
+    def live(self):
+        """The catalog now, seen through this run's records (``rollbacklib.live``): never raises."""
+        from rollbacklib import live
+
+        state = self.state()
+        copy = state.restored
+        return live.view(self.admin_url, live=self.database, run_id=self.run_id, original_oid=state.original_oid,
+                         copy_oid=copy.oid if copy else None, marker=copy.marker if copy else None,
+                         changes_made=self.changes_began())
+
+    def previous_settings(self) -> dict | None:
+        """The live database's connection settings before the run blocked it."""
+        state = self.state()
+        return state.blocked.previous if state.blocked else state.original_settings
 
 
 def _ms(seconds: float) -> str:

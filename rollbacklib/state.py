@@ -48,8 +48,13 @@ class Approval(_Model):
 
 
 class RestoredCopy(_Model):
+    """The copy beside the live database, and how to recognise it without connecting to it."""
+
     name: str
+    oid: int | None = None  # kept by a rename: the copy is the copy whatever it is named
     validated: bool = False
+    marker: str | None = None  # the comment its validation gave it (pg_shdescription)
+    sessions_at_close: int | None = None  # pg_stat_database.sessions once closed: any later session shows
     seconds: float | None = None
     row_counts: dict[str, int] | None = None
 
@@ -68,7 +73,7 @@ class Swap(_Model):
 
 
 class StepRecord(_Model):
-    status: Literal["ok", "skipped", "aborted", "refused", "failed", "bad-usage"]
+    status: Literal["ok", "skipped", "aborted", "refused", "failed", "bad-usage", "undone"]
     at: str
 
 
@@ -80,6 +85,8 @@ class RunState(_Model):
     backup: BackupRef | None = None
     captured: Captured | None = None
     plan_digest: str | None = None
+    original_oid: int | None = None  # the live database's oid when the plan was written
+    original_settings: dict[str, Any] | None = None  # its ALLOW_CONNECTIONS and CONNECTION LIMIT then
     approval: Approval | None = None
     live_properties: dict[str, Any] | None = None
     restored: RestoredCopy | None = None

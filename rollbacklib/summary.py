@@ -13,7 +13,8 @@ from rollbacklib.postgres.database import open_database_sql
 from rollbacklib.report.metrics import measure
 from rollbacklib.state import load_state
 from rollbacklib.steps import PHASES, StepName
-from rollbacklib.way_back import way_back
+from rollbacklib.live import Situation, psql_command
+from rollbacklib.way_back import previous_settings, run_view
 
 RUN_SUMMARY = "run.json"
 _BAD = {"aborted": EXIT_ABORTED, "refused": EXIT_REFUSED, "failed": EXIT_FAILED, "bad-usage": EXIT_USAGE}
@@ -97,7 +98,12 @@ def summarize(run_dir: Path) -> dict:
             exit_code = EXIT_FAILED if status == "failed" else _BAD[error["status"]]
         else:
             status, exit_code = ("failed" if changed else "aborted"), (EXIT_FAILED if changed else EXIT_ABORTED)
-    back = way_back(state, run_dir.name) if status == "failed" else []
+    # What the catalog shows now decides too: production down at the end is a failure, said first.
+    now = run_view(run_dir) if events and not dry_run else None
+    down = now.health_line() if now is not None and status != "succeeded" else None
+    if down and (changed or now.situation is Situation.SERVER_DOWN):  # this run's doing, or nobody can tell
+        status, exit_code = "failed", EXIT_FAILED
+    back = now.way_back(previous_settings(run_dir)) if now is not None and status == "failed" else []
 
     started_at = events[0]["ts"] if events else None
     finished_at = events[-1]["ts"] if events else None
@@ -133,9 +139,14 @@ def summarize(run_dir: Path) -> dict:
         "approval": state.approval.model_dump() if state.approval else None,
         "kept_database": state.swap.kept if state.swap else None,
         "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
-        "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
+        "error": {"phase": error["phase"], "step": error["step"],
+                  "message": (f"{down}\n" if down and not error["message"].startswith(down) else "") + error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
         "way_back": back,
+        "way_back_command": psql_command(back, now.admin_url) if back else None,
+        "live": now.to_dict() if now is not None else None,
+        "production": down or (now.situation.value if now is not None else "not read (the server was not asked)"),
+        "orphans": now.orphans() if now is not None and status != "succeeded" else [],
         "attempts": len(attempts(events)),
         "earlier_errors": [{"phase": e["phase"], "step": e["step"], "status": e["status"], "message": e["message"]}
                            for e in earlier],

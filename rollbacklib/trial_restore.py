@@ -16,7 +16,7 @@ from rollbacklib.errors import AbortedError, RollbackError
 from rollbacklib.config import ResolvedEnvironment
 from rollbacklib.postgres.client import ClientTools, database_name, with_database
 from rollbacklib.prisma import validate_migration_id
-from rollbacklib.phases.validate import against_manifest
+from rollbacklib.validation import against_manifest
 
 
 def verify(path: Path | None, env: ResolvedEnvironment, tools: ClientTools, migration_id: str = "") -> bk.BackupVerification:

@@ -1,34 +1,41 @@
-"""The way back: the statements that return the server to a serving state after a failure.
+"""A run's view of the live system from its folder alone: for the summary, resume and the way back.
 
-Computed from the run's state (what was blocked, how far the swap went), run on the
-maintenance database, in order. Every failure after a change prints them, journals them and
-writes them into ``run.json``; a test runs them literally and then connects through the
-application's URL.
+The runner, ``rollback resume`` and ``run.json`` ask what the catalog shows for a run they
+have no ``RunContext`` for: the config and environment are found from the run's journal and
+folder, the names and oids from its state. The way back is computed from that view at the
+moment it is asked for (``LiveView.way_back``), never from what the run wrote down.
 """
 
 from __future__ import annotations
 
-from rollbacklib.postgres import database as db
-from rollbacklib.state import RunState
+from pathlib import Path
+
+from rollbacklib.config import load_config
+from rollbacklib.journal import changes_made, read_events
+from rollbacklib.live import LiveView, view
+from rollbacklib.postgres.client import database_name, with_database
+from rollbacklib.state import load_state
 
 
-def way_back(state: RunState, run_id: str) -> list[str]:
-    """Statements that put the pre-rollback database back in service, as it was before the run."""
-    statements = []
-    swap, blocked = state.swap, state.blocked
-    live = blocked.database if blocked else (swap.live if swap else None)
-    if swap is not None:
-        if swap.completed:  # the restored copy carries the live name: move it aside, keep it for inspection
-            statements.append(db.rename_statement(swap.live, f"{swap.live}__failed_{run_id}"[:63]).as_string(None))
-        statements.append(db.rename_statement(swap.kept, swap.live).as_string(None))
-    if blocked is not None and live is not None:
-        statements += [s.as_string(None) for s in db.unblock_statements(live, blocked.previous)]
-    return statements
+def run_view(run_dir: Path, config_path: str | None = None) -> LiveView | None:
+    """The catalog now, seen through the run in ``run_dir``; None when the run's config or URL cannot be read."""
+    run_dir = Path(run_dir)
+    events = read_events(run_dir)
+    config_path = config_path or next((e["evidence"].get("config") for e in events if e["step"] == "phase"
+                                       and e["status"] == "started" and e["evidence"].get("config")), None)
+    try:
+        config = load_config(config_path)
+        env = config.environment(run_dir.parent.name)
+        url = env.database_url()
+    except Exception:  # noqa: BLE001 - no view is an answer: the summary says it could not look
+        return None
+    state = load_state(run_dir)
+    copy = state.restored
+    return view(with_database(url, env.maintenance_database), live=database_name(url), run_id=run_dir.name,
+                original_oid=state.original_oid, copy_oid=copy.oid if copy else None,
+                marker=copy.marker if copy else None, changes_made=changes_made(events))
 
 
-def describe(statements: list[str], maintenance_database: str | None = None) -> str:
-    if not statements:
-        return "nothing to undo: the live database was not changed."
-    where = f" (connected to {maintenance_database})" if maintenance_database else ""
-    return "to return the original database to service, run" + where + ": " + " ".join(
-        s if s.endswith(";") else s + ";" for s in statements)
+def previous_settings(run_dir: Path) -> dict | None:
+    state = load_state(run_dir)
+    return state.blocked.previous if state.blocked else state.original_settings

@@ -31,7 +31,7 @@ from rollbacklib.config import load_config
 from rollbacklib.errors import ConfigError
 from rollbacklib.postgres.client import PROGRAMS, client_tools, with_database
 from rollbacklib.prisma import applied_migrations
-from rollbacklib.phases.validate import against_manifest
+from rollbacklib.validation import against_manifest
 
 from conftest import CONFIG, DRILL_URL_ENV, server_snapshot
 

@@ -83,6 +83,11 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--dry-run"))
     assert result.exit_code == 0, result.output
     assert server_snapshot(incident) == before
+    assert result.output.rstrip().splitlines()[-1] == "DRY RUN: nothing was changed"
+    assert "SUCCEEDED" not in result.output and "planned, not executed" in result.output
+    # Formatted once: the statement printed is the one run (no "LIMIT  -1" from a literal's sign padding).
+    assert f'ALTER DATABASE "{incident.database}" WITH CONNECTION LIMIT -1' in result.output
+    assert "LIMIT  " not in result.output
     run = _run_json(incident)
     assert run["dry_run"] is True and run["changes_made"] is False
     plan = json.loads(next(incident.reports.rglob("plan.json")).read_text())
@@ -93,7 +98,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     assert "pg_restore" in actions and "pg_terminate_backend" in actions
     executed = next(incident.reports.rglob("02_execute.ipynb")).read_text()
     assert "RENAME TO" in executed  # the plan is shown in the executed notebook
-    for step in plan["steps"][5:]:  # ... and in the terminal, every statement after phase 01 verbatim
+    assert [s["name"] for s in plan["steps"] if s["phase"] == "01_prepare"] == [
+        "migration", "release", "verify-backup", "migration-state", "capture", "plan"]
+    for step in plan["steps"][6:]:  # ... and in the terminal, every statement after phase 01 verbatim
         assert step["phase"] != "01_prepare"
         for action in step["actions"]:
             if action["kind"] in ("sql", "command"):

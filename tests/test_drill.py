@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 
 from rollbacklib.cli import app
 from rollbacklib.drill import DRILL_FILE, run_drill, stage_drill, stop_drill
+
+from rollbacklib.steps import PHASES
 
 from conftest import DRILL_URL_ENV, MIGRATION
 
@@ -117,53 +120,108 @@ def _app_sessions(url: str) -> list[str]:
                                            "current_database() AND pid <> pg_backend_pid()").fetchall()]
 
 
-def test_stage_only_then_the_printed_commands_roll_back_and_stop(tmp_path, monkeypatch):
+def _practice(output: str) -> dict:
+    """The printed instructions: the export line, the commands of ways A, B and C, the stop command."""
+    lines = output.splitlines()
+    found = {"export": next(line.strip() for line in lines if line.strip().startswith("export ")),
+             "stop": shlex.split(next(line for line in lines if line.startswith("4. ")).split(": ", 1)[1])}
+    for way in "ABC":
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{way}. "))
+        block = []
+        for line in lines[at + 1:]:
+            if not line.strip():
+                break
+            if line.startswith("  ") and not line.startswith("   "):
+                block.append(line.strip())
+        found[way] = block
+    return found
+
+
+def _password_hash_is_back(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
+                            "AND column_name = 'passwordHash'").fetchone() is not None
+
+
+@pytest.fixture
+def practice(tmp_path, monkeypatch):
+    """`rollback drill --stage-only` run from an empty folder: its output, parsed; the drill stopped afterwards."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(DRILL_URL_ENV, raising=False)
     staged = runner.invoke(app, ["drill", "--stage-only", "--users", "150"])
-    lines = [line.strip() for line in staged.output.splitlines()]
-    stop = next((line for line in lines if line.startswith("5. ")), "")
-    folder = Path(shlex.split(stop)[-1]) if stop else None
+    folder = Path(_practice(staged.output)["stop"][-1]) if staged.exit_code == 0 else None
     try:
         assert staged.exit_code == 0, staged.output
-        assert "nothing of the runbook has run" in staged.output and not (tmp_path / "reports").exists()
-        assert (folder / DRILL_FILE).exists()
-        (export,) = [line for line in lines if line.startswith("export ")]
-        name, url = shlex.split(export)[1].split("=", 1)
-        assert name == DRILL_URL_ENV and ":" not in url.split("@")[0].removeprefix("postgresql://")
-        dry_run, run = [shlex.split(line) for line in lines if line.startswith("rollback run ")]
-        assert dry_run[-1] == "--dry-run" and run == dry_run[:-1] and run[run.index("-m") + 1] == MIGRATION
-        backup = Path(run[run.index("--backup") + 1])
-        assert backup.is_file() and backup.is_relative_to(folder)
-        assert "jupyter lab" in staged.output and "notebooks" in staged.output and "papermill" in staged.output
-
-        # The incident, as the printed URL shows it: the bad migration applied, the app connected.
-        app_pid = json.loads((folder / DRILL_FILE).read_text())["app_pid"]
-        assert _alive(app_pid)
-        with psycopg.connect(url) as conn:
-            applied = [r[0] for r in conn.execute(
-                "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL ORDER BY 1").fetchall()]
-            assert applied[-1] == MIGRATION
-            assert not conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
-                                    "AND column_name = 'passwordHash'").fetchone()
-        assert _app_sessions(url) == ["api-gateway"]
-
-        # The printed command, as an on-call engineer would paste it (the gate passed with --yes).
-        monkeypatch.setenv(name, url)
-        rolled = runner.invoke(app, [*run[1:], "--yes"])
-        assert rolled.exit_code == 0, rolled.output
-        assert next(tmp_path.glob(f"reports/{MIGRATION}/drill/*/run.json"))
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
-                                "AND column_name = 'passwordHash'").fetchone()
-        assert "api-gateway lost its session" in (folder / "app-session.log").read_text()
-
-        stopped = runner.invoke(app, ["drill", "--stop", str(folder)])
-        assert stopped.exit_code == 0, stopped.output
-        assert not folder.exists() and not _server_answers(url) and not _alive(app_pid)
+        yield {**_practice(staged.output), "output": staged.output, "folder": folder}
     finally:
         if folder and folder.exists():
             stop_drill(folder)
+
+
+def test_stage_only_then_the_printed_commands_roll_back_and_stop(practice, tmp_path, monkeypatch):
+    printed, folder = practice, practice["folder"]
+    assert "nothing of the runbook has run" in printed["output"] and not (tmp_path / "reports").exists()
+    assert (folder / DRILL_FILE).exists()
+    name, url = shlex.split(printed["export"])[1].split("=", 1)
+    assert name == DRILL_URL_ENV and ":" not in url.split("@")[0].removeprefix("postgresql://")
+    # The three ways, easiest first, every executable by its absolute path.
+    (lab,) = [shlex.split(line) for line in printed["A"]]
+    dry_run, run = [shlex.split(line) for line in printed["B"]]
+    assert Path(lab[0]).is_absolute() and lab[1] == "lab" and Path(run[0]).is_absolute() and run[1] == "run"
+    assert dry_run[-1] == "--dry-run" and run == dry_run[:-1] and run[run.index("-m") + 1] == MIGRATION
+    backup = Path(run[run.index("--backup") + 1])
+    assert backup.is_file() and backup.is_relative_to(folder)
+    assert lab[lab.index("--backup") + 1] == str(backup)
+
+    # The incident, as the printed URL shows it: the bad migration applied, the app connected.
+    app_pid = json.loads((folder / DRILL_FILE).read_text())["app_pid"]
+    assert _alive(app_pid)
+    with psycopg.connect(url) as conn:
+        applied = [r[0] for r in conn.execute(
+            "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL ORDER BY 1").fetchall()]
+        assert applied[-1] == MIGRATION
+    assert not _password_hash_is_back(url)
+    assert _app_sessions(url) == ["api-gateway"]
+
+    # The printed command, as an on-call engineer would paste it (the gate passed with --yes).
+    monkeypatch.setenv(name, url)
+    rolled = runner.invoke(app, [*run[1:], "--yes"])
+    assert rolled.exit_code == 0, rolled.output
+    assert next(tmp_path.glob(f"reports/{MIGRATION}/drill/*/run.json"))
+    assert _password_hash_is_back(url)
+    assert "api-gateway lost its session" in (folder / "app-session.log").read_text()
+
+    stopped = runner.invoke(app, ["drill", "--stop", str(folder)])
+    assert stopped.exit_code == 0, stopped.output
+    assert not folder.exists() and not _server_answers(url) and not _alive(app_pid)
+
+
+def test_the_printed_papermill_commands_pasted_into_a_clean_shell_roll_the_incident_back(practice, tmp_path):
+    commands = practice["C"]
+    papermill = [argv for argv in map(shlex.split, commands) if Path(argv[0]).name == "papermill"]
+    assert all(Path(argv[0]).is_absolute() for argv in map(shlex.split, commands[1:]))
+    assert len(papermill) == 5 and commands[0].startswith("mkdir -p ")
+    run_dir = Path(shlex.split(commands[0])[-1])
+    assert [Path(argv[2]) for argv in papermill] == [run_dir / f"{phase}.ipynb" for phase in PHASES]
+    assert [argv[argv.index("approve") + 1] if "approve" in argv else None for argv in papermill] == \
+        [None, MIGRATION, None, None, None]
+    url = shlex.split(practice["export"])[1].split("=", 1)[1]
+
+    # Pasted, in order, into a shell with nothing set: no venv activated, no PATH of ours, no variable.
+    shell = subprocess.run(["env", "-i", "bash", "--norc"], input="\n".join(
+        ["set -e", practice["export"], *commands]) + "\n", capture_output=True, text=True, cwd=tmp_path,
+        timeout=900)
+    assert shell.returncode == 0, shell.stdout[-3000:] + shell.stderr[-3000:]
+    assert "command not found" not in shell.stderr and "Audit trail intact" in shell.stdout
+
+    assert _password_hash_is_back(url)  # rolled back, by the catalog
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name = %s",
+                            (MIGRATION,)).fetchone()[0] == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "succeeded" and [p["status"] for p in run["phases"]] == ["succeeded"] * 5
+    assert (run_dir / "report.html").exists() and (run_dir / "postmortem.md").exists()
+    assert "This phase did not run" not in (run_dir / "report.html").read_text()
 
 
 def test_stop_ends_a_connected_app_session_and_the_server():

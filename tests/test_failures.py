@@ -20,7 +20,7 @@ def test_validation_failure_after_the_swap_needs_a_person(incident):
     first = run_phases(**common, phases=("01_prepare", "02_execute"))
     assert first.summary["changes_made"] is True and first.summary["error"] is None
 
-    with behind_the_runbook(incident, "swap-then-damage") as conn:  # damage between the swap and validation
+    with behind_the_runbook(incident, "swap-then-damage") as conn:  # the closed copy opened and damaged after the swap
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
 
     result = run_phases(**common, phases=("03_validate",))
@@ -29,7 +29,8 @@ def test_validation_failure_after_the_swap_needs_a_person(incident):
     assert result.exit_code == 5
     assert summary["status"] == "failed"
     assert summary["error"]["phase"] == "03_validate" and summary["error"]["step"] == "validation"
-    assert "users.emailVerified exists" in summary["error"]["message"]
+    assert summary["error"]["message"].startswith("PRODUCTION IS DOWN")  # said first: the live name is free
+    assert "no session opened on the copy since it was closed" in summary["error"]["message"]
     kept = summary["kept_database"]
     assert f'RENAME TO "{incident.database}"' in summary["error"]["next_action"] and kept in summary["error"]["next_action"]
     assert summary["error"]["escalate"] == "L3"
@@ -48,9 +49,9 @@ def test_cli_names_the_failed_cell(incident):
     with behind_the_runbook(incident, "r1") as conn:
         conn.execute("DELETE FROM workflows WHERE id IN (SELECT id FROM workflows LIMIT 3)")
     result = CliRunner().invoke(app, incident.run_args("--run-id", "r1", "--yes", "--backup", str(incident.backup)))
-    # The same run again resumes it: 01 and 02 finished, 03 finds the rows gone and fails: changes were made.
+    # The same run again resumes it: 01 finished, 02 holds, 03 finds the copy was opened since it was closed.
     assert result.exit_code == 5, result.output
-    assert "01_prepare           done earlier" in result.output and "rows in workflows equal backup" in result.output
+    assert "01_prepare           done earlier" in result.output and "no session opened on the copy since it was closed" in result.output
     run = json.loads(next(incident.reports.rglob("r1/run.json")).read_text())
     assert run["changes_made"] is True and run["attempts"] == 2
     assert "Failed cell:" in result.output and "03_validate.ipynb cell" in result.output

@@ -166,6 +166,9 @@ def test_a_migration_that_failed_without_changing_the_schema_is_not_restored(fre
 
     assert result.exit_code == 3, result.output
     assert "failed without changing the schema" in result.output and "--rolled-back" in result.output
+    run = json.loads(next((tmp_path / "reports").rglob("run.json")).read_text())
+    assert (run["error"]["phase"], run["error"]["step"]) == ("01_prepare", "migration-state")  # its own step
+    assert "✓ verify-backup" in result.output and "✗ migration-state" in result.output
     with psycopg.connect(fresh_db) as conn:  # the write made after the backup is still there
         assert conn.execute("SELECT count(*) FROM users WHERE email = 'changed-after-the-backup@example.com'"
                             ).fetchone()[0] == 1

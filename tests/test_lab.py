@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import subprocess
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from rollbacklib.audit import artifacts, verify_audit
 from rollbacklib.cli import app
 from rollbacklib.journal import read_events
-from rollbacklib.lab import free_port, prepare_lab, seal_lab
+from rollbacklib.lab import free_port, kernel_environment, prepare_lab, seal_lab
 from rollbacklib.steps import PHASES
 
 from conftest import CONFIG, DRILL_URL_ENV, MIGRATION
@@ -59,8 +60,28 @@ def test_lab_prepares_the_notebooks_and_what_the_operator_runs_lands_in_the_runs
     assert {"verify-backup", "capture", "plan"} <= {e["step"] for e in events}
     assert (lab.run_dir / "plan.json").exists() and (lab.run_dir / "state.json").exists()
 
+    # 02_execute in a kernel nobody can answer: the gate refuses, naming the way to approve in this tool.
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in kernel_environment().items():  # what JupyterLab hands its kernels
+            env.setenv(name, value)
+        error = _run_saved(lab.notebooks[1], lab.run_dir)
+    assert error is not None and "RefusedError" in str(error)
+    assert f'set approve = "{MIGRATION}" in the parameters cell at the top of 02_execute in this JupyterLab' \
+        in str(error) and "--yes" not in str(error) and "-p approve" not in str(error)
+
     sealed = seal_lab(lab)  # what `rollback lab` does once JupyterLab stops
     assert {e["evidence"]["path"] for e in sealed} >= {f"{phase}.ipynb" for phase in PHASES} | {"plan.json"}
+    # ... and the run's evidence, though only two phases ran: which ran, which did not, none "succeeded" unrun.
+    run = json.loads((lab.run_dir / "run.json").read_text())
+    assert (run["status"], run["exit_code"]) == ("aborted", 4)  # refused at the gate, nothing changed
+    assert [(p["name"], p["status"]) for p in run["phases"]] == [("01_prepare", "succeeded"), ("02_execute", "refused")]
+    assert lab.concluded.report == lab.run_dir / "report.html"
+    html = (lab.run_dir / "report.html").read_text()
+    for phase in PHASES[2:]:
+        section = html[html.index(f"id='phase-{phase}'"):]
+        section = section[: section.index("</section>")]
+        assert "not run" in section and "This phase did not run" in section and "succeeded" not in section, phase
+    assert {"report.html", "postmortem.md"} <= artifacts(lab.run_dir).keys()
     assert artifacts(lab.run_dir)["01_prepare.ipynb"]["evidence"]["kind"] == "notebook"
     assert verify_audit(lab.run_dir).intact
     for path in (lab.notebooks[0], checkpoint):  # masked before sealing, the checkpoint too
@@ -128,3 +149,92 @@ def test_rollback_lab_serves_jupyterlab_on_loopback_with_a_token_until_stopped(t
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# --- a whole run done by hand in the lab's run folder, from 01 to the report ------------------
+
+def _run_saved(path: Path, cwd: Path) -> Exception | None:
+    """Run every cell of a notebook in a real kernel in ``cwd`` and save it, as the operator in JupyterLab would."""
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    error = None
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(cwd)}}).execute()
+    except CellExecutionError as err:
+        error = err
+    nbformat.write(nb, path)
+    return error
+
+
+def _set_parameter(path: Path, line: str, new: str) -> None:
+    """Edit the injected parameters cell, as the refusal says to."""
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert line in cell.source
+    cell.source = cell.source.replace(line, new)
+    nbformat.write(nb, path)
+
+
+def _password_hash_exists(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
+                            "AND column_name = 'passwordHash'").fetchone() is not None
+
+
+def test_a_lab_run_done_cell_by_cell_finds_the_backup_where_rollback_run_would_and_ends_with_its_report(
+        incident, tmp_path, monkeypatch):
+    # The operator's shell: the packaged config (backup_dir = backups/drill, under the working directory).
+    workdir = tmp_path / "operator"
+    shelf = workdir / "backups" / "drill"
+    shelf.mkdir(parents=True)
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("ROLLBACK_CONFIG", raising=False)
+    lab = prepare_lab(migration_id=MIGRATION, environment="drill", run_id="by-hand")  # no --backup
+    assert lab.run_dir == workdir / "reports" / MIGRATION / "drill" / "by-hand"
+    for name, value in kernel_environment().items():  # what JupyterLab hands its kernels
+        monkeypatch.setenv(name, value)
+    nb = {phase: lab.run_dir / f"{phase}.ipynb" for phase in PHASES}
+
+    # No backup on the shelf yet: the message says where it looked (not the run folder) and what to set, here.
+    error = _run_saved(nb["01_prepare"], lab.run_dir)
+    assert error is not None and "failed verification" in str(error)
+    assert f"{shelf}/(none)" in str(error) and str(lab.run_dir / "backups") not in str(error)
+    assert 'backup = "/path/to/backup.dump" in the parameters cell' in str(error)
+    assert "rollback lab --backup /path/to/backup.dump" in str(error) and "--backup PATH" not in str(error)
+
+    for path in (incident.backup, Path(f"{incident.backup}.manifest.json")):  # the backup, where `rollback run` looks
+        path.rename(shelf / path.name)
+    assert _run_saved(nb["01_prepare"], lab.run_dir) is None
+    assert json.loads((lab.run_dir / "state.json").read_text())["backup"]["path"] == str(shelf / incident.backup.name)
+
+    _set_parameter(nb["02_execute"], 'approve = ""', f'approve = "{MIGRATION}"')  # the gate, passed as advised
+    for phase in ("02_execute", "03_validate", "04_restore_service"):
+        assert _run_saved(nb[phase], lab.run_dir) is None, phase
+    # 05 with plain nbconvert, outside the lab, in the run folder.
+    env = {k: v for k, v in os.environ.items() if k != "ROLLBACK_FRONTEND"}
+    done = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                           str(nb["05_close"])], cwd=lab.run_dir, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _password_hash_exists(incident.url)  # rolled back, by the catalog
+
+    # The last cell of 05 wrote the run's evidence, sealed, whatever ran.
+    run = json.loads((lab.run_dir / "run.json").read_text())
+    assert run["status"] == "succeeded" and [p["name"] for p in run["phases"]] == list(PHASES)
+    assert all(p["status"] == "succeeded" for p in run["phases"])
+    sealed = artifacts(lab.run_dir)
+    assert {"report.html", "postmortem.md"} <= sealed.keys()
+    assert verify_audit(lab.run_dir).intact
+    last = nbformat.read(nb["05_close"], as_version=4).cells[-1]
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in last.outputs)
+    assert "**Run succeeded**" in shown and "report.html" in shown and "not run" not in shown
+
+    # JupyterLab stops: the saved notebooks are sealed and the evidence written again from them.
+    assert seal_lab(lab)
+    assert lab.concluded.summary["status"] == "succeeded" and lab.concluded.report == lab.run_dir / "report.html"
+    html = (lab.run_dir / "report.html").read_text()
+    assert "This phase did not run" not in html and "05_close" in html
+    result = CliRunner().invoke(app, ["verify-audit", str(lab.run_dir)])
+    assert result.exit_code == 0, result.output

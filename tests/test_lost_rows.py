@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from rollbacklib.phases.validate import sample_difference
+from rollbacklib.validation import sample_difference
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.rows import NO_PRIMARY_KEY, lost_rows, missing_keys
 

@@ -147,7 +147,7 @@ def test_a_failure_after_a_change_fails_with_exit_5(incident):
                   backup=str(incident.backup))
     first = run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
     assert first.summary["changes_made"] and first.summary["error"] is None
-    # the restored copy disappears from under the runbook: phase 03 can not connect to it
+    # the restored copy is renamed away under the runbook: phase 03 does not recognise it under its name
     copy = f"{incident.database}__restored_after-change"
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{copy}" RENAME TO "{copy}_gone"')
@@ -157,6 +157,7 @@ def test_a_failure_after_a_change_fails_with_exit_5(incident):
         with psycopg.connect(incident.admin_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{copy}_gone" RENAME TO "{copy}"')
     assert result.exit_code == 5, result.summary
-    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.BOOKKEEPING
-    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.BOOKKEEPING and e["status"] == "failed")
+    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.VALIDATION
+    assert result.summary["error"]["message"].startswith("PRODUCTION IS DOWN")
+    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.VALIDATION and e["status"] == "failed")
     assert event["evidence"]["exit_code"] == 5

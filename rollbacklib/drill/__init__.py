@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -25,11 +24,10 @@ from rollbacklib.postgres import database as db
 from rollbacklib.postgres.backup import take_backup
 from rollbacklib.config import Config, load_config
 from rollbacklib.errors import ConfigError
-from rollbacklib.drill.app_session import APP_NAME, LOG_NAME, start_app_session, stop_app_session
+from rollbacklib.drill.app_session import APP_NAME, start_app_session, stop_app_session
 from rollbacklib.drill.embedded import EmbeddedServer, start_server, stop_server
 from rollbacklib.postgres.client import ClientTools, client_tools
 from rollbacklib.drill.prisma_migrate import apply_migration
-from rollbacklib.resources import default_config, notebooks_dir
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.pipeline import RunResult, run_phases
 from rollbacklib.drill.scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
@@ -135,45 +133,10 @@ class StagedDrill:
                    record["app_pid"])
 
     def instructions(self, reports_dir: str | os.PathLike | None = None) -> str:
-        """What a person needs to rehearse the rollback on this incident, in the terminal or JupyterLab."""
-        options = []
-        if self.config.resolve() != default_config().resolve():
-            options += ["--config", str(self.config)]
-        if reports_dir:
-            options += ["--reports-dir", str(Path(reports_dir).resolve())]
-        run = ["rollback", "run", "--env", self.environment, "-m", self.migration, "--backup", str(self.backup),
-               *options]
-        notebooks = notebooks_dir()
-        parameters = [("migration_id", self.migration), ("environment", self.environment), ("run_id", "practice-1"),
-                      ("backup", str(self.backup))]
-        if "--config" in options:
-            parameters.append(("config_path", str(self.config)))
-        papermill = ["papermill", str(notebooks / "01_prepare.ipynb"), "01_prepare.ipynb"]
-        for name, value in parameters:
-            papermill += ["-p", name, value]
-        psql = client_tools("embedded").path("psql")
-        return "\n".join([
-            f"Incident staged in {self.folder}: the server is running and nothing of the runbook has run.",
-            f"  {self.migration} is applied, rows were written after it, and an app session "
-            f"({APP_NAME}, pid {self.app_pid}, log {self.folder / LOG_NAME}) is connected.",
-            f"  Backup taken before the migration: {self.backup}",
-            "",
-            "1. In your shell, point the drill environment at the server (no password: a local socket):",
-            f"  export {self.database_url_env}={shlex.quote(self.url)}",
-            "2. Look first, then roll back (phase 02 asks for the migration ID):",
-            f"  {shlex.join([*run, '--dry-run'])}",
-            f"  {shlex.join(run)}",
-            "3. Or phase by phase in JupyterLab, started from the same shell after the export (work on a copy:",
-            "   the package's notebooks stay clean):",
-            f"  cp -r {shlex.quote(str(notebooks))} ./drill-notebooks && jupyter lab ./drill-notebooks",
-            "   In each notebook's parameters cell set " + ", ".join(f"{n} = {v!r}" for n, v in parameters)
-            + " (the same run_id for every phase); 02_execute asks for the migration ID before it changes anything.",
-            "   Headless, one notebook at a time (add -p approve <migration ID> to 02_execute):",
-            f"  {shlex.join(papermill)}",
-            f"4. Look around: {shlex.quote(psql)} \"${self.database_url_env}\"",
-            f"5. Afterwards, stop the server and the app session and remove the folder: rollback drill --stop "
-            f"{shlex.quote(str(self.folder))}",
-        ])
+        """What a person needs to rehearse the rollback on this incident: JupyterLab, the CLI, or papermill."""
+        from rollbacklib.drill.practice import instructions
+
+        return instructions(self, reports_dir)
 
 
 def _drill_config(config_path: str | None) -> Config:

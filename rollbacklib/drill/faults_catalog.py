@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Callable
 
 import psycopg
 
-from rollbacklib.drill.injection import (Pool, Trigger, exclusive_lock, frozen, kill_kernel, refused_by_hba,
-                                         restart_server, run_way_back, stop_server_now, swap_plan, tiny_volume,
-                                         wait_gone)
+from rollbacklib.drill.injection import (Pool, PromptingKernel, Trigger, exclusive_lock, frozen, kill_kernel,
+                                         refused_by_hba, restart_server, run_way_back, stop_server_now, swap_plan,
+                                         tiny_volume, wait_gone)
 from rollbacklib.errors import ConfigError
 from rollbacklib.steps import Phase, StepName
 
@@ -124,36 +124,34 @@ def _phases(drill: "FaultDrill", *phases: str, approve: str = "") -> int:
 
 
 def _gate_typo_then_approve(drill: "FaultDrill") -> int:
-    """Phase 02 cell by cell in one kernel, as in JupyterLab: a wrong ID at the gate, then the right one."""
-    from nbclient import NotebookClient
-    from nbformat.v4 import new_code_cell
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
+    """Phase 02 cell by cell in one kernel, as in JupyterLab: a wrong ID typed at the gate, then the right one."""
+    import nbformat
 
     from rollbacklib.pipeline import notebooks_dir
 
     s = drill.staged
     _phases(drill, Phase.PREPARE)
     parameters = {"migration_id": s.migration, "environment": s.environment, "config_path": str(drill.config_path),
-                  "run_id": drill.run_id, "reports_dir": str(drill.reports), "dry_run": False,
-                  "approve": s.migration + "-typo", "backup": str(s.backup)}
-    nb = parameterize_notebook(load_notebook_node(str(notebooks_dir() / f"{Phase.EXECUTE}.ipynb")), parameters)
-    client = NotebookClient(nb, kernel_name="python3", allow_errors=True, timeout=600,
-                            resources={"metadata": {"path": str(drill.run_dir)}})
-    drill.say(f"  02_execute in one kernel with approve={parameters['approve']!r}")
-    with client.setup_kernel():
+                  "run_id": drill.run_id, "reports_dir": str(drill.reports), "dry_run": False, "approve": "",
+                  "backup": str(s.backup)}
+    nb = nbformat.read(notebooks_dir() / f"{Phase.EXECUTE}.ipynb", as_version=4)
+    typo = s.migration[:-1]
+    drill.say(f"  02_execute cell by cell in one kernel; at the gate's prompt {typo!r} is typed")
+    with PromptingKernel(drill.run_dir) as kernel:
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
-            client.execute_cell(cell, index)
-            error = next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
-            if error is not None:
-                drill.say(f"    cell {index}: {error.ename}: {error.evalue.splitlines()[0] if error.evalue else ''}")
-            if error is not None and "approve_swap" in cell.source:
-                drill.say("  the right migration ID given to the same kernel; the gate cell run again, then the rest")
-                client.execute_cell(new_code_cell(f"ctx.approve = {s.migration!r}"), index)
-                cell.outputs = []
-                client.execute_cell(cell, index)
+            source = cell.source
+            if "parameters" in cell.metadata.get("tags", []):
+                source = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+            gate = "approve_swap" in source
+            errors = kernel.run(source, typo if gate else "")
+            for ename, evalue in errors:
+                drill.say(f"    cell {index}: {ename}: {evalue.splitlines()[0] if evalue else ''}")
+            if gate and errors:
+                drill.say(f"  the gate cell run again; {s.migration!r} typed at its prompt")
+                for ename, evalue in kernel.run(source, s.migration):
+                    drill.say(f"    cell {index}: {ename}: {evalue.splitlines()[0] if evalue else ''}")
     return drill.resume()
 
 
@@ -362,8 +360,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "ON_ERROR_STOP); the app writes 25 rows to the original; then resume.",
           "Resume sees the original serving again and rolls back from there; the 25 rows are kept and counted as lost.",
           "Run the way back printed, then `rollback resume` when ready.", _way_back_then_resume),
-    Fault("gate-typo-then-approve", 0, "02_execute cell by cell in one kernel: a wrong migration ID at the gate, "
-          "then the right one and the later cells; then resume.",
+    Fault("gate-typo-then-approve", 0, "02_execute cell by cell in one kernel, as in JupyterLab: a wrong migration "
+          "ID typed at the gate's prompt, the gate cell run again with the right one, the later cells; then resume.",
           "The refusal says what it undid; the later approval restarts from the copy or refuses; nothing unvalidated "
           "goes live.", "Read the gate's message; run 02 again from the top (or resume).", _gate_typo_then_approve),
     Fault("rerun-execute-after-refusal", 0, "`rollback run` refused at the gate (no terminal, no --yes); then "

@@ -203,6 +203,36 @@ def wait_gone(process: psutil.Process | None, timeout: float = 120) -> None:
         pass
 
 
+class PromptingKernel:
+    """A notebook's kernel driven cell by cell as a person in JupyterLab does, answering ``input()`` prompts.
+
+    ``run(code, answer)`` executes one cell; whatever the cell asks with ``input()`` gets ``answer``.
+    Returns the errors the cell raised (ename, evalue). Started in ``cwd`` (the run folder).
+    """
+
+    def __init__(self, cwd: Path):
+        from jupyter_client.manager import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(cwd), extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, answer: str = "") -> list[tuple[str, str]]:
+        outputs = []
+        self.kc.execute_interactive(code, allow_stdin=True, timeout=600, output_hook=outputs.append,
+                                    stdin_hook=lambda _msg: self.kc.input(answer))
+        return [(o["content"]["ename"], o["content"]["evalue"]) for o in outputs if o["msg_type"] == "error"]
+
+    def __enter__(self) -> "PromptingKernel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
 # --- the server ---------------------------------------------------------------------------------
 
 def restart_server(server: EmbeddedServer) -> None:

@@ -6,10 +6,12 @@ from datetime import datetime
 
 import pandas as pd
 
+from rollbacklib.errors import RollbackError
 from rollbacklib.journal import read_events
 from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.run import RunContext
-from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, finish_phase
+from rollbacklib.dispatch import dispatch, finish_phase
+from rollbacklib.steps import PHASES, Action, Phase, Step, StepName
 from rollbacklib.summary import RUN_SUMMARY, write_summary
 
 PHASE = Phase.CLOSE
@@ -63,11 +65,42 @@ def show_plots(ctx: RunContext) -> None:
 
 
 def finish(ctx: RunContext) -> dict:
-    """End phase 05: write ``run.json`` and the post-mortem draft (both again by the runner once the run ends)."""
+    """End phase 05: write ``run.json`` and the post-mortem draft (both again by the runner once the run ends).
+
+    When an earlier step did not pass this raises, and a notebook run by papermill or nbconvert
+    stops here: the run's evidence (``write_evidence``) is written first, whatever the outcome.
+    """
     from rollbacklib.report import postmortem
 
-    dispatch(ctx, ctx.planned(StepName.CLOSE), lambda c, s: None)
-    finish_phase(ctx)
+    try:
+        dispatch(ctx, ctx.planned(StepName.CLOSE), lambda c, s: None)
+        finish_phase(ctx)
+    except RollbackError:
+        write_evidence(ctx)
+        raise
     summary = write_summary(ctx.run_dir)
     postmortem.write(ctx.run_dir)
     return summary
+
+
+def write_evidence(ctx: RunContext) -> str:
+    """The last cell of 05: ``run.json``, ``report.html`` and ``postmortem.md``, sealed, for a run done by hand.
+
+    Under ``rollback run`` the runner writes them once the phase's notebook is saved: not twice.
+    Returns what was written, as markdown: the outcome, which phases ran and which did not.
+    """
+    from rollbacklib import frontends
+    from rollbacklib.conclude import conclude
+
+    if frontends.current() == frontends.CLI:
+        return "`rollback run` writes `run.json`, `report.html` and `postmortem.md` once this notebook is saved."
+    end = conclude(ctx.run_dir, ctx.secrets())
+    s = end.summary
+    ran = [p["name"] for p in s["phases"]]
+    missing = [p for p in PHASES if p not in ran]
+    report = f"`{end.report}`" if end.report else f"not written ({end.report_error}): run `rollback report {ctx.run_dir}`"
+    return (f"**Run {s['status']}** (exit code {s['exit_code']}). Phases run: "
+            + ", ".join(f"{p['name']} {p['status']}" for p in s["phases"])
+            + (f"; **not run: {', '.join(missing)}**" if missing else "") + f".\n\nReport: {report}; "
+            f"`run.json` and `postmortem.md` beside it. Audit chain head `{s['audit']['head']}` "
+            f"({s['audit']['events']} events): `rollback verify-audit {ctx.run_dir} --head {s['audit']['head']}`")

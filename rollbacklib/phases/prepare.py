@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rollbacklib import frontends
 from rollbacklib.checks import Check, as_frame, describe_failures
 from rollbacklib.errors import AbortedError, ConfigError
 from rollbacklib.files import atomic_write_json
@@ -21,7 +22,8 @@ from rollbacklib.postgres.client import display_command
 from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_state
 from rollbacklib.run import RunContext
 from rollbacklib.state import BackupRef, Captured
-from rollbacklib.steps import Action, Phase, Plan, Step, StepName, dispatch, plan_frame, write_plan
+from rollbacklib.dispatch import dispatch
+from rollbacklib.steps import Action, Phase, Plan, Step, StepName, plan_frame, write_plan
 
 PHASE = Phase.PREPARE
 
@@ -85,6 +87,12 @@ def name_leftovers(ctx: RunContext, step: Step) -> None:
     unfinished = _unfinished_runs(ctx)
     resume = ("resume it: " + "; ".join(f"rollback resume {folder}" for folder in unfinished)) if unfinished else \
         "resume the run that did it (rollback resume reports/<migration>/<environment>/<run_id>)"
+    if live is None and not any("__pre_rollback_" in r[0] for r in found):
+        raise AbortedError(
+            f"The database {ctx.database} was not found on the server, and no earlier rollback kept a database "
+            "of that name.",
+            next_action=f"check the database name in ${ctx.env.database_url_env} (environment {ctx.env.name!r}) "
+            "and the server it points to; nothing was changed.", expected=ctx.database, found=None)
     if live is None or not live[1] or live[2] == 0:
         what = "does not exist (renamed away)" if live is None else "refuses connections (blocked)"
         raise AbortedError(
@@ -204,11 +212,11 @@ def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFra
         raise AbortedError(
             f"Backup {result.path} failed verification:\n{describe_failures(result.checks)}",
             next_action="ABORT ROLLBACK: nothing was changed. Locate a good backup (its other copy, or "
-            "`rollback verify-backup`), then run again with --backup PATH.",
+            f"`rollback verify-backup`; the newest suitable one is looked for in {ctx.env.backup_dir}), then "
+            + frontends.parameter_advice("backup", "/path/to/backup.dump") + ".",
             escalate="L3",
         )
     identity_checks = check_backup_identity(ctx, step, result)
-    refuse_a_restore_that_undoes_nothing(ctx, step, result)
     manifest = result.manifest or {}
     ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
                                 taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
@@ -237,21 +245,39 @@ def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerifica
     return checks
 
 
-def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step, result: bk.BackupVerification) -> None:
+# --- the migration's state: is there anything to undo? ----------------------------------------
+
+def migration_state_step(ctx: RunContext) -> Step:
+    return Step(StepName.MIGRATION_STATE, PHASE, ctx.database, "a migration that failed without changing the schema "
+                "(Prisma P3009) is not restored",
+                (_read(ctx, "the migration's state in _prisma_migrations; when it failed, the live schema's "
+                       "fingerprint against the backup manifest's"),),
+                requires=(StepName.MIGRATION, StepName.VERIFY_BACKUP),
+                postcondition="the migration finished, or failed after changing the schema: a restore undoes it")
+
+
+def check_migration_state(ctx: RunContext) -> str:
+    """The migration's own state, after the backup is trusted: a restore must undo something."""
+    return dispatch(ctx, migration_state_step(ctx), refuse_a_restore_that_undoes_nothing)
+
+
+def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step) -> str:
     """A migration that failed without changing the schema (Prisma's P3009 state) needs no restore.
 
     Restoring would only throw away every write since the backup; and afterwards the migration
     is "not yet applied", so the next ``migrate deploy`` fails again on the same data.
     """
-    if ctx.state().migration_state != "failed":
-        return
-    if not result.manifest:
-        ctx.record(step.name, "skipped", f"{ctx.migration_id} failed (P3009); without a manifest the runbook can not "
+    state = ctx.state()
+    if state.migration_state != "failed":
+        return f"{ctx.migration_id} is {state.migration_state}: the restore undoes it"
+    manifest = bk.load_manifest(Path(state.need("backup", "verify_backup (01_prepare)").path))
+    if not manifest:
+        ctx.record(step.name, "info", f"{ctx.migration_id} failed (P3009); without a manifest the runbook can not "
                    "tell whether it changed the schema: a restore may discard writes for nothing")
-        return
+        return f"{ctx.migration_id} failed; not checked without a manifest"
     with db.connect(ctx.url, step=step.name) as conn:
         live = db.schema_fingerprint(db.schema_catalog(conn))
-    if live == result.manifest["schema_fingerprint"]:
+    if live == manifest["schema_fingerprint"]:
         raise AbortedError(
             f"{ctx.migration_id} failed without changing the schema (Prisma P3009: finished_at is empty, its error "
             "is in _prisma_migrations.logs); the live schema equals the backup's, so a restore would undo nothing "
@@ -261,6 +287,7 @@ def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step, result: bk
             expected="a schema changed by the migration", found="the backup's schema", escalate="L2")
     ctx.record(step.name, "info", f"{ctx.migration_id} failed part way: the live schema differs from the backup's, "
                "so the restore goes on")
+    return f"{ctx.migration_id} failed part way: the restore undoes its changes"
 
 
 # --- the state before the rollback ------------------------------------------------------------
@@ -332,14 +359,15 @@ def build_plan(ctx: RunContext) -> Plan:
     from rollbacklib.phases import close, execute, restore_service, validate
 
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), capture_step(ctx),
-             plan_step(ctx)]
+    steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
+             capture_step(ctx), plan_step(ctx)]
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
-        steps += validate.plan_steps(ctx, admin)
+        steps += validate.plan_steps(ctx, admin, facts["properties"]["comment"])
         steps += restore_service.plan_steps(ctx, facts, admin)
     steps += close.plan_steps(ctx)
+    ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)
 
 

@@ -12,7 +12,8 @@ from rollbacklib.platforms import platform_for
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.client import redact_url
 from rollbacklib.run import RunContext
-from rollbacklib.steps import Action, Phase, Step, StepName, dispatch, execute_actions
+from rollbacklib.dispatch import dispatch, execute_actions
+from rollbacklib.steps import Action, Phase, Step, StepName
 
 PHASE = Phase.RESTORE_SERVICE
 HEALTH_ATTEMPTS = 10
@@ -49,12 +50,20 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
     mistake; the journal and the summary hold the SQL to open it for inspection.
     """
     def reopened(c: RunContext, s: Step) -> Check:
-        blocked = c.state().need("blocked", "block_connections (02_execute)")
-        with db.connect(c.admin_url, step=s.name) as admin:
-            found = db.database_settings(admin, c.database)
-        return compare(f"{c.database} accepts connections as before", blocked.previous, found)
+        live = c.live().named(c.database)
+        found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
+            if live else None
+        return compare(f"{c.database} accepts connections as before", c.previous_settings(), found)
 
-    return dispatch(ctx, ctx.planned(StepName.REOPEN), _reopen, postcondition=reopened)
+    def the_copy_is_live(c: RunContext, s: Step) -> Check:
+        now = c.live()
+        copy, live = now.the_copy, now.named(c.database)
+        return Check(f"{c.database} is the validated copy (by oid), nothing else", bool(
+            copy and live and copy.oid == live.oid and now.copy_validated), copy.oid if copy else None,
+            live.oid if live else None, "" if copy and live and copy.oid == live.oid else
+            "only the validated copy is reopened by the runbook: " + now.describe())
+
+    return dispatch(ctx, StepName.REOPEN, _reopen, postcondition=reopened, precondition=the_copy_is_live)
 
 
 def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:
@@ -70,7 +79,7 @@ def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def check_database_health(ctx: RunContext, attempts: int = HEALTH_ATTEMPTS, pause: float = 1.0) -> pd.DataFrame:
     """``SELECT 1`` through the application's own URL, with retries; marks the service restored."""
-    return dispatch(ctx, ctx.planned(StepName.HEALTH), lambda c, s: _health(c, s, attempts, pause))
+    return dispatch(ctx, StepName.HEALTH, lambda c, s: _health(c, s, attempts, pause))
 
 
 def _health(ctx: RunContext, step: Step, attempts: int, pause: float) -> pd.DataFrame:
@@ -111,4 +120,4 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
 
 
 def start_services(ctx: RunContext) -> pd.DataFrame:
-    return dispatch(ctx, ctx.planned(StepName.START_SERVICES), lambda c, s: scale_services(c, s, stop=False))
+    return dispatch(ctx, StepName.START_SERVICES, lambda c, s: scale_services(c, s, stop=False))

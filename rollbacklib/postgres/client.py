@@ -15,12 +15,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rollbacklib.errors import ConfigError, StepError
-from rollbacklib.postgres.urls import SECRET_KEYWORDS
+from rollbacklib.postgres.urls import redact_url  # noqa: F401 - where callers have always found it
 
 PROGRAMS = ("pg_dump", "pg_restore", "psql")
 
@@ -61,18 +60,6 @@ def libpq_env(url: str) -> dict[str, str]:
         if key in variables and value is not None:
             env[variables[key]] = str(value)
     return env
-
-
-def redact_url(url: str) -> str:
-    """The connection string with every secret replaced by ***, for display."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.Error:  # libpq's message could quote the password
-        return "(a connection string libpq cannot read)"
-    for key in SECRET_KEYWORDS:
-        if params.get(key):
-            params[key] = "***"
-    return make_conninfo("", **params)
 
 
 @dataclass

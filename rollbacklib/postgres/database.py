@@ -58,8 +58,7 @@ def private_connection_statements(database: str) -> list[sql.Composable]:
         sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(database)),
         sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(database)),
         sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {} AND pid <> "
-                "pg_backend_pid() AND backend_type = 'client backend' AND application_name <> {}").format(
-            sql.Literal(database), sql.Literal(PRIVATE_APPLICATION_NAME)),
+                "pg_backend_pid() AND backend_type = 'client backend'").format(sql.Literal(database)),
     ]
 
 
@@ -71,7 +70,8 @@ def private_connection(admin: psycopg.Connection, url: str, database: str,
     ``ALLOW_CONNECTIONS false`` stops every new session but leaves open ones alone: the
     database is opened for the instant it takes to connect, closed again, and any session
     that slipped in meanwhile is terminated before anything is read. ``statements`` are the
-    three rendered ``private_connection_statements``, run verbatim.
+    three rendered ``private_connection_statements``, run verbatim; the eviction runs on the
+    private session, so ``pg_backend_pid()`` spares it and nothing else (no name can claim it).
     """
     open_it, close_it, evict = statements
     admin.execute(open_it.encode())
@@ -85,7 +85,7 @@ def private_connection(admin: psycopg.Connection, url: str, database: str,
     finally:
         admin.execute(close_it.encode())
     try:
-        admin.execute(evict.encode())
+        conn.execute(evict.encode())  # from the private session itself: every other session goes, whatever its name
         yield conn
     finally:
         conn.close()
@@ -368,7 +368,8 @@ def block_statements(database: str) -> list[sql.Composable]:
 
 
 def connection_limit_statement(database: str, limit: int) -> sql.Composable:
-    return sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(database), sql.Literal(limit))
+    # The limit as a plain integer: sql.Literal renders -1 as " -1", so the statement shown would not read as run.
+    return sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {}").format(sql.Identifier(database), sql.SQL(str(int(limit))))
 
 
 def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
@@ -378,6 +379,11 @@ def unblock_statements(database: str, settings: dict) -> list[sql.Composable]:
             sql.Identifier(database), sql.SQL("true" if settings["allow_connections"] else "false")
         ),
     ]
+
+
+def comment_statement(database: str, comment: str | None) -> sql.Composable:
+    return sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(database), sql.Literal(comment) if comment else sql.SQL("NULL"))
 
 
 def open_database_sql(database: str) -> str:

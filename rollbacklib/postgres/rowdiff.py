@@ -21,7 +21,12 @@ hash and listed, so a schema change alone does not count every row as updated.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import psycopg
@@ -182,4 +187,123 @@ def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
         "tables": {d.table: d.to_dict() for d in diffs},
         "not_compared": [d.table for d in diffs if not d.comparable],
         "left_out": [t for t in tables if t in skip],
+    }
+
+
+# --- one side hashed ahead, the other compared later ---------------------------------------------
+#
+# The restored copy is hashed while it is still open to the runbook (before it is closed and
+# checked by identity only); the kept database is compared against that file once it is kept.
+# The columns compared are fixed at hashing time from the live database's schema (which
+# becomes the kept one); a table whose schema changed since is reported as not comparable.
+
+SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the copy's row hashes, taken at its validation
+SNAPSHOT_INDEX = "index.json"
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b": bytes(value).hex()}
+    if isinstance(value, uuid.UUID):
+        return {"u": str(value)}
+    return value
+
+
+def _decode(value: object) -> object:
+    if isinstance(value, dict):
+        return bytes.fromhex(value["b"]) if "b" in value else uuid.UUID(value["u"])
+    return value
+
+
+def _table_spec(restored: psycopg.Connection, live: psycopg.Connection, table: str, in_live: bool) -> dict:
+    key = db.primary_key_columns(restored, table)
+    if not in_live:
+        return {"table": table, "key": key, "only": "restored", "rows": _count_rows(restored, table)}
+    live_key = db.primary_key_columns(live, table)
+    ours, theirs = _columns(restored, table), _columns(live, table)
+    spec = {"table": table, "key": key, "live_key": live_key, "live_columns": theirs}
+    if not key or live_key != key:
+        why = "no primary key" if not key else "the primary key differs between the two databases"
+        return {**spec, "comparable": False, "note": f"cannot compare row by row: {why}",
+                "rows": _count_rows(restored, table)}
+    common = [c for c in ours if c in theirs]
+    left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
+    native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]
+    return {**spec, "comparable": True, "common": common, "native": native, "left_out": left_out}
+
+
+def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Path,
+             skip: tuple[str, ...] = BOOKKEEPING) -> dict:
+    """Hash every table of ``restored`` by key, over the columns ``live`` has too, into ``folder``.
+
+    Returns the index written to ``folder/index.json``: each table's spec and file, and the
+    sha256 of every file (the copy's validation digest covers them).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    live_tables, restored_tables = set(_tables(live)), set(_tables(restored))
+    index = {"tables": {}, "skip": list(skip),
+             "left_out": sorted(t for t in live_tables | restored_tables if t in skip)}
+    for n, table in enumerate(t for t in _tables(restored) if t not in skip):
+        spec = _table_spec(restored, live, table, table in live_tables)
+        if spec.get("comparable"):
+            path = folder / f"{n:04d}.jsonl.gz"
+            query = rows_query(table, spec["key"], spec["native"], spec["common"])
+            digest, rows = hashlib.sha256(), 0
+            with gzip.open(path, "wt", encoding="utf-8") as out:
+                for row in _stream(restored, query, "rollbacklib_snapshot"):
+                    line = json.dumps([_encode(v) for v in row], separators=(",", ":")) + "\n"
+                    out.write(line)
+                    digest.update(line.encode())
+                    rows += 1
+            spec.update(file=path.name, rows=rows, sha256=digest.hexdigest())
+        index["tables"][table] = spec
+    (folder / SNAPSHOT_INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+    return index
+
+
+def _read_snapshot(path: Path) -> Iterator[tuple]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            yield tuple(_decode(v) for v in json.loads(line))
+
+
+def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
+    """The kept database against the copy's hashes in ``folder``: the same answer ``diff_databases`` gives."""
+    index = json.loads((folder / SNAPSHOT_INDEX).read_text())
+    kept_tables = set(_tables(kept))
+    diffs = []
+    for table, spec in sorted(index["tables"].items()):
+        if table not in kept_tables:
+            diffs.append(TableDiff(table, spec["key"], kept_rows=0, restored_rows=spec["rows"],
+                                   note="not in the pre-rollback database (dropped after the backup): the restore "
+                                   "brought it back; not counted as lost"))
+            continue
+        if not spec.get("comparable"):
+            diffs.append(TableDiff(table, spec["key"], comparable=False, kept_rows=_count_rows(kept, table),
+                                   restored_rows=spec.get("rows"), note=spec.get("note", "")))
+            continue
+        if db.primary_key_columns(kept, table) != spec["live_key"] or _columns(kept, table) != spec["live_columns"]:
+            diffs.append(TableDiff(table, spec["key"], comparable=False, kept_rows=_count_rows(kept, table),
+                                   restored_rows=spec["rows"], note="cannot compare: its schema changed after the "
+                                   "copy was hashed"))
+            continue
+        diff = TableDiff(table, spec["key"], columns_left_out=spec["left_out"])
+        if spec["left_out"]:
+            diff.note = "compared over the columns both have; left out: " + ", ".join(spec["left_out"])
+        query = rows_query(table, spec["key"], spec["native"], spec["common"])
+        diffs.append(merge(_stream(kept, query, "rollbacklib_kept"), _read_snapshot(folder / spec["file"]),
+                           len(spec["key"]), diff))
+    for table in sorted(kept_tables - set(index["tables"]) - set(index["skip"])):
+        n = _count_rows(kept, table)
+        diffs.append(TableDiff(table, db.primary_key_columns(kept, table), inserted=n, kept_rows=n, restored_rows=0,
+                               note="only in the pre-rollback database (created after the backup): every row is lost"))
+    counted = [d for d in diffs if d.comparable]
+    return {
+        "total": sum(d.lost for d in counted),
+        "inserted": sum(d.inserted for d in counted),
+        "updated": sum(d.updated for d in counted),
+        "deleted": sum(d.deleted for d in counted),
+        "tables": {d.table: d.to_dict() for d in sorted(diffs, key=lambda d: d.table)},
+        "not_compared": [d.table for d in diffs if not d.comparable],
+        "left_out": sorted(set(index["left_out"]) | {t for t in kept_tables if t in index["skip"]}),
     }

@@ -133,8 +133,6 @@ class DatabaseUrl:
 
     def display(self) -> str:
         """The conninfo with its secrets replaced by ***, and the arguments not used."""
-        from rollbacklib.postgres.client import redact_url
-
         shown = redact_url(self.conninfo)
         return shown + (f" (not used: {', '.join(sorted(self.dropped))})" if self.dropped else "")
 
@@ -370,3 +368,15 @@ def _check_paths(query: dict[str, str], source: str) -> None:
                 next_action=f"write the {key} path in {source} as an absolute path.",
                 step="config",
             )
+
+
+def redact_url(url: str) -> str:
+    """The connection string with every secret replaced by ***, for display."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:  # libpq's message could quote the password
+        return "(a connection string libpq cannot read)"
+    for key in SECRET_KEYWORDS:
+        if params.get(key):
+            params[key] = "***"
+    return make_conninfo("", **params)

@@ -211,7 +211,10 @@ def render(run_dir: Path) -> str:
         p = phase_status.get(phase, {"status": "not run", "seconds": None})
         head = (f"<h2>{e(phase)} {_status_word(p['status'])} <small>{e(duration(p['seconds']))}</small> "
                 f"<a class='rb-top' href='#summary'>summary &#8593;</a></h2>")
-        body = bodies.get(phase) or "<p class='rb-note'>This phase did not run in this run.</p>"
+        # A notebook prepared for a phase that never ran (rollback lab writes all five) is not evidence of it.
+        body = (bodies.get(phase) if phase in phase_status else None) or (
+            "<p class='rb-note'>The journal records this phase, but its executed notebook is not in the run folder."
+            "</p>" if phase in phase_status else "<p class='rb-note'>This phase did not run in this run.</p>")
         sections.append(f"<section class='rb-phase' id='phase-{e(phase)}'>{head}{body}</section>")
     extra_plots = "" if (run.run_dir / "05_close.ipynb").exists() else "".join(
         _img(figures[name], plots.ALT[name]) for name in ("rows", "rows_lost") if name in figures)
