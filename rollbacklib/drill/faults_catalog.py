@@ -117,7 +117,8 @@ def _phases(drill: "FaultDrill", *phases: str, approve: str = "") -> int:
     result = run_phases(migration_id=s.migration, environment=s.environment, config_path=str(drill.config_path),
                         reports_dir=str(drill.reports), run_id=drill.run_id, backup=str(s.backup), approve=approve,
                         phases=phases)
-    drill.say(f"  {', '.join(phases)}: exit {result.exit_code}"
+    done = {p["name"]: p["status"] for p in result.summary["phases"]}
+    drill.say("  " + ", ".join(f"{phase} {done.get(phase, 'not run')}" for phase in phases)
               + (f" ({result.summary['error']['step']}: {result.summary['error']['message']})"
                  if result.summary.get("error") else ""))
     return result.exit_code
@@ -362,8 +363,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "Run the way back printed, then `rollback resume` when ready.", _way_back_then_resume),
     Fault("gate-typo-then-approve", 0, "02_execute cell by cell in one kernel, as in JupyterLab: a wrong migration "
           "ID typed at the gate's prompt, the gate cell run again with the right one, the later cells; then resume.",
-          "The refusal says what it undid; the later approval restarts from the copy or refuses; nothing unvalidated "
-          "goes live.", "Read the gate's message; run 02 again from the top (or resume).", _gate_typo_then_approve),
+          "The typo changes nothing (the validated copy stays closed and ready); the right ID approves and the "
+          "phase goes on; nothing unvalidated goes live.", "Read the gate's message; run 02 again from the top (or resume).", _gate_typo_then_approve),
     Fault("rerun-execute-after-refusal", 0, "`rollback run` refused at the gate (no terminal, no --yes); then "
           "`rollback resume --yes` runs 02 again.", "The re-run restores a fresh copy and finishes.",
           "Approve with --yes (or type the ID) and resume.", _rerun_execute_after_refusal),
