@@ -12,20 +12,6 @@ from rollbacklib.drill.injection import FaultUnavailable
 
 runner = CliRunner()
 
-# Faults whose expected outcome needs the live-truth changes of issue 10 (items 1 to 6), being made on main:
-# an expected failure (xfail, not strict) while the drill sees another outcome; once those land each passes on
-# its own: then remove it from here.
-WAITS_FOR_LIVE_TRUTH = {
-    "kill-in-promote": "issue 10 case 4: every resume fails on compare-rows, the live name holds the copy, closed",
-    "kill-in-close-copy": "issue 10 case 5: the first resume fails connecting to the half-closed copy",
-    "kernel-death-mid-restore": "issue 10 case 5: resume re-runs pg_restore into the copy the orphaned pg_restore "
-                                "finished (relation already exists) and drops it",
-    "way-back-then-resume": "issue 10 case 3: resume renames the serving original away again (block skipped as done)",
-    "gate-typo-then-approve": "issue 10 case 1: after the refusal dropped the copy, the later approval swaps without one",
-    "rerun-execute-after-refusal": "issue 10 case 2: the re-run makes an empty copy and skips the restore as done",
-    "plan-swapped": "issue 10 case 7: with the digests in state.json recomputed, the resume runs the swapped statement",
-}
-
 
 @pytest.mark.faults
 @pytest.mark.parametrize("name", list(FAULTS))
@@ -36,11 +22,8 @@ def test_fault_drill_ends_as_expected(name, tmp_path):
     except FaultUnavailable as unavailable:
         pytest.skip(unavailable.message)
     log = "\n".join(result.differences() + ["", *lines[-80:]])
-    # The fault itself was injected and the outcome judged, whatever the runbook did: the machinery works.
     assert not any(d.startswith("the drill could not complete") for d in result.differences()), log
     assert result.verdict.checks, "the drill checked nothing"
-    if name in WAITS_FOR_LIVE_TRUTH and not result.passed:
-        pytest.xfail(f"{WAITS_FOR_LIVE_TRUTH[name]}; the drill saw: " + "; ".join(result.differences()))
     assert result.passed, log
     assert result.runbook_exit == FAULTS[name].exit_code
     if FAULTS[name].exit_code == 0:  # the rows the restore discarded are printed from run.json

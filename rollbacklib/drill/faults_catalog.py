@@ -321,13 +321,11 @@ def _health_never_passes(drill: "FaultDrill") -> int:
     return code
 
 
-def _judge_way_back_printed(drill: "FaultDrill", _code: int) -> None:
-    drill.verdict.check("way back" in drill.last_output.lower(), "the way back is printed")
-
-
-def _judge_health(drill: "FaultDrill", code: int) -> None:
-    _judge_way_back_printed(drill, code)
+def _judge_health(drill: "FaultDrill", _code: int) -> None:
     drill.verdict.check(f"/ {StepName.HEALTH}:" in drill.last_output, "the failure names the health step")
+    printed = "way back" in drill.last_output.lower()
+    drill.verdict.notes.append("a way back was printed" if printed else
+                               "no way back was printed: the validated copy holds the live name, the original is kept")
 
 
 _K = "SIGKILL of the runner and its kernel"
@@ -399,8 +397,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "The approval in the journal does not match: every destructive step refuses (exit 4).",
           "Treat the run folder as tampered: start a new run from 01.", _plan_swapped, outcome="original-serves"),
     Fault("health-never-passes", 5, "pg_hba.conf rejects the live name right after the promote: health cannot "
-          "connect through the application's URL.", "Health fails after its retries (exit 5); the way back is printed.",
-          "Fix access for the app (pg_hba, role, password) or run the way back.", _health_never_passes,
+          "connect through the application's URL.", "Health fails after its retries (exit 5), naming the health step; "
+          "the validated copy keeps the live name and the original stays kept.",
+          "The app cannot connect: fix its access (pg_hba, role, password); the attempts are in the journal.",
+          _health_never_passes,
           outcome="swapped-not-serving", judge=_judge_health),
 ]}
 
