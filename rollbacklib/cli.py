@@ -109,10 +109,15 @@ def print_plan(plan) -> None:
 
 
 def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_error: str | None = None) -> None:
-    production = summary.get("production") or ""
-    if production.startswith(("PRODUCTION IS DOWN", "THE SERVER IS DOWN")):
-        err.print(f"[bold red]{production}[/]", highlight=False)  # the first thing a person must know
+    from rollbacklib.report.evidence import next_actions
+
+    production = summary.get("production") or {}
+    if production.get("line"):
+        style = "bold red" if production.get("state") in ("down", "blocked") else "bold"
+        out.print(f"[{style}]{production['line']}[/]", highlight=False)
     out.print(_summary_table(summary))
+    if summary.get("outcome") and not summary.get("dry_run"):
+        out.print(f"{summary['status'].upper()} (exit {summary['exit_code']}): {summary['outcome']}", highlight=False)
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
     if rto is not None and budget:
         verdict = "[green]within[/]" if rto < budget else "[red]OVER[/]"
@@ -125,6 +130,11 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         out.print(f"Pre-rollback database kept as [bold]{summary['kept_database']}[/], closed to connections"
                   + (f"; to open it for inspection: {summary['open_kept_database']}"
                      if summary.get("open_kept_database") else ""), highlight=False)
+    actions = next_actions(summary, run_dir)
+    if actions:
+        out.print("[bold]Next actions[/]:", highlight=False)
+        for number, (text, code) in enumerate(actions, 1):
+            out.print(f"  {number}. {text}" + (f"\n     {code}" if code else ""), markup=False, highlight=False)
     if summary.get("way_back"):
         err.print("[bold]The way back[/] (run on the maintenance database, in order):", highlight=False)
         for statement in summary["way_back"]:
@@ -198,14 +208,18 @@ def _run_dir(path: Path) -> Path:
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>.")):
-    """Render RUN_DIR/report.html from the run's executed notebooks, journal and state (done after every run too)."""
+    """Render the report again from the run's notebooks, journal, state and the live catalog.
+
+    The run writes RUN_DIR/report.html and seals it; rendered again, the report goes to a new file
+    (report-2.html, ...) sealed with its reason, and the sealed one is kept.
+    """
     from rollbacklib.audit import record_artifact
-    from rollbacklib.report import html
+    from rollbacklib.report import REPORT_NAME, html, unsealed_name
 
     try:
         folder = _run_dir(run_dir)
-        path = html.write(folder)
-        record_artifact(folder, path, "report")  # masked, then sealed into the run's journal
+        path = html.write(folder, unsealed_name(folder, REPORT_NAME))  # a sealed report.html is kept as it is
+        record_artifact(folder, path, "report", reason=f"rollback report: rendered again on request as {path.name}")
     except RollbackError as error:
         _fail(error)
     out.print(f"Report: {path}", highlight=False)
@@ -220,18 +234,38 @@ def postmortem(
     """Write the post-mortem draft: the seed's template filled from the run's evidence, blanks marked for people."""
     from rollbacklib.audit import record_artifact
     from rollbacklib.redaction import run_secrets, scrub_file
-    from rollbacklib.report import postmortem as pm
+    from rollbacklib.report import POSTMORTEM_NAME, postmortem as pm, unsealed_name
 
     try:
         folder = _run_dir(run_dir)
-        path = pm.write(folder, out_dir)
-        if out_dir is None:
-            record_artifact(folder, path, "evidence")  # masked, then sealed into the run's journal
+        path = pm.write(folder, out_dir, None if out_dir else unsealed_name(folder, POSTMORTEM_NAME))
+        if out_dir is None:  # masked, then sealed with its reason; a sealed postmortem.md is kept as it is
+            record_artifact(folder, path, "evidence", reason=f"rollback postmortem: written on request as {path.name}")
         else:
             scrub_file(path, run_secrets(folder))
     except RollbackError as error:
         _fail(error)
     out.print(f"Post-mortem draft: {path}", highlight=False)
+
+
+@app.command("lost-rows")
+def lost_rows(
+    run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the files, one per table."),
+    fmt: str = typer.Option("csv", "--format", help="csv or jsonl."),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Export the rows the restore discarded, per table, from the kept pre-rollback database (CSV or JSON Lines)."""
+    from rollbacklib.lost_rows import export_lost_rows
+
+    try:
+        written = export_lost_rows(_run_dir(run_dir), out_dir, fmt, str(config) if config else None)
+    except RollbackError as error:
+        _fail(error)
+    for table in written:
+        counts = ", ".join(f"{n} {kind}" for kind, n in table.rows.items()) or "no rows lost"
+        out.print(f"{table.table}: {counts}" + (f" -> {table.path}" if table.path else "")
+                  + (f" ({table.note})" if table.note else ""), markup=False, highlight=False)
 
 
 @app.command()
@@ -388,29 +422,73 @@ def verify_backup(
 @app.command("verify-audit")
 def verify_audit(
     run_dir: Path = typer.Argument(..., help="The run's report folder (reports/<migration>/<env>/<run_id>)."),
-    head: Optional[str] = typer.Option(None, "--head", help="The chain head kept outside the folder (default: run.json's)."),
+    head: Optional[str] = typer.Option(None, "--head", help="The chain head kept outside the folder (default: the "
+                                       "last head the run journaled)."),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help="The run's Ed25519 public key (PEM): every "
+                                              "signed head must verify with it."),
+    strict: bool = typer.Option(False, "--strict", help="Files of the folder that were never sealed are an "
+                                "alteration (exit 1), not a note."),
 ):
-    """Check the journal's hash chain and every sealed file; name the first altered line or file.
+    """Check the journal's chain, every file as it was sealed at the head, run.json's figures and the signatures.
 
     Exit 0 when the audit trail is intact, 1 when anything in it was altered, removed or moved, 2 bad usage.
     """
-    from rollbacklib.audit import verify_audit as verify
+    from rollbacklib.signing import load_public_key
+    from rollbacklib.verify import verify_audit as verify
 
     if not run_dir.is_dir():
         err.print(f"{run_dir} is not a run folder.", markup=False)
         raise typer.Exit(2)
-    result = verify(run_dir, head=head)
+    try:
+        key = load_public_key(public_key) if public_key else None
+    except RollbackError as error:
+        _fail(error)
+    result = verify(run_dir, head=head, public_key=key, strict=strict)
     for note in result.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
+    for line in result.signatures:
+        out.print(f"signature ok: {line}", markup=False, highlight=False)
+    if result.after_head:
+        out.print(f"After the head: {len(result.after_head)} event(s), not part of the evidence at the head:",
+                  highlight=False)
+        for line in result.after_head:
+            out.print(f"  {line}", markup=False, highlight=False)
+    if result.not_evidence:
+        out.print("Not part of the evidence (never sealed): " + ", ".join(result.not_evidence), markup=False,
+                  highlight=False)
     if result.intact:
         sealed = sum(1 for v in result.files.values() if v == "ok")
-        out.print(f"Audit trail intact: {result.events} events chained, {sealed} sealed file(s) unchanged; "
-                  f"head {result.head}", highlight=False)
+        out.print(f"Audit trail intact: {result.events} events chained, {sealed} sealed file(s) unchanged; evidence "
+                  f"up to head {result.anchor} (event #{result.anchor_seq}, {result.anchor_source})", highlight=False)
         raise typer.Exit(0)
-    err.print(f"[bold red]ALTERED[/]: {result.problems[0]}", highlight=False)
-    for problem in result.problems[1:]:
+    problems = result.problems or [f"{len(result.not_evidence)} file(s) are not part of the evidence (--strict): "
+                                   + ", ".join(result.not_evidence)]
+    err.print(f"[bold red]ALTERED[/]: {problems[0]}", highlight=False)
+    for problem in problems[1:]:
         err.print(f"  also: {problem}", markup=False, highlight=False)
     raise typer.Exit(1)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail's signing keys.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("keygen")
+def audit_keygen(
+    out_dir: Path = typer.Option(Path("."), "--out", help="Folder to write the pair into."),
+    name: str = typer.Option("rollback-audit", "--name", help="File name stem: NAME.key.pem and NAME.pub.pem."),
+):
+    """Make an Ed25519 key pair for signing runs' chain heads (audit.signing_key_env names the private key's env var)."""
+    from rollbacklib.signing import keygen
+
+    try:
+        private, public = keygen(out_dir, name)
+    except RollbackError as error:
+        _fail(error)
+    out.print(f"Private key: {private} (mode 600: keep it off the run folders' machine if you can)\n"
+              f"Public key: {public} (give it to whoever verifies: rollback verify-audit RUN_DIR --public-key "
+              f"{public})\nTo sign runs: set [audit] signing_key_env = \"ROLLBACK_AUDIT_KEY\" in runbook.toml and "
+              f"export ROLLBACK_AUDIT_KEY=\"$(cat {private})\"", highlight=False)
 
 
 @app.command()

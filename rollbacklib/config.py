@@ -182,9 +182,21 @@ class Drill(_Strict):
     users: int = Field(2000, gt=0)
 
 
+class Audit(_Strict):
+    """The audit trail's settings: ``signing_key_env`` names the env var holding an Ed25519 private key (PEM)."""
+
+    signing_key_env: str | None = None
+
+    @field_validator("signing_key_env")
+    @classmethod
+    def _check_env(cls, value: str | None) -> str | None:
+        return None if value is None else _env_var_name(value)
+
+
 class Config(_Strict):
     path: Path = Path(DEFAULT_CONFIG_NAME)
     defaults: Defaults = Defaults()
+    audit: Audit = Audit()
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None

@@ -101,6 +101,7 @@ class Situation(StrEnum):
     """Where a run stands, as the catalog shows it: what resume acts from."""
 
     SERVER_DOWN = "the server does not answer"
+    NOT_READ = "the catalog could not be read (the server answered, but refused the login or the URL)"
     NOT_STARTED = "not started: the original serves, no copy yet"
     COPY_PREPARING = "the original serves; the copy is being prepared (not validated yet)"
     COPY_READY = "the original serves; the validated copy is ready and closed"
@@ -170,7 +171,7 @@ class LiveView:
     @property
     def situation(self) -> Situation:
         if self.catalog is None:
-            return Situation.SERVER_DOWN
+            return Situation.SERVER_DOWN if _server_gone(self.error or "") else Situation.NOT_READ
         live, original, copy = self.named(self.live), self.original, self.the_copy
         if live is None:
             if original is not None and original.name == self.kept and copy is not None:
@@ -285,6 +286,18 @@ class LiveView:
             return []
         return [{"database": copy.name, "closed": copy.closed, "validated": self.copy_validated,
                  "drop": db.drop_database_statement(copy.name).as_string(None)}]
+
+
+# What libpq says when there is no server to talk to (as opposed to one that refuses a login or a URL).
+_GONE = ("connection refused", "no such file or directory", "timeout expired", "could not translate host name",
+         "server closed the connection unexpectedly", "the database system is shutting down",
+         "the database system is starting up", "the database system is in recovery mode", "no route to host",
+         "network is unreachable")
+
+
+def _server_gone(message: str) -> bool:
+    text = message.lower()
+    return any(sign in text for sign in _GONE)
 
 
 def view(admin_url: str, *, live: str, run_id: str, original_oid: int | None = None, copy_oid: int | None = None,

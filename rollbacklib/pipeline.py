@@ -15,10 +15,10 @@ from typing import Callable
 import papermill as pm
 
 from rollbacklib import frontends
-from rollbacklib.audit import record_artifact, record_changed_files, update_summary_head
+from rollbacklib.audit import record_changed_files
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
-from rollbacklib.conclude import conclude
+from rollbacklib.conclude import conclude, write_report  # noqa: F401 - write_report: where callers found it
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.redaction import config_secrets, masked_output, refuse_credentials, scrub_file
@@ -28,7 +28,7 @@ from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
 from rollbacklib.kernels import KERNEL_MANAGER
-from rollbacklib.summary import finished_phases, first_error, phase_table
+from rollbacklib.summary import finished_phases, first_error, phase_table, phase_word
 from rollbacklib.live import Situation
 from rollbacklib.way_back import run_view
 from rollbacklib.postgres.locks import database_lock
@@ -190,7 +190,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     if follower:
                         follower.stop()
                 if progress:
-                    progress(phase, "ok" if ok else "failed", phase_seconds(run_dir, phase))
+                    progress(phase, "ok" if ok else phase_word(read_events(run_dir), phase),
+                             phase_seconds(run_dir, phase))
                 if ok and phase == PREPARE and on_plan is not None and read_plan(run_dir) is not None:
                     on_plan(read_plan(run_dir))
                 if not ok:
@@ -220,28 +221,6 @@ def _phases_to_redo(run_dir: Path, journal: Journal, config_path: str) -> set[st
     journal.record("run", "live", "info", f"resume: {now.describe()}", situation=now.to_dict(),
                    redo=sorted(redo))
     return redo
-
-
-def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:
-    """``report.html`` and ``postmortem.md`` for every run, whatever its outcome, each sealed into the journal.
-
-    A failure here is journaled and returned, never raised: it must not change the run's outcome
-    or exit code (``run.json`` is already written), and ``rollback report RUN_DIR`` can try again.
-    """
-    try:
-        from rollbacklib.report import write_all
-
-        paths = write_all(run_dir)
-        record_artifact(run_dir, paths["postmortem"], "evidence", phase="run", secrets=secrets)
-        record_artifact(run_dir, paths["report"], "report", phase="run", secrets=secrets)
-    except Exception as err:  # noqa: BLE001 - whatever broke the report, the run's outcome stands
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
-        Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
-            "run", "report", "info", f"the report could not be written: {message}", error=type(err).__name__,
-            next_action=f"run `rollback report {run_dir}` again; the run's outcome is in run.json")
-        update_summary_head(run_dir)
-        return None, message
-    return paths["report"], None
 
 
 def resume(run_dir: str | Path, **options) -> RunResult:

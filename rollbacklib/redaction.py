@@ -74,7 +74,14 @@ def secret_forms(value: str) -> list[str]:
     (``postgres.urls.secrets_in``), leaving out those too short to mask. Never raises."""
     from rollbacklib.postgres.urls import secrets_in
 
-    return [s for s in secrets_in(value) if len(s) >= MIN_SECRET] if value else []
+    if not value:
+        return []
+    if "-----BEGIN" in value:  # a key (the audit's signing key): whole, JSON-escaped, and each line of its body
+        lines = [line.strip() for line in value.strip().splitlines()]
+        body = [line for line in lines if line and not line.startswith("-----")]
+        forms = [value, value.strip(), json.dumps(value)[1:-1], json.dumps(value.strip())[1:-1], "".join(body), *body]
+        return [s for s in dict.fromkeys(forms) if len(s) >= MIN_SECRET]
+    return [s for s in secrets_in(value) if len(s) >= MIN_SECRET]
 
 
 def run_secrets(run_dir: Path) -> list[str]:

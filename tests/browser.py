@@ -78,6 +78,10 @@ PROBE = """JSON.stringify({
   stylesheets: [...document.querySelectorAll('link')].length,
   closedCode: document.querySelectorAll('details.rb-code:not([open])').length,
   openCode: document.querySelectorAll('details.rb-code[open]').length,
+  production: (() => { const p = document.getElementById('production');
+                        return p && {text: p.innerText, top: p.getBoundingClientRect().top + window.scrollY}; })(),
+  timelineTop: (() => { const t = document.getElementById('timeline');
+                        return t && t.getBoundingClientRect().top + window.scrollY; })(),
   brokenAnchors: [...document.querySelectorAll('a[href^="#"]')].map(a => a.getAttribute('href').slice(1))
                    .filter(id => id && !document.getElementById(id)),
 })"""

@@ -68,7 +68,9 @@ def test_gate_refuses_without_approval_and_leaves_the_server_as_it_was(incident)
     assert f"approve {MIGRATION}" in result.output or "--yes" in result.output
     assert server_snapshot(incident) == before  # the restored copy made before the gate is gone again
     run = _run_json(incident)
-    assert run["status"] == "aborted" and run["error"]["step"] == "gate"
+    assert run["status"] == "refused" and run["error"]["step"] == "gate"
+    assert run["outcome"].startswith("refused before any change: nothing was changed; undone: DROP DATABASE")
+    assert "REFUSED (exit 4): refused before any change" in result.output
 
 
 def test_a_held_lock_refuses_a_second_run(incident):

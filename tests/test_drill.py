@@ -42,6 +42,9 @@ def test_drill_rolls_back_and_validates(drill):
     assert summary["validation"]["passed"] is True
     assert 0 < summary["rto_seconds"] < 900
     assert result.rolled_back
+    completed = next(m for m in summary["milestones"] if m["milestone"] == "rollback completed")
+    assert completed["status"] == "pass" and 0 < completed["seconds"] < summary["rto_seconds"]  # measured in 03
+    assert summary["production"]["line"].startswith("Production serving the restored database since")
 
 
 def test_drill_restores_the_dropped_columns(drill):

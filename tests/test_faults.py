@@ -230,7 +230,7 @@ def test_a_kernel_killed_mid_phase_is_a_journaled_failure_and_a_new_run_names_wh
     assert returncode in (3, 5), output  # never 1 with a traceback
     assert "Traceback" not in output
     run = json.loads((journal.parent / "run.json").read_text())
-    assert run["status"] in ("aborted", "failed") and run["error"]["step"] in ("notebook", StepName.GATE)
+    assert run["status"] in ("aborted", "failed", "refused") and run["error"]["step"] in ("notebook", StepName.GATE)
     assert "rollback resume" in run["error"]["next_action"] or run["error"]["step"] == StepName.GATE
 
     # a new run (not a resume) names the copy the killed one left, and how to drop it

@@ -73,7 +73,7 @@ def test_lab_prepares_the_notebooks_and_what_the_operator_runs_lands_in_the_runs
     assert {e["evidence"]["path"] for e in sealed} >= {f"{phase}.ipynb" for phase in PHASES} | {"plan.json"}
     # ... and the run's evidence, though only two phases ran: which ran, which did not, none "succeeded" unrun.
     run = json.loads((lab.run_dir / "run.json").read_text())
-    assert (run["status"], run["exit_code"]) == ("aborted", 4)  # refused at the gate, nothing changed
+    assert (run["status"], run["exit_code"]) == ("refused", 4)  # refused at the gate, nothing changed
     assert [(p["name"], p["status"]) for p in run["phases"]] == [("01_prepare", "succeeded"), ("02_execute", "refused")]
     assert lab.concluded.report == lab.run_dir / "report.html"
     html = (lab.run_dir / "report.html").read_text()

@@ -8,6 +8,7 @@ backup's manifest and the databases read by this file's own SQL.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -18,11 +19,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from rollbacklib.audit import verify_audit
+from rollbacklib.verify import verify_audit
 from rollbacklib.cli import app
 from rollbacklib.config import load_config
 from rollbacklib.drill import stage_incident
 from rollbacklib.drill.scenario import load_scenario
+from rollbacklib.journal import line_hash
 from rollbacklib.pipeline import run_phases
 from rollbacklib.postgres import rowdiff
 from rollbacklib.postgres.client import client_tools, database_name, with_database
@@ -134,7 +136,8 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
     state = json.loads((run_dir / "state.json").read_text())
     manifest = json.loads(Path(f"{written.backup}.manifest.json").read_text())
     assert f"Report: {run_dir / 'report.html'}" in result.output
-    assert f"Audit chain head: {run['audit']['head']}" in result.output  # the head after the report was sealed
+    last = (run_dir / "journal.jsonl").read_bytes().splitlines()[-1]  # the head event after the report's seal
+    assert f"Audit chain head: {line_hash(last)}" in result.output and json.loads(last)["step"] == "head"
     sealed = {e["evidence"]["path"]: e["evidence"]["kind"] for e in map(json.loads, (run_dir / "journal.jsonl")
               .read_text().splitlines()) if e["step"] == "artifact"}
     assert sealed["report.html"] == "report" and sealed["postmortem.md"] == "evidence"
@@ -180,17 +183,36 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
         assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
                              (kept,)).fetchone() == (False, 0)
     compare = [e["message"] for e in events if e["step"] == StepName.COMPARE_ROWS and e["status"] == "changed"]
-    copy = f"{written.database}__restored_measured"  # compared under its own name, before it went live
-    for database in (kept, copy):  # each read through a private connection, opened and closed again
-        assert compare[:2] == [f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true',
-                               f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false']
-        assert compare[2].startswith("SELECT pg_terminate_backend(pid)") and f"'{database}'" in compare[2]
-        compare = compare[3:]
+    # the kept database read through a private connection, opened and closed again; the copy is not opened at
+    # all (its rows were hashed at validate-copy, before it was closed for good)
+    assert compare[:2] == [f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS true',
+                           f'ALTER DATABASE "{kept}" WITH ALLOW_CONNECTIONS false']
+    assert compare[2].startswith("SELECT pg_terminate_backend(pid)") and f"'{kept}'" in compare[2]
+    assert len(compare) == 3 and not any("__restored_" in statement for statement in compare)
+
+    exported = runner.invoke(app, ["lost-rows", str(run_dir), "--out", str(tmp_path_factory.mktemp("lost"))])
+    assert exported.exit_code == 0, exported.output
+    folder = Path(exported.output.split("memberships: ", 1)[1].split(" -> ", 1)[1].split()[0]).parent
+    for table, kinds in EXPECTED_LOST.items():  # every lost row, from the kept database (deleted ones: the live)
+        path = folder / f"{table}.csv"
+        if not sum(kinds.values()):
+            assert not path.exists()
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {kind: sum(1 for r in rows if r["_lost"] == kind) for kind in kinds} == kinds, table
+    with psycopg.connect(written.admin_url) as admin:  # closed again after the export
+        assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
+                             (kept,)).fetchone() == (False, 0)
 
     milestones = {m["milestone"]: m for m in run["milestones"]}
     created = next(e["ts"] for e in events if e["step"] == StepName.CREATE_COPY and e["status"] == "started")
     assert milestones["rollback started"]["seconds"] == pytest.approx(_seconds(start, created), abs=0.002)
     assert milestones["team notified"]["status"] == "for people"
+    assert milestones["rollback completed"]["seconds"] == pytest.approx(_seconds(start, swapped), abs=0.002)
+    assert milestones["rollback completed"]["status"] == "pass"
+    assert run["production"]["state"] == "serving the restored database"
+    assert run["production"]["line"].startswith(f"Production serving the restored database since {restored_at[11:19]}")
 
     _check_postmortem(run_dir, run, tmp_path_factory.mktemp("postmortems"))
     _check_report_in_browser(run_dir, run, tmp_path_factory.mktemp("report-artifacts"))
@@ -214,7 +236,8 @@ def _check_postmortem(run_dir: Path, run: dict, out: Path) -> None:
     result = runner.invoke(app, ["postmortem", str(run_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     dated = out / f"{run['started_at'][:10]}-migration-rollback-postmortem.md"
-    assert dated.read_text() == text
+    at = re.compile(r"read from the live catalog at \d\d:\d\d:\d\d UTC")  # read again, a moment later
+    assert at.sub("", dated.read_text()) == at.sub("", text)
 
 
 def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
@@ -222,9 +245,13 @@ def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
     html = report.read_text()
     assert not re.search(r"https?:", html), re.search(r".{60}https?:.{60}", html).group(0)
     assert "<script" not in html and "<link" not in html
-    before = report.stat().st_mtime_ns
-    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0  # renders again on demand
-    assert report.stat().st_mtime_ns > before
+    sealed = report.read_bytes()
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0  # renders again on demand, to a new file
+    assert report.read_bytes() == sealed and (run_dir / "report-2.html").exists()
+    assert html.index('id="production"') < html.index("<h1>")  # the first line says production's state
+    assert html.index('id="timeline"') < html.index('id="metrics"')  # the timeline right after the summary
+    assert html.index("Next actions") < html.index('id="timeline"')
+    assert f"rollback lost-rows {run_dir} --out DIR" in html
 
     _need_chromium()
     page = browser.open_page(report, artifacts, "succeeded")
@@ -243,6 +270,8 @@ def _check_report_in_browser(run_dir: Path, run: dict, artifacts: Path) -> None:
     assert data["scripts"] == 0 and data["stylesheets"] == 0 and data["brokenAnchors"] == []
     assert data["closedCode"] > 20 and data["openCode"] == 0 and data["failedCells"] == []
     assert page.screenshot.stat().st_size > 50_000 and page.pdf.read_bytes()[:4] == b"%PDF"
+    assert data["production"]["text"].startswith("Production serving the restored database since")
+    assert data["timelineTop"] < 1500  # no longer 2,000 px down
 
 
 def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident, tmp_path_factory):
@@ -268,9 +297,23 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     assert "This cell failed (step validation)" in text and "ValidationFailed" in text
     assert "L3 (DevOps Lead)" in text and "RENAME TO" in text  # the next action: the way back
     assert re.search(r"RTO \(Recovery Time\)\s+< 15 min\s+-\s+– not measured", text)
+    live = database_name(incident.url)
+    assert data["production"]["text"].startswith("Production DOWN since ") and \
+        f"(live name {live} missing)" in data["production"]["text"]
+    assert data["production"]["top"] < 200  # on the first screen (the screenshot is kept)
+    assert re.search(r"Downtime \(connections blocked\)\s+< 15 min\s+still down at \d\d:\d\d:\d\d UTC", text)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and run["production"]["state"] == "down" and run["failing_checks"]
+    for check in run["failing_checks"]:  # every failing check is a ✘, with what was expected and found
+        assert f"✘ {check['step']}: {check['name']}" in text
+        assert f"{check['name']}: expected " in text
+    assert "no session opened on the copy since it was closed: expected " in text
     postmortem = (result.run_dir / "postmortem.md").read_text()
     assert "- Step `validation` (03_validate) failed: " in postmortem
     assert "The restored copy is not the one that was validated" in postmortem
+    impact = postmortem.split("\n## Impact\n", 1)[1].strip().splitlines()
+    assert impact[0].startswith("**Production DOWN since ") and f"(live name {live} missing)" in impact[0]
+    assert "- ✘ no session opened on the copy since it was closed: expected " in postmortem
 
 
 def test_a_refused_run_is_reported_and_a_broken_report_never_changes_the_exit_code(incident, monkeypatch):
@@ -284,9 +327,10 @@ def test_a_refused_run_is_reported_and_a_broken_report_never_changes_the_exit_co
                         reports_dir=str(incident.reports), run_id="refused", backup=str(incident.backup),
                         phases=(Phase.PREPARE, Phase.EXECUTE))
 
-    assert result.exit_code == 4 and result.summary["status"] == "aborted"
+    assert result.exit_code == 4 and result.summary["status"] == "refused"
     assert result.report is None and result.report_error == "RuntimeError: the report broke"
-    last = json.loads((result.run_dir / "journal.jsonl").read_text().splitlines()[-1])
+    last = [json.loads(line) for line in (result.run_dir / "journal.jsonl").read_text().splitlines()
+            if '"step": "report"' in line][-1]
     assert last["step"] == "report" and last["status"] == "info" and "the report broke" in last["message"]
     assert json.loads((result.run_dir / "run.json").read_text())["exit_code"] == 4
     monkeypatch.undo()
@@ -345,3 +389,33 @@ def test_row_diff_merges_key_ordered_streams_whatever_the_key_type(pg_server, fr
     assert lost["tables"]["created_after"]["inserted"] == 2
     assert lost["not_compared"] == ["no_key"] and lost["tables"]["no_key"]["lost"] is None
     assert lost["total"] == 4 + 50 + 2
+
+
+def test_a_migrations_own_type_conversion_is_not_counted_as_lost(pg_server, fresh_db):
+    """DOUBLE PRECISION to DECIMAL(65,30), as a second Prisma project's migration does: 300 rows the application
+    never touched hold converted values in the kept database; only what the application wrote is lost."""
+    kept_url = with_database(fresh_db, database_name(fresh_db) + "_kept")
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database_name(kept_url)}"')
+    for url in (fresh_db, kept_url):  # the backup's state on both sides
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute('CREATE TABLE "Invoice" (id integer PRIMARY KEY, amount double precision NOT NULL, note text)')
+            conn.execute("INSERT INTO \"Invoice\" SELECT g, g * 0.1::float8 + 0.2::float8, 'n' "
+                         "FROM generate_series(1, 300) g")
+    with psycopg.connect(kept_url, autocommit=True) as kept:  # the migration, then what the application wrote
+        kept.execute('ALTER TABLE "Invoice" ALTER COLUMN amount TYPE DECIMAL(65,30)')
+        assert kept.execute('SELECT amount::text FROM "Invoice" WHERE id = 1').fetchone()[0] == \
+            "0.300000000000000000000000000000"  # 0.30000000000000004 in the backup
+        kept.execute("INSERT INTO \"Invoice\" VALUES (301, 1.5, 'new'), (302, 2.5, 'new')")
+        kept.execute("UPDATE \"Invoice\" SET note = 'paid' WHERE id IN (7, 8, 9)")
+        kept.execute('DELETE FROM "Invoice" WHERE id = 300')
+    with psycopg.connect(fresh_db) as restored:
+        assert restored.execute('SELECT amount::text FROM "Invoice" WHERE id = 1').fetchone()[0] == "0.30000000000000004"
+
+    with psycopg.connect(kept_url) as kept, psycopg.connect(fresh_db) as restored:
+        lost = rowdiff.diff_databases(kept, restored)
+
+    invoice = lost["tables"]["Invoice"]
+    assert (invoice["inserted"], invoice["updated"], invoice["deleted"], lost["total"]) == (2, 3, 1, 6)
+    assert sorted(invoice["examples"]["updated"]) == [[7], [8], [9]]
+    assert "amount to numeric(65,30)" in invoice["note"]

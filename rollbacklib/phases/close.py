@@ -12,7 +12,8 @@ from rollbacklib.report import POSTMORTEM_NAME
 from rollbacklib.run import RunContext
 from rollbacklib.dispatch import dispatch, finish_phase
 from rollbacklib.steps import PHASES, Action, Phase, Step, StepName
-from rollbacklib.summary import RUN_SUMMARY, write_summary
+from rollbacklib.files import atomic_write_json
+from rollbacklib.summary import RUN_SUMMARY, summarize
 
 PHASE = Phase.CLOSE
 
@@ -40,7 +41,7 @@ def timeline(ctx: RunContext) -> pd.DataFrame:
 
 def metrics(ctx: RunContext) -> pd.DataFrame:
     """The plan's success metrics (the seed's table: metric, target, actual, status), with their evidence."""
-    from rollbacklib.report.metrics import Evidence
+    from rollbacklib.report.evidence import Evidence
 
     return pd.DataFrame([{k: m[k] for k in ("metric", "target", "actual", "status", "evidence")}
                          for m in Evidence(ctx.run_dir).summary["metrics"]])
@@ -53,7 +54,7 @@ def show_plots(ctx: RunContext) -> None:
     from IPython.display import Markdown, display
 
     from rollbacklib.report import plots
-    from rollbacklib.report.metrics import Evidence
+    from rollbacklib.report.evidence import Evidence
 
     run = Evidence(ctx.run_dir)
     for name, draw in plots.FIGURES:
@@ -78,7 +79,10 @@ def finish(ctx: RunContext) -> dict:
     except RollbackError:
         write_evidence(ctx)
         raise
-    summary = write_summary(ctx.run_dir)
+    # Written, not sealed: the end of the run (the runner, 05's last cell, the lab stopping) writes it
+    # again and seals it then, so the head run.json names never precedes an older seal of run.json.
+    summary = summarize(ctx.run_dir)
+    atomic_write_json(ctx.run_dir / RUN_SUMMARY, summary)
     postmortem.write(ctx.run_dir)
     return summary
 

@@ -222,7 +222,7 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
         statement = db.comment_statement(step.target, marker)
         admin.execute(statement)
         ctx.record(step.name, "ran", statement.as_string(admin), kind="marker", target=step.target,
-                   why="the copy's identity (the plan's marker action, filled in): checked from the maintenance "
+                   purpose="the copy's identity (the plan's marker action, filled in): checked from the maintenance "
                    "database before it goes live")
     restored = ctx.state().need("restored", "create_copy (02_execute)")
     ctx.update(restored=restored.model_copy(update={"validated": True, "row_counts": description["row_counts"],

@@ -86,9 +86,25 @@ def private_connection(admin: psycopg.Connection, url: str, database: str,
         admin.execute(close_it.encode())
     try:
         conn.execute(evict.encode())  # from the private session itself: every other session goes, whatever its name
+        _wait_until_alone(conn, database)
         yield conn
     finally:
         conn.close()
+
+
+def _wait_until_alone(conn: psycopg.Connection, database: str, timeout: float = 10.0) -> None:
+    """A terminated backend lingers for a moment: nothing is read until this session is the only one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        others = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                              "AND backend_type = 'client backend'", (database,)).fetchone()[0]
+        if others == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AbortedError(f"{others} other session(s) on {database} survived eviction.",
+                               next_action="end them by hand (pg_stat_activity), then run this step again.",
+                               found=others, escalate="L1")
+        time.sleep(0.05)
 
 
 def data_directory(conn: psycopg.Connection) -> str | None:

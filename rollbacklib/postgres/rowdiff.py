@@ -16,7 +16,11 @@ uuid keys are ordered natively, any other type by the UTF-8 bytes of its text fo
 compares keys only; this compares rows too). Composite keys are tuples.
 
 Columns only one side has (a column the migration dropped or added) are left out of the row
-hash and listed, so a schema change alone does not count every row as updated.
+hash and listed, so a schema change alone does not count every row as updated. A column both
+have with another type (the migration converted it: DOUBLE PRECISION to DECIMAL(65,30)) is
+compared after the restored side's values are converted the way the migration converted them
+(cast to the kept side's type), so the migration's own conversion is not counted as a write; a
+value the cast cannot take makes the table compare as written, and says so.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -70,8 +74,12 @@ def _plain(value: object) -> object:
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
-def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: TableDiff) -> TableDiff:
-    """Merge two key-ordered streams of ``(key..., md5)`` (keys ``width`` wide) into ``diff``'s counts."""
+def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: TableDiff,
+          on_key: Callable[[str, tuple], None] | None = None) -> TableDiff:
+    """Merge two key-ordered streams of ``(key..., md5)`` (keys ``width`` wide) into ``diff``'s counts.
+
+    ``on_key`` hears of every key that differs, with its kind (``inserted``, ``updated``, ``deleted``).
+    """
     a_iter, b_iter = iter(kept), iter(restored)
     a, b = next(a_iter, None), next(b_iter, None)
     kept_rows = restored_rows = 0
@@ -79,16 +87,16 @@ def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: Ta
         ka = tuple(a[:width]) if a is not None else None
         kb = tuple(b[:width]) if b is not None else None
         if kb is None or (ka is not None and ka < kb):
-            _count(diff, "inserted", ka)
+            _count(diff, "inserted", ka, on_key)
             kept_rows += 1
             a = next(a_iter, None)
         elif ka is None or kb < ka:
-            _count(diff, "deleted", kb)
+            _count(diff, "deleted", kb, on_key)
             restored_rows += 1
             b = next(b_iter, None)
         else:
             if a[width] != b[width]:
-                _count(diff, "updated", ka)
+                _count(diff, "updated", ka, on_key)
             kept_rows += 1
             restored_rows += 1
             a, b = next(a_iter, None), next(b_iter, None)
@@ -96,8 +104,10 @@ def merge(kept: Iterable[tuple], restored: Iterable[tuple], width: int, diff: Ta
     return diff
 
 
-def _count(diff: TableDiff, kind: str, key: tuple) -> None:
+def _count(diff: TableDiff, kind: str, key: tuple, on_key=None) -> None:
     setattr(diff, kind, getattr(diff, kind) + 1)
+    if on_key is not None:
+        on_key(kind, key)
     shown = diff.examples.setdefault(kind, [])
     if len(shown) < EXAMPLES:
         shown.append(key)
@@ -124,10 +134,16 @@ def _key_expr(column: str, native: bool) -> sql.Composable:
     return ident if native else sql.SQL("convert_to({}::text, 'UTF8')").format(ident)
 
 
-def rows_query(table: str, key: list[str], native: list[bool], columns: list[str]) -> sql.Composable:
-    """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream."""
+def rows_query(table: str, key: list[str], native: list[bool], columns: list[str],
+               casts: dict[str, str] | None = None) -> sql.Composable:
+    """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream.
+
+    ``casts``: column -> type (as ``format_type`` gives it) to convert that column to before hashing.
+    """
+    casts = casts or {}
     keys = sql.SQL(", ").join(_key_expr(c, n) for c, n in zip(key, native))
-    row = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    row = sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Identifier(c), sql.SQL(casts[c])) if c in casts
+                             else sql.Identifier(c) for c in columns)
     order = sql.SQL(", ").join(sql.Literal(i) for i in range(1, len(key) + 1))
     return sql.SQL("SELECT {keys}, md5(ROW({row})::text) FROM {table} ORDER BY {order}").format(
         keys=keys, row=row, table=db._ident(table), order=order)
@@ -144,8 +160,15 @@ def _count_rows(conn: psycopg.Connection, table: str) -> int:
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(db._ident(table))).fetchone()[0]
 
 
-def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: str) -> TableDiff:
-    """The rows of ``table`` that differ between ``kept`` and ``restored``, by primary key."""
+def key_native(kept: psycopg.Connection, restored: psycopg.Connection, table: str, key: list[str]) -> list[bool]:
+    """For each key column: are its values streamed as they are (ordered natively), or as UTF-8 bytes of their text?"""
+    ours, theirs = _columns(restored, table), _columns(kept, table)
+    return [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]
+
+
+def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: str,
+               on_key: Callable[[str, tuple], None] | None = None) -> TableDiff:
+    """The rows of ``table`` that differ between ``kept`` and ``restored``, by primary key (``on_key``: see merge)."""
     in_kept, in_restored = table in _tables(kept), table in _tables(restored)
     if not in_restored:  # created after the backup: every row it holds is lost
         n = _count_rows(kept, table)
@@ -164,13 +187,40 @@ def diff_table(kept: psycopg.Connection, restored: psycopg.Connection, table: st
     ours, theirs = _columns(restored, table), _columns(kept, table)
     common = [c for c in ours if c in theirs]
     left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
-    native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]  # the order rows.lost_rows uses
+    native = key_native(kept, restored, table, key)  # the order rows.lost_rows uses
+    converted = {c: theirs[c] for c in common if theirs[c] != ours[c]}  # restored value -> the kept one's type
     query = rows_query(table, key, native, common)
-    diff = TableDiff(table, key, columns_left_out=left_out)
-    if left_out:
-        diff.note = "compared over the columns both have; left out: " + ", ".join(left_out)
-    return merge(_stream(kept, query, "rollbacklib_kept"), _stream(restored, query, "rollbacklib_restored"),
-                 len(key), diff)
+    notes = ["compared over the columns both have; left out: " + ", ".join(left_out)] if left_out else []
+    if converted:
+        try:
+            diff = _merged(kept, restored, table, query, rows_query(table, key, native, common, converted), key,
+                           left_out, on_key)
+            diff.note = "; ".join(notes + ["the migration's type changes applied to the restored values before "
+                                           "comparing (" + ", ".join(f"{c} to {t}" for c, t in converted.items())
+                                           + "): its own conversions are not writes"])
+            return diff
+        except psycopg.Error as err:
+            notes.append(f"the migration's type changes could not be applied ({type(err).__name__}): converted "
+                         "values count as updated")
+    diff = _merged(kept, restored, table, query, query, key, left_out, on_key)
+    diff.note = "; ".join(notes)
+    return diff
+
+
+def _merged(kept: psycopg.Connection, restored: psycopg.Connection, table: str, kept_query: sql.Composable,
+            restored_query: sql.Composable, key: list[str], left_out: list[str], on_key=None) -> TableDiff:
+    ours, theirs = _stream(kept, kept_query, "rollbacklib_kept"), _stream(restored, restored_query,
+                                                                          "rollbacklib_restored")
+    heard: list[tuple[str, tuple]] = []  # told to on_key only once the merge went through (a cast may fail)
+    try:
+        diff = merge(ours, theirs, len(key), TableDiff(table, key, columns_left_out=left_out),
+                     (lambda kind, k: heard.append((kind, k))) if on_key else None)
+    finally:
+        ours.close()
+        theirs.close()
+    for kind, k in heard:
+        on_key(kind, k)
+    return diff
 
 
 def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
@@ -229,7 +279,9 @@ def _table_spec(restored: psycopg.Connection, live: psycopg.Connection, table: s
     common = [c for c in ours if c in theirs]
     left_out = [c for c in ours if c not in theirs] + [c for c in theirs if c not in ours]
     native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]
-    return {**spec, "comparable": True, "common": common, "native": native, "left_out": left_out}
+    converted = {c: theirs[c] for c in common if theirs[c] != ours[c]}  # restored value -> the live one's type
+    return {**spec, "comparable": True, "common": common, "native": native, "left_out": left_out,
+            "converted": converted}
 
 
 def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Path,
@@ -247,18 +299,36 @@ def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Pat
         spec = _table_spec(restored, live, table, table in live_tables)
         if spec.get("comparable"):
             path = folder / f"{n:04d}.jsonl.gz"
-            query = rows_query(table, spec["key"], spec["native"], spec["common"])
-            digest, rows = hashlib.sha256(), 0
-            with gzip.open(path, "wt", encoding="utf-8") as out:
-                for row in _stream(restored, query, "rollbacklib_snapshot"):
-                    line = json.dumps([_encode(v) for v in row], separators=(",", ":")) + "\n"
-                    out.write(line)
-                    digest.update(line.encode())
-                    rows += 1
-            spec.update(file=path.name, rows=rows, sha256=digest.hexdigest())
+            casts = spec["converted"]
+            try:
+                rows, sha = _write_hashes(restored, rows_query(table, spec["key"], spec["native"], spec["common"],
+                                                               casts), path)
+                if casts:
+                    spec["note"] = ("the migration's type changes applied to the restored values before comparing ("
+                                    + ", ".join(f"{c} to {t}" for c, t in casts.items())
+                                    + "): its own conversions are not writes")
+            except psycopg.Error as err:
+                if not casts:
+                    raise
+                rows, sha = _write_hashes(restored, rows_query(table, spec["key"], spec["native"], spec["common"]),
+                                          path)
+                spec["note"] = (f"the migration's type changes could not be applied ({type(err).__name__}): "
+                                "converted values count as updated")
+            spec.update(file=path.name, rows=rows, sha256=sha)
         index["tables"][table] = spec
     (folder / SNAPSHOT_INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
     return index
+
+
+def _write_hashes(conn: psycopg.Connection, query: sql.Composable, path: Path) -> tuple[int, str]:
+    digest, rows = hashlib.sha256(), 0
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for row in _stream(conn, query, "rollbacklib_snapshot"):
+            line = json.dumps([_encode(v) for v in row], separators=(",", ":")) + "\n"
+            out.write(line)
+            digest.update(line.encode())
+            rows += 1
+    return rows, digest.hexdigest()
 
 
 def _read_snapshot(path: Path) -> Iterator[tuple]:
@@ -288,8 +358,9 @@ def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
                                    "copy was hashed"))
             continue
         diff = TableDiff(table, spec["key"], columns_left_out=spec["left_out"])
-        if spec["left_out"]:
-            diff.note = "compared over the columns both have; left out: " + ", ".join(spec["left_out"])
+        notes = ["compared over the columns both have; left out: " + ", ".join(spec["left_out"])] \
+            if spec["left_out"] else []
+        diff.note = "; ".join(notes + ([spec["note"]] if spec.get("note") else []))
         query = rows_query(table, spec["key"], spec["native"], spec["common"])
         diffs.append(merge(_stream(kept, query, "rollbacklib_kept"), _read_snapshot(folder / spec["file"]),
                            len(spec["key"]), diff))

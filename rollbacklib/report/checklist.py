@@ -8,11 +8,13 @@ checks carry (``rollbacklib.phases.validate``), so any migration's configured ch
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Callable
 
 from rollbacklib.report import POSTMORTEM_NAME
-from rollbacklib.report.metrics import FAIL, PASS, Evidence, first_event, metric
+from rollbacklib.report.evidence import Evidence
+from rollbacklib.report.metrics import FAIL, PASS, first_event, metric
 from rollbacklib.steps import StepName
 
 PROVED, FAILED, NOT_REACHED, PEOPLE = "proved", "failed", "not reached", "for people"
@@ -52,11 +54,20 @@ def _from_checks(item: str, matches: Callable[[str], bool], checks: list[dict] |
     found = [c for c in checks if matches(c["name"]) and not c.get("skipped")]
     if not found:
         return _item(item, PEOPLE, "no check of this kind is configured for this migration")
-    bad = [c["name"] for c in found if not c["passed"]]
+    bad = [c for c in found if not c["passed"]]
     if bad:
-        return _item(item, FAILED, "failed: " + "; ".join(bad))
+        return _item(item, FAILED, "failed: " + "; ".join(expected_found(c) for c in bad))
     return _item(item, PROVED, f"{len(found)} check(s) passed: " + "; ".join(c["name"] for c in found[:6])
                  + (" ..." if len(found) > 6 else ""))
+
+
+def expected_found(check: dict, width: int = 160) -> str:
+    """``name: expected X, found Y`` (each value cut to ``width``), as the checklist and the post-mortem say it."""
+    def short(value) -> str:
+        text = json.dumps(value, default=str) if not isinstance(value, str) else value
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    return f"{check['name']}: expected {short(check.get('expected'))}, found {short(check.get('found'))}"
 
 
 def _from_step(item: str, events: list[dict], step: str, status: str, evidence: str) -> dict:
@@ -91,5 +102,8 @@ def checklist(run: Evidence) -> list[tuple[str, list[dict]]]:
     communication = _people(COMMUNICATION_FOR_PEOPLE) + [
         _item("Post-mortem draft written", PROVED if written else NOT_REACHED,
               POSTMORTEM_NAME if written else "written at the end of the run")]
-    return [("Schema & Data", data), ("Application", application), ("Infrastructure", infrastructure),
-            ("Communication", communication)]
+    groups = [("Schema & Data", data), ("Application", application), ("Infrastructure", infrastructure),
+              ("Communication", communication)]
+    failing = [_item(f"{c['step']}: {c['name']}", FAILED, expected_found(c))
+               for c in run.summary.get("failing_checks", [])]
+    return ([("Failing checks", failing)] if failing else []) + groups

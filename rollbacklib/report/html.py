@@ -24,7 +24,8 @@ from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME, REPORT_NAME
 from rollbacklib.report.checklist import checklist
 from rollbacklib.report import plots
-from rollbacklib.report.metrics import BAD, Evidence, duration
+from rollbacklib.report.evidence import Evidence, next_actions
+from rollbacklib.report.metrics import BAD, duration
 from rollbacklib.steps import PHASES
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -112,6 +113,16 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <p><strong>Escalation:</strong> {e(level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
   <p><strong>Where:</strong> {where}</p>
 </div>"""
+
+
+def _next_actions(run: Evidence) -> str:
+    """After a success, in this order: the kept database and how to open it, the lost rows, the redeploy."""
+    items = next_actions(run.summary, run.run_dir)
+    if not items:
+        return ""
+    return ("<div class='rb-next' id='next-actions'><h3>Next actions</h3><ol>"
+            + "".join(f"<li>{e(text)}" + (f"<br><code>{e(code)}</code>" if code else "") + "</li>" for text, code in items)
+            + "</ol></div>")
 
 
 def _cards(run: Evidence) -> str:
@@ -225,19 +236,25 @@ def render(run_dir: Path) -> str:
 <title>{e(title)}</title>
 <style>{_css()}</style></head>
 <body class="rb-body">
-<nav class="rb-toc"><a href="#summary">Summary</a><a href="#metrics">Metrics</a><a href="#checklist">Checklist</a>
-<a href="#timeline">Timeline</a>{toc}</nav>
+<nav class="rb-toc"><a href="#summary">Summary</a><a href="#timeline">Timeline</a><a href="#metrics">Metrics</a>
+<a href="#checklist">Checklist</a>{toc}</nav>
 <main>
 <section id="summary">
+<p class="rb-production rb-production-{e(s['production']['state']).replace(' ', '-')}" id="production">
+{e(s['production']['line'])}</p>
 <header class="rb-header rb-outcome-{e(s['status'])}">
 <h1>Rollback of <code>{e(s.get('migration_id'))}</code> on <code>{e(s.get('environment'))}</code></h1>
 <p class="rb-outcome"><span class="rb-badge">{e(s['status'].upper())}</span> exit code <strong>{e(s['exit_code'])}</strong>
+ · {e(s.get('outcome') or '')}
 {' · <strong>DRY RUN</strong>: nothing was changed' if s.get('dry_run') else ''}
  · run <code>{e(s.get('run_id'))}</code> · started {e(_when(s.get('started_at')))} · finished {e(_when(s.get('finished_at')))}
  · {e(duration(s.get('duration_seconds')))}</p>
 </header>
 {_error_box(run, failed_cells)}
+{_next_actions(run)}
 {_cards(run)}
+<h2 id="timeline">Timeline</h2>
+{_timeline(run, figures)}
 <h2 id="metrics">Success metrics</h2>
 {_metrics_table(run)}
 {_rows_lost_table(run)}
@@ -246,8 +263,6 @@ def render(run_dir: Path) -> str:
 <p class="rb-note">The seed plan's checklist: &#10004; proved by this run (evidence beside it), &#10008; failed,
 &#8211; not reached, &#9744; for people to check and tick.</p>
 {_checklist(run)}
-<h2 id="timeline">Timeline</h2>
-{_timeline(run, figures)}
 <h2>Run facts</h2>
 {_facts(run)}
 </section>
@@ -260,8 +275,9 @@ the executed notebooks, <code>journal.jsonl</code>, <code>state.json</code> and 
 """
 
 
-def write(run_dir: Path) -> Path:
-    path = Path(run_dir) / REPORT_NAME
+def write(run_dir: Path, path: Path | None = None) -> Path:
+    """Write the report to ``path`` (default: ``report.html`` in the run folder)."""
+    path = Path(path) if path else Path(run_dir) / REPORT_NAME
     path.write_text(render(run_dir), encoding="utf-8")
     return path
 

@@ -2,8 +2,8 @@
 
 Each metric is a row of the seed's table (metric, target, actual, status) with the number
 behind it (``value``, ``unit``) and where it comes from (``evidence``). ``measure`` adds them
-to ``run.json`` (through ``summary.summarize``); the report, the 05_close notebook and the
-post-mortem read them from there.
+to the run's outcome (``rollbacklib.outcome.compute``), which ``run.json``, the report, the
+05_close notebook and the post-mortem read.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ DRILL_TARGETS = (
     ("team notified", 120, None),
     ("status page updated", 180, None),
     ("rollback started", 300, (Phase.EXECUTE, StepName.CREATE_COPY, "started")),
-    ("rollback completed", 900, (Phase.EXECUTE, StepName.SWAP_PROMOTE, "ok")),
+    ("rollback completed", 900, (Phase.VALIDATE, StepName.SWAP_PROMOTE, "ok")),
     ("validated", 1200, (Phase.VALIDATE, StepName.VALIDATION, "ok")),
     ("closed", 1500, (Phase.CLOSE, StepName.CLOSE, "ok")),
 )
@@ -208,73 +208,3 @@ def _errors_after(events: list[dict]) -> dict:
 
 def metric(summary: dict, key: str) -> dict | None:
     return next((m for m in summary.get("metrics", []) if m["key"] == key), None)
-
-
-# --- what a run left in its folder, read once for the report, the plots and the post-mortem -----
-
-class Evidence:
-    """A run folder's journal, state and summary (``run.json``, or computed when the run has none yet)."""
-
-    def __init__(self, run_dir):
-        import json
-        from pathlib import Path
-
-        from rollbacklib.journal import read_events
-        from rollbacklib.state import load_state
-        from rollbacklib.summary import RUN_SUMMARY, summarize
-
-        self.run_dir = Path(run_dir)
-        self.events = read_events(self.run_dir)
-        self.state = load_state(self.run_dir)
-        path = self.run_dir / RUN_SUMMARY
-        self.summary = json.loads(path.read_text()) if path.exists() else summarize(self.run_dir)
-        if "metrics" not in self.summary:  # a run.json written before the metrics existed
-            self.summary = self.summary | measure(self.summary, self.events, self.state)
-
-    @property
-    def steps(self) -> list[dict]:
-        return step_table(self.events)
-
-    def manifest(self) -> dict | None:
-        from pathlib import Path
-
-        from rollbacklib.postgres import backup as bk
-
-        if self.state.backup is None or not self.state.backup.has_manifest:
-            return None
-        try:
-            return bk.load_manifest(Path(self.state.backup.path))
-        except Exception:  # a manifest gone or damaged since: the report still renders
-            return None
-
-    def row_counts(self) -> dict[str, dict[str, int]]:
-        """Rows per table before the migration (the backup's manifest), at the rollback (capture), after it."""
-        series = {}
-        manifest = self.manifest()
-        if manifest and manifest.get("row_counts"):
-            series["before the migration (backup)"] = manifest["row_counts"]
-        if self.state.captured:
-            series["at the rollback (capture)"] = self.state.captured.row_counts
-        after = dict(self.state.restored.row_counts or {}) if self.state.restored else {}
-        lost = self.summary.get("rows_lost")
-        for table, d in (lost or {}).get("tables", {}).items():
-            if d.get("restored_rows") is not None:
-                after[table] = d["restored_rows"]
-        if after:
-            series["after the rollback"] = after
-        return series
-
-    def migration_row(self) -> dict | None:
-        """The migration's ``_prisma_migrations`` row as captured before the restore (phase 01)."""
-        import json
-        from pathlib import Path
-
-        captured = self.state.captured
-        if captured and "migrations" in captured.files:
-            path = Path(captured.folder) / captured.files["migrations"]
-            if path.exists():
-                rows = json.loads(path.read_text())
-                row = next((r for r in rows if r.get("migration_name") == self.summary.get("migration_id")), None)
-                if row:
-                    return row
-        return self.state.migration

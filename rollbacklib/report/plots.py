@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from rollbacklib.report.metrics import BAD, DRILL_TARGETS, Evidence, seconds_between
+from rollbacklib.report.evidence import Evidence
+from rollbacklib.report.metrics import BAD, DRILL_TARGETS, seconds_between
 
 PHASE_COLORS = {"01_prepare": "#4c78a8", "02_execute": "#f58518", "03_validate": "#54a24b",
                 "04_restore_service": "#b279a2", "05_close": "#9d755d"}
@@ -69,30 +70,42 @@ def timeline_figure(run: Evidence) -> Figure:
 
 
 def _milestones(ax, summary: dict) -> None:
+    """The drill's milestones against their targets: in seconds (a log scale, so the targets stay in view)
+    when everything the run reached came in under two minutes, else in minutes."""
     rows = summary.get("milestones") or []
     budget = summary.get("rto_budget_seconds")
+    rto = summary.get("rto_seconds")
     names = [m["milestone"] for m in rows] + ["service restored (RTO)"]
+    reached = [m["seconds"] for m in rows if m["seconds"] is not None] + ([rto] if rto is not None else [])
+    short = not reached or max(reached) < 120
+    unit, scale = ("seconds", 1) if short else ("minutes", 60)
     for i, m in enumerate(rows):
-        ax.plot(m["target_seconds"] / 60, i, marker="|", markersize=16, color=TARGET, mew=2)
+        ax.plot(m["target_seconds"] / scale, i, marker="|", markersize=16, color=TARGET, mew=2)
         if m["seconds"] is not None:
-            ax.plot(m["seconds"] / 60, i, "o", color=OK if m["status"] == "pass" else BAD_COLOR)
+            ax.plot(max(m["seconds"], 0.1) / scale, i, "o", color=OK if m["status"] == "pass" else BAD_COLOR)
+            ax.annotate(f"{m['seconds']:.1f} s" if short else f"{m['seconds'] / 60:.1f} min",
+                        (max(m["seconds"], 0.1) / scale, i), xytext=(6, 6), textcoords="offset points", fontsize=7)
         else:
             ax.annotate("for people" if m["status"] == "for people" else "not reached",
-                        (m["target_seconds"] / 60, i), xytext=(8, 0), textcoords="offset points", fontsize=7,
+                        (m["target_seconds"] / scale, i), xytext=(8, 0), textcoords="offset points", fontsize=7,
                         va="center", color=TARGET)
-    rto = summary.get("rto_seconds")
     i = len(rows)
     if budget:
-        ax.plot(budget / 60, i, marker="|", markersize=16, color=TARGET, mew=2)
-        ax.axvline(budget / 60, color=BAD_COLOR, linewidth=1, alpha=0.6, label=f"RTO budget {budget / 60:g} min")
+        ax.plot(budget / scale, i, marker="|", markersize=16, color=TARGET, mew=2)
+        ax.axvline(budget / scale, color=BAD_COLOR, linewidth=1, alpha=0.6, label=f"RTO budget {budget / 60:g} min")
     if rto is not None:
-        ax.plot(rto / 60, i, "o", color=OK if not budget or rto < budget else BAD_COLOR)
+        ax.plot(max(rto, 0.1) / scale, i, "o", color=OK if not budget or rto < budget else BAD_COLOR)
     ax.plot([], [], marker="|", color=TARGET, linestyle="none", mew=2, label="target (drill checklist)")
     ax.plot([], [], "o", color=OK, linestyle="none", label="reached in time")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max([t for _, t, _ in DRILL_TARGETS] + [budget or 0] + [(rto or 0)]) / 60 * 1.05)
-    ax.set_xlabel("minutes since the run started")
+    right = max([t for _, t, _ in DRILL_TARGETS] + [budget or 0] + [(rto or 0)]) / scale
+    if short:
+        ax.set_xscale("log")
+        ax.set_xlim(max(min(reached, default=1), 0.1) * 0.5, right * 1.3)
+    else:
+        ax.set_xlim(0, right * 1.05)
+    ax.set_xlabel(f"{unit} since the run started" + (" (log scale)" if short else ""))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(axis="x", alpha=0.3)
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME
-from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, Evidence,
-                                        duration, first_event, metric, seconds_between)
+from rollbacklib.report.checklist import expected_found
+from rollbacklib.report.evidence import Evidence
+from rollbacklib.report.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, duration,
+                                        first_event, metric, seconds_between)
 from rollbacklib.steps import StepName
 
 
@@ -50,7 +52,9 @@ def timeline(run: Evidence) -> list[tuple[str | None, str, str]]:
     if s.get("started_at"):
         rows.append((s["started_at"], f"Rollback initiated: run `{s['run_id']}` started", "journal, first event"))
     for p in s.get("phases", []):
-        rows.append((p["started_at"], f"Phase {p['name']} started", "journal"))
+        started = [x["ts"] for x in events if x["phase"] == p["name"] and x["step"] == "phase"
+                   and x["status"] == "started" and x["ts"] >= p["started_at"]]  # the notebook's start, not the gate's
+        rows.append((started[0] if started else p["started_at"], f"Phase {p['name']} started", "journal"))
         if p["finished_at"]:
             rows.append((p["finished_at"], f"Phase {p['name']} {p['status']}"
                          + (f" ({duration(p['seconds'])})" if p["seconds"] is not None else ""), "journal"))
@@ -80,6 +84,12 @@ def went_wrong(run: Evidence) -> list[str]:
     for step in run.steps:
         if step["status"] in BAD:
             items.append(f"Step `{step['step']}` ({step['phase']}) {step['status']}: {step['message'].splitlines()[0]}")
+    error = run.summary.get("error")
+    if error and len(error["message"].strip().splitlines()) > 1:
+        items.append(f"The error in full ({error['phase']} / {error['step']}): "
+                     + "; ".join(line.strip(" -") for line in error["message"].splitlines() if line.strip()))
+    for check in run.summary.get("failing_checks", []):
+        items.append(f"✘ Check failed in step `{check['step']}`: {_cell(expected_found(check))}")
     for p in run.summary.get("phases", []):
         estimate = PHASE_ESTIMATES.get(p["name"])
         if estimate and p["seconds"] is not None and p["seconds"] > estimate:
@@ -123,7 +133,7 @@ def render(run: Evidence) -> str:
         f"**Severity:** {blank('P0 / P1 / P2')}  ",
         f"**Duration:** {duration(incident) + ' from the migration to service restored; ' if incident else ''}"
         f"rollback {rto['actual'] if rto else '-'} (RTO, run start to the database answering)  ",
-        f"**Impact:** {_impact_line(s)}; {blank('what users saw')}  ",
+        f"**Impact:** {s['production']['line']}; {_impact_line(s)}; {blank('what users saw')}  ",
         f"**Environment:** `{s['environment']}` · **Run:** `{s['run_id']}` · **Outcome:** {s['status']} "
         f"(exit {s['exit_code']}) · **Evidence:** `report.html`, `journal.jsonl`, the executed notebooks",
         "",
@@ -148,6 +158,9 @@ def render(run: Evidence) -> str:
         "",
         "## Impact",
         "",
+        f"**{s['production']['line']}**",
+        "",
+        *[f"- ✘ {_cell(expected_found(c))} (step `{c['step']}`)" for c in s.get("failing_checks", [])],
         f"- Users affected: {blank('count')}"
         + (f" (rows of `users` the rollback discarded: {lost['tables']['users']['lost']})"
            if lost and "users" in lost["tables"] and lost["tables"]["users"]["lost"] is not None else ""),
@@ -240,10 +253,10 @@ def _actions(s: dict, error: dict | None) -> list[str]:
     return items
 
 
-def write(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write the draft: ``postmortem.md`` in the run folder, or the seed's dated name in ``out_dir``."""
+def write(run_dir: Path, out_dir: Path | None = None, path: Path | None = None) -> Path:
+    """Write the draft: ``path``, or the seed's dated name in ``out_dir``, or ``postmortem.md`` in the run folder."""
     run = Evidence(run_dir)
-    path = Path(out_dir) / file_name(run) if out_dir else Path(run_dir) / POSTMORTEM_NAME
+    path = Path(path) if path else Path(out_dir) / file_name(run) if out_dir else Path(run_dir) / POSTMORTEM_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(run), encoding="utf-8")
     return path
