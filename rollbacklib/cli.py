@@ -305,11 +305,23 @@ def drill(
                                     "(implies --keep); print how to practise the rollback on it."),
     stop: Optional[Path] = typer.Option(None, "--stop", metavar="DIR", help="Stop the server and the app session of "
                                         "a drill folder (as printed by --stage-only or --keep), and remove it."),
+    fault: Optional[str] = typer.Option(None, "--fault", metavar="NAME", help="Inject the fault NAME for real, let the "
+                                        "runbook (and a resume) respond, check the outcome from the rows and the "
+                                        "catalog: exit 0 as expected, 1 if anything differed. `--fault list` lists them."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
     from rollbacklib.drill import run_drill, stage_drill, stop_drill
 
     try:
+        if fault is not None:
+            from rollbacklib.drill.fault_report import fault_drill_command
+
+            if stop is not None or stage_only:
+                raise ConfigError("--fault takes neither --stop nor --stage-only.",
+                                  next_action=f"run: rollback drill --fault {fault}", step="drill")
+            raise typer.Exit(fault_drill_command(fault, config_path=str(config) if config else None, users=users,
+                                                 reports_dir=str(reports_dir) if reports_dir else None, keep=keep,
+                                                 say=lambda line: out.print(line, markup=False, highlight=False)))
         if stop is not None:
             if users or keep or stage_only:
                 raise ConfigError("--stop takes no other option.", next_action=f"run: rollback drill --stop {stop}",

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import threading
-import time
+from contextlib import ExitStack
 from datetime import datetime
 
-import psutil
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from rollbacklib.cli import app
+from rollbacklib.drill.injection import (Command, FaultUnavailable, Pool, Trigger, exclusive_lock, kill_kernel,
+                                         kill_runner_and_kernel, strike_when, tiny_volume)
 from rollbacklib.config import load_config
 from rollbacklib.journal import read_events
 from rollbacklib.pipeline import run_phases
@@ -37,26 +35,11 @@ def _databases(incident) -> dict[str, tuple[bool, int]]:
 
 def _kill_when(incident, run_id: str, step: str, status: str) -> tuple[subprocess.Popen, dict]:
     """Start `rollback run --yes` in a process; SIGKILL it and its kernel as soon as the journal shows (step, status)."""
-    cmd = [sys.executable, "-m", "rollbacklib.cli", *incident.run_args("--backup", str(incident.backup), "--yes",
-                                                                       "--run-id", run_id)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = Command(incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", run_id),
+                      say=lambda _line: None).start()
     journal = incident.reports.resolve() / MIGRATION / "drill" / run_id / "journal.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        events = read_events(journal) if journal.exists() else []
-        hit = next((e for e in events if e["step"] == step and e["status"] == status), None)
-        if hit:
-            family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-            for pid in family:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
-            return proc, hit
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail(f"the run never reached {step} {status}")
+    hit = strike_when(command, journal, Trigger(step, (status,)), kill_runner_and_kernel)
+    return command.proc, hit
 
 
 @pytest.mark.parametrize("step, status", [(StepName.BLOCK, "changed"), (StepName.SWAP_KEEP, "changed")])
@@ -122,13 +105,8 @@ def test_a_second_run_on_the_same_database_is_refused_whatever_its_environment_n
 
 
 def test_a_held_lock_times_out_and_names_the_session_it_waited_on(incident):
-    holder = psycopg.connect(incident.url)
-    holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # and stay idle in the transaction
-    pid = holder.info.backend_pid
-    try:
+    with exclusive_lock(incident.url, "users") as pid:  # held by a session idle in its transaction
         result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes"))
-    finally:
-        holder.close()
     assert result.exit_code == 3, result.output
     assert "timeout" in result.output and f"It waited on: pid {pid}" in result.output
     assert _databases(incident)[incident.database] == (True, -1)
@@ -136,27 +114,9 @@ def test_a_held_lock_times_out_and_names_the_session_it_waited_on(incident):
 
 def test_no_session_reaches_the_restored_database_before_it_is_validated(incident):
     """A pool that connects as a superuser (CONNECTION LIMIT does not stop it) keeps trying during the whole run."""
-    seen, stop = [], threading.Event()
-
-    def pool():
-        while not stop.is_set():
-            try:
-                with psycopg.connect(incident.url, connect_timeout=2, autocommit=True,
-                                     application_name="superuser-pool") as conn:
-                    oid, at = conn.execute("SELECT oid, clock_timestamp() FROM pg_database "
-                                           "WHERE datname = current_database()").fetchone()
-                    seen.append((oid, at))
-            except psycopg.Error:
-                pass
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=pool, daemon=True)
-    thread.start()
-    try:
+    with Pool(incident.url, name="superuser-pool") as pool:
         result = runner.invoke(app, incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", "pool"))
-    finally:
-        stop.set()
-        thread.join()
+    seen = pool.seen
     assert result.exit_code == 0, result.output
     run_dir = incident.reports.resolve() / MIGRATION / "drill" / "pool"
     with psycopg.connect(incident.admin_url) as admin:
@@ -232,21 +192,14 @@ def test_a_copy_the_server_disk_can_not_hold_is_refused_with_the_figures(inciden
 @pytest.fixture
 def small_volume(tmp_path):
     """A real filesystem of a chosen size (tmpfs), for a disk that fills up."""
-    mounted = []
+    with ExitStack() as stack:
+        def make(size: int):
+            try:
+                return stack.enter_context(tiny_volume(tmp_path / f"volume-{size}", size))
+            except FaultUnavailable as unavailable:
+                pytest.skip(unavailable.message)
 
-    def make(size: int):
-        folder = tmp_path / f"volume-{size}"
-        folder.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        mounted.append(folder)
-        return folder
-
-    yield make
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)], capture_output=True)
+        yield make
 
 
 @pytest.mark.parametrize("where", ["pg_dump", "manifest"])
@@ -268,23 +221,13 @@ def test_a_backup_that_fills_the_disk_leaves_nothing_behind(incident, tmp_path, 
 
 
 def test_a_kernel_killed_mid_phase_is_a_journaled_failure_and_a_new_run_names_what_it_left(incident):
-    cmd = [sys.executable, "-m", "rollbacklib.cli", *incident.run_args("--backup", str(incident.backup), "--yes",
-                                                                       "--run-id", "kernel-dies")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    command = Command(incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", "kernel-dies"),
+                      say=lambda _line: None).start()
     journal = incident.reports.resolve() / MIGRATION / "drill" / "kernel-dies" / "journal.jsonl"
-    deadline = time.monotonic() + 240
-    killed = False
-    while time.monotonic() < deadline and not killed:
-        events = read_events(journal) if journal.exists() else []
-        if any(e["step"] == StepName.CLOSE_COPY and e["status"] == "ok" for e in events):
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                if "ipykernel" in " ".join(child.cmdline()):
-                    child.kill()
-                    killed = True
-        time.sleep(0.01)
-    output, _ = proc.communicate(timeout=120)
-    assert killed
-    assert proc.returncode in (3, 5), output  # never 1 with a traceback
+    strike_when(command, journal, Trigger(StepName.CLOSE_COPY, ("ok",)), kill_kernel)
+    returncode = command.wait(120)
+    output = command.output
+    assert returncode in (3, 5), output  # never 1 with a traceback
     assert "Traceback" not in output
     run = json.loads((journal.parent / "run.json").read_text())
     assert run["status"] in ("aborted", "failed", "refused") and run["error"]["step"] in ("notebook", StepName.GATE)
