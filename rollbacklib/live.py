@@ -229,7 +229,7 @@ class LiveView:
                 "copy": self.the_copy.to_dict() if self.the_copy else None}
 
     # --- what a person runs to go back, from what is there now ---
-    def way_back(self, previous: dict | None) -> list[str]:
+    def way_back(self, previous: dict | None, *, even_if_serving: bool = False) -> list[str]:
         """Statements that put the original back in service from what the catalog shows now.
 
         Never empty while production is down and the original exists; never names a database
@@ -237,8 +237,8 @@ class LiveView:
         resume can use it again. ``previous`` is the original's settings before it was blocked.
         """
         original, live = self.original, self.named(self.live)
-        if self.catalog is None or original is None or self.situation is Situation.DONE:
-            return []  # DONE: the rollback is over and serving; going back is then a new decision, not a way back
+        if self.catalog is None or original is None or (self.situation is Situation.DONE and not even_if_serving):
+            return []  # DONE: the copy serves; going back is a way back only for a run that failed (its health)
         statements = []
         if original.name != self.live:
             if live is not None:  # the copy (or something else) has the live name: move it aside first
