@@ -119,16 +119,8 @@ def test_rollback_lab_serves_jupyterlab_on_loopback_with_a_token_until_stopped(t
     printed: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, printed), daemon=True).start()
     try:
-        url, output, deadline = None, [], time.monotonic() + 120
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                line = printed.get(timeout=1)
-            except queue.Empty:
-                continue
-            output.append(line)
-            if line.strip().startswith(f"http://127.0.0.1:{port}/"):
-                url = line.strip()
-        assert url, "".join(output) + (tmp_path / "jupyter.log").read_text()[-3000:]
+        output = []
+        url = wait_for_lab_url(proc, printed, port, output, tmp_path / "jupyter.log")
         assert any("Stop it with Ctrl-C" in line for line in output + [printed.get(timeout=5)])
         token = parse_qs(urlsplit(url).query)["token"][0]
         base = f"http://127.0.0.1:{port}"
@@ -238,3 +230,18 @@ def test_a_lab_run_done_cell_by_cell_finds_the_backup_where_rollback_run_would_a
     assert "This phase did not run" not in html and "05_close" in html
     result = CliRunner().invoke(app, ["verify-audit", str(lab.run_dir)])
     assert result.exit_code == 0, result.output
+
+
+def wait_for_lab_url(proc, printed: "queue.Queue[str]", port: int, output: list[str], log: Path) -> str:
+    """The URL `rollback lab` prints (token included), read from its output lines as they come."""
+    url, deadline = None, time.monotonic() + 120
+    while url is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            line = printed.get(timeout=1)
+        except queue.Empty:
+            continue
+        output.append(line)
+        if line.strip().startswith(f"http://127.0.0.1:{port}/"):
+            url = line.strip()
+    assert url, "".join(output) + log.read_text()[-3000:]
+    return url

@@ -32,6 +32,7 @@ from rollbacklib.steps import PHASES
 
 import browser
 from conftest import MIGRATION
+from test_lab import wait_for_lab_url
 
 
 def _message(session: str, msg_type: str, channel: str, content: dict, parent: dict | None = None) -> str:
@@ -123,16 +124,7 @@ def test_a_person_in_jupyterlab_rolls_back_from_01_to_05_and_stopping_the_lab_wr
     threading.Thread(target=_lines, args=(proc.stdout, printed), daemon=True).start()
     output: list[str] = []
     try:
-        url, deadline = None, time.monotonic() + 120
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                line = printed.get(timeout=1)
-            except queue.Empty:
-                continue
-            output.append(line)
-            if line.strip().startswith(f"http://127.0.0.1:{port}/"):
-                url = line.strip()
-        assert url, "".join(output) + (tmp_path / "jupyter.log").read_text()[-3000:]
+        url = wait_for_lab_url(proc, printed, port, output, tmp_path / "jupyter.log")
         person = Operator(f"http://127.0.0.1:{port}", parse_qs(urlsplit(url).query)["token"][0],
                           answers={"Type the migration ID": MIGRATION})
         for phase in PHASES:

@@ -116,7 +116,8 @@ def check_free_space(ctx: RunContext, step: Step, admin) -> None:
 def restore_copy(ctx: RunContext) -> pd.DataFrame:
     """Restore the backup into the copy. The live database is untouched; a failure drops the copy."""
     def restored(c: RunContext, s: Step) -> Check:
-        now, copy = c.live(), c.live().the_copy
+        now = c.live()
+        copy = now.the_copy
         if copy is None:
             return Check(f"{s.target} exists", False, s.target, None)
         if now.copy_validated:

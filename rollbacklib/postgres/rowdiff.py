@@ -228,15 +228,20 @@ def diff_databases(kept: psycopg.Connection, restored: psycopg.Connection,
     """Every user table of either database compared; the total of rows lost and what could not be counted."""
     tables = sorted(set(_tables(kept)) | set(_tables(restored)))
     diffs = [diff_table(kept, restored, t) for t in tables if t not in skip]
+    return totals(diffs, [t for t in tables if t in skip])
+
+
+def totals(diffs: list[TableDiff], left_out: list[str]) -> dict:
+    """The rows lost over every table compared, each table's diff, and what could not be counted."""
     counted = [d for d in diffs if d.comparable]
     return {
         "total": sum(d.lost for d in counted),
         "inserted": sum(d.inserted for d in counted),
         "updated": sum(d.updated for d in counted),
         "deleted": sum(d.deleted for d in counted),
-        "tables": {d.table: d.to_dict() for d in diffs},
+        "tables": {d.table: d.to_dict() for d in sorted(diffs, key=lambda d: d.table)},
         "not_compared": [d.table for d in diffs if not d.comparable],
-        "left_out": [t for t in tables if t in skip],
+        "left_out": left_out,
     }
 
 
@@ -368,13 +373,4 @@ def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
         n = _count_rows(kept, table)
         diffs.append(TableDiff(table, db.primary_key_columns(kept, table), inserted=n, kept_rows=n, restored_rows=0,
                                note="only in the pre-rollback database (created after the backup): every row is lost"))
-    counted = [d for d in diffs if d.comparable]
-    return {
-        "total": sum(d.lost for d in counted),
-        "inserted": sum(d.inserted for d in counted),
-        "updated": sum(d.updated for d in counted),
-        "deleted": sum(d.deleted for d in counted),
-        "tables": {d.table: d.to_dict() for d in sorted(diffs, key=lambda d: d.table)},
-        "not_compared": [d.table for d in diffs if not d.comparable],
-        "left_out": sorted(set(index["left_out"]) | {t for t in kept_tables if t in index["skip"]}),
-    }
+    return totals(diffs, sorted(set(index["left_out"]) | {t for t in kept_tables if t in index["skip"]}))
