@@ -70,7 +70,9 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
                     f"{step.name} refused, nothing was changed by it: {ready.name} does not hold now "
                     f"({ready.detail or 'see expected and found'}).",
                     next_action=ready.detail or "run 02_execute from the top for this run.",
-                    step=step.name, expected=ready.expected, found=ready.found)
+                    step=step.name, expected=ready.expected, found=ready.found,
+                    # after a change, the live system is not what the rollback left: a person decides
+                    escalate="L3" if ctx.changes_began() else None)
         result = execute(ctx, step)
         if postcondition is not None:
             holds = postcondition(ctx, step)

@@ -26,7 +26,7 @@ DRILL_TARGETS = (
     ("team notified", 120, None),
     ("status page updated", 180, None),
     ("rollback started", 300, (Phase.EXECUTE, StepName.CREATE_COPY, "started")),
-    ("rollback completed", 900, (Phase.VALIDATE, StepName.SWAP_PROMOTE, "ok")),
+    ("rollback completed", 900, (Phase.EXECUTE, StepName.SWAP_PROMOTE, "ok")),
     ("validated", 1200, (Phase.VALIDATE, StepName.VALIDATION, "ok")),
     ("closed", 1500, (Phase.CLOSE, StepName.CLOSE, "ok")),
 )
@@ -125,7 +125,7 @@ def measure(summary: dict, events: list[dict], state: RunState) -> dict:
                 duration(rpo), _budget(rpo, rpo_budget),
                 "from the backup's time (its manifest) to the moment the live database stopped taking connections "
                 "(step block-connections): the writes a full restore gives up"),
-        _rows_lost_metric(rows_lost, lost_event),
+        _rows_lost_metric(rows_lost, lost_event, pending=restored_at is not None and lost_event is None),
         _metric("downtime", "Downtime (connections blocked)", f"< {duration(rto_budget)}" if rto_budget else "-",
                 downtime, "s", duration(downtime), _budget(downtime, rto_budget),
                 "from block-connections to the database answering again through the application's URL (health)"),
@@ -138,7 +138,14 @@ def measure(summary: dict, events: list[dict], state: RunState) -> dict:
             "milestones": milestones(events), "metrics": metrics}
 
 
-def _rows_lost_metric(rows_lost: dict | None, event: dict | None) -> dict:
+PENDING = "pending"
+
+
+def _rows_lost_metric(rows_lost: dict | None, event: dict | None, pending: bool = False) -> dict:
+    if rows_lost is None and pending:
+        return _metric("rows_lost", "RPO (Data Loss), rows", "counted", None, "rows", "pending", PENDING,
+                       "counted after the outage window by step compare-rows (05_close), which has not run yet: "
+                       "`rollback resume` on this run folder counts them")
     if rows_lost is None:
         why = event["message"] if event else "step compare-rows did not run in this run"
         return _metric("rows_lost", "RPO (Data Loss), rows", "counted", None, "rows", "-", NOT_MEASURED, why)

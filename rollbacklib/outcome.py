@@ -207,9 +207,10 @@ def _undone(events: list[dict], status: str) -> str:
 
 
 def failing_checks(events: list[dict]) -> list[dict]:
-    """Every check that failed in the latest check of the copy (02 validate-copy) and of the validation (03)."""
+    """Every check that failed in the latest check of the copy (02: validate-copy, its identity at the promote) and of
+    the validation (03)."""
     found = []
-    for step in (StepName.VALIDATE_COPY, StepName.VALIDATION):
+    for step in (StepName.VALIDATE_COPY, StepName.SWAP_PROMOTE, StepName.VALIDATION):
         event = next((e for e in reversed(events) if e["step"] == step and isinstance(e["evidence"].get("checks"), list)),
                      None)
         for check in (event["evidence"]["checks"] if event else []):
@@ -246,6 +247,7 @@ def production_state(run_dir: Path, events: list[dict], state: RunState, *, live
     catalog = read_catalog(run_dir, events, live_name, state.swap.kept if state.swap else None) if live else None
     checked_at = datetime.now(timezone.utc).isoformat() if catalog is not None else (events[-1]["ts"] if events else None)
 
+    server_gone = False
     if catalog is not None:
         source = "live catalog"
         if not catalog["live_exists"]:
@@ -258,7 +260,11 @@ def production_state(run_dir: Path, events: list[dict], state: RunState, *, live
             what, since = SERVING_ORIGINAL, None
     else:
         source = "final state"
-        if live_name is None:
+        last_seen = next((e for e in reversed(events) if isinstance(e["evidence"].get("live"), dict)), None)
+        server_gone = last_seen is not None and last_seen["evidence"]["live"].get("situation") == "server-down"
+        if server_gone:
+            what, since = DOWN, last_seen["ts"]
+        elif live_name is None:
             what, since = UNKNOWN, None
         elif renamed and not promoted:
             what, since = DOWN, renamed["ts"]
@@ -269,7 +275,8 @@ def production_state(run_dir: Path, events: list[dict], state: RunState, *, live
         else:
             what, since = SERVING_ORIGINAL, None
     line = {
-        DOWN: f"Production DOWN since {_hms(since)} (live name {live_name} missing)",
+        DOWN: f"Production DOWN since {_hms(since)} (" + ("the server does not answer" if source == "final state"
+                                                         and server_gone else f"live name {live_name} missing") + ")",
         BLOCKED: f"Production BLOCKED since {_hms(since)} ({live_name} refuses connections)",
         SERVING_RESTORED: f"Production serving the restored database since {_hms(since)}",
         SERVING_ORIGINAL: "Production serving the original database: the rollback did not replace it",

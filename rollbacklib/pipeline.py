@@ -206,7 +206,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
 _REDO_FROM = {Situation.NOT_STARTED: Phase.EXECUTE, Situation.COPY_PREPARING: Phase.EXECUTE,
               Situation.COPY_READY: Phase.EXECUTE, Situation.LIVE_BLOCKED: Phase.EXECUTE,
               Situation.BETWEEN_RENAMES: Phase.EXECUTE, Situation.SERVING_ORIGINAL_AGAIN: Phase.EXECUTE,
-              Situation.PROMOTED_CLOSED: Phase.VALIDATE}
+              Situation.PROMOTED_CLOSED: Phase.EXECUTE}
 
 
 def _phases_to_redo(run_dir: Path, journal: Journal, config_path: str) -> set[str]:

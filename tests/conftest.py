@@ -151,3 +151,20 @@ def behind_the_runbook(incident: Incident, run_id: str | None = None):
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
         with db.private_connection(admin, incident.url, name, statements) as conn:
             yield conn
+
+
+def kill_when(incident: Incident, run_id: str, step: str, status: str):
+    """Start `rollback run --yes` in a process; SIGKILL it and its kernel as soon as the journal shows (step, status)."""
+    from rollbacklib.drill.injection import Command, Trigger, kill_runner_and_kernel, strike_when
+
+    command = Command(incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", run_id),
+                      say=lambda _line: None).start()
+    journal = incident.reports.resolve() / MIGRATION / "drill" / run_id / "journal.jsonl"
+    hit = strike_when(command, journal, Trigger(step, (status,)), kill_runner_and_kernel)
+    return command.proc, hit
+
+
+def between_the_renames(incident: Incident, run_id: str):
+    """A run killed inside the outage window, right after the live database was renamed away: the live name is
+    free and the validated copy waits, closed, for its promote (what a person may meddle with before a resume)."""
+    return kill_when(incident, run_id, "swap-keep-live", "changed")

@@ -21,7 +21,7 @@ from rollbacklib.pipeline import run_phases
 from rollbacklib.postgres.locks import database_lock
 from rollbacklib.steps import Phase, StepName
 
-from conftest import DRILL_URL_ENV, MIGRATION, behind_the_runbook
+from conftest import DRILL_URL_ENV, MIGRATION, behind_the_runbook, between_the_renames, kill_when
 
 runner = CliRunner()
 
@@ -33,13 +33,7 @@ def _databases(incident) -> dict[str, tuple[bool, int]]:
     return {name: (allow, limit) for name, allow, limit in rows}
 
 
-def _kill_when(incident, run_id: str, step: str, status: str) -> tuple[subprocess.Popen, dict]:
-    """Start `rollback run --yes` in a process; SIGKILL it and its kernel as soon as the journal shows (step, status)."""
-    command = Command(incident.run_args("--backup", str(incident.backup), "--yes", "--run-id", run_id),
-                      say=lambda _line: None).start()
-    journal = incident.reports.resolve() / MIGRATION / "drill" / run_id / "journal.jsonl"
-    hit = strike_when(command, journal, Trigger(step, (status,)), kill_runner_and_kernel)
-    return command.proc, hit
+_kill_when = kill_when
 
 
 @pytest.mark.parametrize("step, status", [(StepName.BLOCK, "changed"), (StepName.SWAP_KEEP, "changed")])
@@ -69,11 +63,11 @@ def test_a_run_killed_in_phase_02_is_finished_by_resume(incident, step, status):
 def test_the_way_back_printed_after_a_failure_works_when_followed_literally(incident):
     common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="way-back", approve=MIGRATION, backup=str(incident.backup))
-    run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
-    with behind_the_runbook(incident, "way-back") as conn:
+    between_the_renames(incident, "way-back")
+    with behind_the_runbook(incident, "way-back") as conn:  # the closed copy opened and damaged in the window
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
-    result = run_phases(**common, phases=(Phase.VALIDATE,))
-    assert result.exit_code == 5
+    result = run_phases(**common)
+    assert result.exit_code == 5 and result.summary["error"]["step"] == StepName.SWAP_PROMOTE
     statements = result.summary["way_back"]
     assert any("ALLOW_CONNECTIONS true" in s for s in statements), statements  # the unblock is part of it
     assert statements[0] in result.summary["error"]["next_action"]
@@ -124,7 +118,7 @@ def test_no_session_reaches_the_restored_database_before_it_is_validated(inciden
     reopened = min(datetime.fromisoformat(e["ts"]) for e in read_events(run_dir)
                    if e["step"] == StepName.REOPEN and e["status"] == "changed")
     validated = max(datetime.fromisoformat(e["ts"]) for e in read_events(run_dir)
-                    if e["step"] == StepName.VALIDATION and e["status"] == "ok")
+                    if e["step"] == StepName.VALIDATE_COPY and e["status"] == "ok")
     early = [at for oid, at in seen if oid == restored_oid and at < reopened]
     assert not early, f"the pool reached the restored database before it was reopened: {early[:3]}"
     assert validated < reopened

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from rollbacklib.cli import app
 from rollbacklib.errors import RefusedError
 from rollbacklib.journal import read_events
-from rollbacklib.phases import execute, restored_copy, swap
+from rollbacklib.phases import execute, restored_copy, swap, window
 from rollbacklib.pipeline import run_phases
 from rollbacklib.postgres.client import client_tools
 from rollbacklib.run import open_run
@@ -99,12 +99,12 @@ def test_a_typo_at_the_gate_keeps_the_copy_and_the_right_answer_then_rolls_back(
     copy = f"{incident.database}__restored_typo"
     assert _databases(incident)[copy] == (False, 0)  # the validated copy is still there, closed
     with pytest.raises(RefusedError):  # nothing destructive runs without the approval
-        execute.block_connections(ctx)
+        window.block_connections(ctx)
     assert _databases(incident)[incident.database] == (True, -1)
 
     execute.approve_swap(ctx)  # the gate cell run again, the right answer typed
-    for step in (execute.stop_services, execute.block_connections, execute.drain_connections,
-                 execute.terminate_sessions, swap.swap_keep_live):
+    for step in (execute.stop_services, window.block_connections, window.drain_connections,
+                 window.terminate_sessions, swap.swap_keep_live):
         step(ctx)
     result = run_phases(**_common(incident, "typo"))
     assert result.exit_code == 0, result.summary["error"]
@@ -132,7 +132,7 @@ def test_a_refused_gate_that_dropped_the_copy_says_so_and_nothing_runs_over_the_
     assert "run 02_execute from the top" in again.value.next_action
     from rollbacklib.run import record_approval
     record_approval(ctx.run_dir, MIGRATION, "forced by the test", ctx.plan().digest)
-    for step in (execute.block_connections, execute.terminate_sessions, swap.swap_keep_live):
+    for step in (window.block_connections, window.terminate_sessions, swap.swap_keep_live):
         with pytest.raises(RefusedError):
             step(ctx)
     assert _databases(incident)[incident.database] == (True, -1)  # production untouched, serving

@@ -32,7 +32,7 @@ from rollbacklib.resources import scenarios_dir
 from rollbacklib.steps import Phase, StepName
 
 import browser
-from conftest import CONFIG, DRILL_URL_ENV, MIGRATION, Incident, behind_the_runbook
+from conftest import CONFIG, DRILL_URL_ENV, MIGRATION, Incident, behind_the_runbook, between_the_renames
 
 runner = CliRunner()
 
@@ -182,6 +182,8 @@ def test_every_metric_in_run_json_matches_an_independent_recomputation(written, 
     with psycopg.connect(written.admin_url) as admin:  # the kept database is closed again, to everyone
         assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
                              (kept,)).fetchone() == (False, 0)
+    reopened = max(e["ts"] for e in events if e["step"] == StepName.REOPEN and e["status"] == "changed")
+    assert min(e["ts"] for e in events if e["step"] == StepName.COMPARE_ROWS) > reopened  # after the window
     compare = [e["message"] for e in events if e["step"] == StepName.COMPARE_ROWS and e["status"] == "changed"]
     # the kept database read through a private connection, opened and closed again; the copy is not opened at
     # all (its rows were hashed at validate-copy, before it was closed for good)
@@ -278,23 +280,23 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     _need_chromium()
     common = dict(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
                   reports_dir=str(incident.reports), run_id="damaged", approve=MIGRATION, backup=str(incident.backup))
-    run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE))
+    between_the_renames(incident, "damaged")
     with behind_the_runbook(incident, "damaged") as conn:  # the closed copy opened and damaged before it goes live
         conn.execute('ALTER TABLE users DROP COLUMN "emailVerified"')
 
-    result = run_phases(**common, phases=(Phase.VALIDATE, Phase.RESTORE_SERVICE, Phase.CLOSE))
+    result = run_phases(**common)
 
     assert result.exit_code == 5 and result.report == result.run_dir / "report.html" and result.report_error is None
     page = browser.open_page(result.report, tmp_path_factory.mktemp("report-artifacts"), "failed")
     print(f"\nfailed run's report screenshot: {page.screenshot}")
     assert page.console == [] and page.failed_loads == []
     data = page.data
-    assert data["errorLinks"] and data["errorLinks"][0].startswith("#03_validate-cell-")
+    assert data["errorLinks"] and data["errorLinks"][0].startswith("#02_execute-cell-")
     assert data["failedCells"] == [data["errorLinks"][0][1:]]  # the link leads to the highlighted cell
     assert data["openCode"] == 1  # the failed cell's code is shown; every other cell's is folded
     text = data["text"]
-    assert "03_validate / step validation: ValidationFailed" in text
-    assert "This cell failed (step validation)" in text and "ValidationFailed" in text
+    assert "02_execute / step swap-promote-copy: RefusedError" in text
+    assert "This cell failed (step swap-promote-copy)" in text and "RefusedError" in text
     assert "L3 (DevOps Lead)" in text and "RENAME TO" in text  # the next action: the way back
     assert re.search(r"RTO \(Recovery Time\)\s+< 15 min\s+-\s+– not measured", text)
     live = database_name(incident.url)
@@ -309,8 +311,8 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
         assert f"{check['name']}: expected " in text
     assert "no session opened on the copy since it was closed: expected " in text
     postmortem = (result.run_dir / "postmortem.md").read_text()
-    assert "- Step `validation` (03_validate) failed: " in postmortem
-    assert "The restored copy is not the one that was validated" in postmortem
+    assert "- Step `swap-promote-copy` (02_execute) refused: PRODUCTION IS DOWN" in postmortem
+    assert "do not promote" in postmortem
     impact = postmortem.split("\n## Impact\n", 1)[1].strip().splitlines()
     assert impact[0].startswith("**Production DOWN since ") and f"(live name {live} missing)" in impact[0]
     assert "- ✘ no session opened on the copy since it was closed: expected " in postmortem

@@ -201,6 +201,13 @@ def _judge_idle_pool(drill: "FaultDrill", _code: int) -> None:
     ended = json.loads(path.read_text()) if path.exists() else []
     pool = [s for s in ended if s.get("application_name") == "idle-pool"]
     drill.verdict.check(bool(pool), f"terminate ended the idle pool's sessions ({len(pool)} in {path.name})")
+    from rollbacklib.journal import read_events
+
+    drained = [e["evidence"] for e in read_events(drill.run_dir) if e["step"] == StepName.DRAIN
+               and e["status"] == "info" and "idle" in e["evidence"]]
+    waited_for = [s for d in drained for s in d["active"] if s.get("application_name") == "idle-pool"]
+    drill.verdict.check(bool(drained) and not waited_for, "drain did not wait for the idle pool (its sessions "
+                        "listed as idle, none as active)")
 
 
 def _exclusive_lock(drill: "FaultDrill") -> int:
@@ -367,10 +374,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "`rollback resume --yes` runs 02 again.", "The re-run restores a fresh copy and finishes.",
           "Approve with --yes (or type the ID) and resume.", _rerun_execute_after_refusal),
     Fault("superuser-pool", 0, "A superuser client connects to the live name again and again during the whole run.",
-          "No session reaches the restored copy before phase 04 reopens it.", "Nothing: the run succeeds.",
+          "No session reaches the restored copy before reopen-connections opens it.", "Nothing: the run succeeds.",
           _superuser_pool, judge=_judge_superuser_pool),
     Fault("idle-pool", 0, "Five idle sessions that reconnect whenever they are cut.",
-          "Drain waits, terminate ends them (kept in terminated_sessions.json), the swap goes on.",
+          "Drain does not wait for idle sessions; terminate ends them at once (kept in terminated_sessions.json), the swap goes on.",
           "Nothing: the run succeeds.", _idle_pool, judge=_judge_idle_pool),
     Fault("exclusive-lock", 3, "A session holds ACCESS EXCLUSIVE on a table, idle in its transaction.",
           "Phase 01's capture times out (lock_timeout) and aborts, naming the pid it waited on.",

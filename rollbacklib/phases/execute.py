@@ -4,14 +4,15 @@
    serves on (``rollbacklib.phases.restored_copy``; any failure drops the copy and aborts with
    nothing changed);
 2. the gate: an approval of the plan (its digest) is journaled, or the run stops here;
-3. stop the services, stop new connections to the live database, wait for sessions to
-   drain, terminate the rest;
-4. keep the live database by renaming it to ``<db>__pre_rollback_<run>`` (``rollbacklib.phases.swap``;
-   the copy takes the live name in phase 03, once its identity is checked).
+3. stop the services;
+4. the outage window, in this same kernel (``rollbacklib.phases.window``): block, drain the
+   active sessions, terminate the rest, keep the live database as ``<db>__pre_rollback_<run>``,
+   promote the copy once its identity holds, reopen, and the health check through the
+   application's URL. Every step in it reads or changes the catalog only.
 
 Every step is rendered in phase 01 (``plan_steps``) and executed from ``plan.json``; a
 destructive step refuses without an approval of that plan, and block, terminate and keep
-act only while the validated copy is there, closed, now (``rollbacklib.live``).
+act only while the validated copy is there, closed, unchanged, now (``rollbacklib.live``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from rollbacklib.checks import Check, compare
-from rollbacklib.dispatch import dispatch, execute_actions
-from rollbacklib.errors import AbortedError, RefusedError, StepError
-from rollbacklib.files import atomic_write_json
-from rollbacklib.journal import utc_now
-from rollbacklib.live import describe_way_back, kept_name, restored_name
+from rollbacklib.checks import Check
+from rollbacklib.dispatch import dispatch
+from rollbacklib.errors import AbortedError, RefusedError
+from rollbacklib.live import kept_name, restored_name
+from rollbacklib.phases import window
 from rollbacklib.phases.restore_service import scale_services, service_actions
 from rollbacklib.phases.restored_copy import drop_copy
 from rollbacklib.postgres import backup as bk
@@ -33,7 +33,6 @@ from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
 from rollbacklib import frontends
-from rollbacklib.state import Blocked
 from rollbacklib.steps import Action, Phase, Step, StepName, plan_frame, sql_actions
 
 PHASE = Phase.EXECUTE
@@ -51,13 +50,12 @@ def read_live_facts(ctx: RunContext, admin) -> dict:
 
 
 def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
-    live, restored, kept = ctx.database, restored_name(ctx.database, ctx.run_id), kept_name(ctx.database, ctx.run_id)
+    live, restored = ctx.database, restored_name(ctx.database, ctx.run_id)
     backup = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    props, t = facts["properties"], ctx.env.thresholds
+    props = facts["properties"]
     drop_restored = db.drop_database_statement(restored).as_string(admin)
     restore_argv = bk.restore_command(backup, restored, ctx.tools, ctx.env.restore_keep_owners)
     carry = [s for s in dbp.apply_statements(restored, {**props, "comment": None})]
-    unblock = [s.as_string(admin) for s in db.unblock_statements(live, facts["settings"])]
     services = tuple(service_actions(ctx, stop=True))
     return [
         Step(StepName.CREATE_COPY, PHASE, restored,
@@ -99,26 +97,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
         Step(StepName.STOP_SERVICES, PHASE, ctx.env.service_platform, "scale the services that use the database to 0",
              services, destructive=any(a.kind == "platform" for a in services), requires=(StepName.GATE,),
              postcondition="the platform reports 0 replicas", undo=tuple(a.text for a in service_actions(ctx, stop=False))),
-        Step(StepName.BLOCK, PHASE, live, "stop new connections to the live database, superusers included",
-             sql_actions(admin, live, db.block_statements(live)), destructive=True,
-             requires=(StepName.GATE,),
-             precondition=f"the validated copy {restored} is there, closed, unchanged; {live} is the original",
-             postcondition="the original database: ALLOW_CONNECTIONS false, CONNECTION LIMIT 0", undo=tuple(unblock)),
-        Step(StepName.DRAIN, PHASE, live, f"wait up to {t.drain_wait_seconds:.0f} s for sessions to end on their own",
-             (Action("wait", live, f"poll pg_stat_activity every {t.poll_interval_seconds} s for client sessions "
-                     f"on {live}"),), requires=(StepName.BLOCK,), postcondition="the original is still blocked"),
-        Step(StepName.TERMINATE, PHASE, live, "terminate the sessions left (kept as evidence), wait for them to go",
-             sql_actions(admin, live, [db.terminate_statement(live)]) + (
-                 Action("wait", live, f"up to {t.terminate_timeout_seconds:.0f} s for them to go"),),
-             destructive=True, requires=(StepName.DRAIN,),
-             precondition=f"{live} is the original, blocked; the validated copy is there",
-             postcondition="no other session on the original", undo=("sessions reconnect once connections are "
-                                                                     "allowed again",)),
-        Step(StepName.SWAP_KEEP, PHASE, live, f"rename the live database to {kept}: kept, never dropped",
-             sql_actions(admin, live, [db.rename_statement(live, kept)]), destructive=True,
-             requires=(StepName.TERMINATE,),
-             precondition=f"{live} is the original, blocked, with no session; the validated copy is there, closed",
-             postcondition=f"the original is named {kept}", undo=(db.rename_statement(kept, live).as_string(admin),)),
+        *window.plan_steps(ctx, facts, admin),
     ]
 
 
@@ -130,39 +109,6 @@ def show_plan(ctx: RunContext) -> pd.DataFrame:
                            step=StepName.PLAN)
     ctx.record(StepName.PLAN, "info", f"plan {plan.digest[:12]} shown", digest=plan.digest)
     return plan_frame(plan.for_phase(PHASE) + [s for s in plan.steps if s.phase > PHASE])
-
-
-# --- live preconditions ---------------------------------------------------------------------------
-
-def copy_ready_and_original_live(ctx: RunContext, step: Step, *, blocked: bool = False,
-                                 no_sessions: bool = False) -> Check:
-    """The live facts block, terminate and keep need: the validated copy closed beside the original, which has the live name."""
-    now = ctx.live()
-    original, live = now.original, now.named(ctx.database)
-    found = {"situation": now.situation.value, "copy ready": now.copy_ready,
-             "live name holds the original": bool(original and live and live.oid == original.oid)}
-    want = {"copy ready": True, "live name holds the original": True}
-    if blocked:
-        found["original blocked"] = bool(original and original.closed)
-        want["original blocked"] = True
-    if no_sessions:
-        found["sessions on the original"] = original.sessions if original else None
-        want["sessions on the original"] = 0
-    passed = all(found[k] == v for k, v in want.items())
-    detail = "" if passed else (
-        "the validated copy is not there, closed, as its validation left it: run 02_execute from the top for this "
-        "run (create-copy again), then the gate" if not now.copy_ready else
-        f"the live name does not hold the original as this step needs ({now.describe()}): run `rollback resume` "
-        "for this run, which acts from what the catalog shows")
-    return Check(f"{step.name} may act: " + ", ".join(want), passed, want, found, detail)
-
-
-def _original_blocked(ctx: RunContext, step: Step) -> Check:
-    original = ctx.live().original
-    found = {"allow_connections": original.allow_connections, "connection_limit": original.connection_limit} \
-        if original else None
-    return compare("the original database refuses new connections", {"allow_connections": False,
-                                                                     "connection_limit": 0}, found)
 
 
 # --- the gate -----------------------------------------------------------------------------------
@@ -242,72 +188,7 @@ def _what_changed(ctx: RunContext, dropped: str | None) -> str:
     return "The live database was not touched."
 
 
-# --- services, connections ----------------------------------------------------------------------
+# --- services ----------------------------------------------------------------------
 
 def stop_services(ctx: RunContext) -> pd.DataFrame:
     return dispatch(ctx, StepName.STOP_SERVICES, lambda c, s: scale_services(c, s, stop=True))
-
-
-def block_connections(ctx: RunContext) -> pd.DataFrame:
-    return dispatch(ctx, StepName.BLOCK, _block, postcondition=_original_blocked,
-                    precondition=copy_ready_and_original_live)
-
-
-def _block(ctx: RunContext, step: Step) -> pd.DataFrame:
-    live = ctx.database
-    with db.connect(ctx.admin_url, step=step.name) as admin:
-        before = db.database_settings(admin, live)
-        if ctx.state().blocked is None or before != {"allow_connections": False, "connection_limit": 0}:
-            ctx.update(blocked=Blocked(database=live, previous=ctx.state().original_settings or before, at=utc_now()))
-        execute_actions(ctx, admin, step)
-        after = db.database_settings(admin, live)
-    return pd.DataFrame([{"setting": k, "before": before[k], "after": after[k]}
-                         for k in ("allow_connections", "connection_limit")])
-
-
-def unblock_advice(ctx: RunContext) -> str:
-    """The way back from where the run stands now, read from the catalog: every statement, the unblock included."""
-    now = ctx.live()
-    return describe_way_back(now.way_back(ctx.previous_settings()), ctx.env.maintenance_database)
-
-
-def drain_connections(ctx: RunContext) -> pd.DataFrame:
-    """Wait for sessions to end on their own (what is left is terminated by the next step)."""
-    return dispatch(ctx, StepName.DRAIN, _drain, postcondition=_original_blocked,
-                    precondition=lambda c, s: _original_blocked(c, s))
-
-
-def _drain(ctx: RunContext, step: Step) -> pd.DataFrame:
-    t = ctx.env.thresholds
-    with db.connect(ctx.admin_url, step=step.name) as admin:
-        left = db.wait_for_no_sessions(admin, ctx.database, t.drain_wait_seconds, t.poll_interval_seconds)
-    ctx.record(step.name, "info", f"{len(left)} session(s) left after waiting up to {t.drain_wait_seconds:.0f} s",
-               sessions=left)
-    return pd.DataFrame(left)
-
-
-def _original_empty(ctx: RunContext, step: Step) -> Check:
-    original = ctx.live().original
-    found = {"closed": original.closed, "sessions": original.sessions} if original else None
-    return compare("the original is blocked with no other session", {"closed": True, "sessions": 0}, found)
-
-
-def terminate_sessions(ctx: RunContext) -> pd.DataFrame:
-    """Terminate every other session left on the live database (never the runbook's own)."""
-    return dispatch(ctx, StepName.TERMINATE, _terminate, postcondition=_original_empty,
-                    precondition=lambda c, s: copy_ready_and_original_live(c, s, blocked=True))
-
-
-def _terminate(ctx: RunContext, step: Step) -> pd.DataFrame:
-    t = ctx.env.thresholds
-    with db.connect(ctx.admin_url, step=step.name) as admin:
-        victims = db.sessions(admin, ctx.database)
-        atomic_write_json(ctx.run_dir / "terminated_sessions.json", victims)
-        execute_actions(ctx, admin, step)
-        ctx.record(step.name, "info", f"terminated {len(victims)} session(s)", terminated=victims)
-        left = db.wait_for_no_sessions(admin, ctx.database, t.terminate_timeout_seconds, t.poll_interval_seconds)
-    if left:
-        raise StepError(f"{len(left)} session(s) on {ctx.database} survived termination.",
-                        next_action="find them with pg_stat_activity and end them, then re-run this cell; or "
-                        + unblock_advice(ctx), expected=0, found=[s["pid"] for s in left], escalate="L3")
-    return pd.DataFrame(victims)

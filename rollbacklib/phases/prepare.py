@@ -107,7 +107,7 @@ def name_leftovers(ctx: RunContext, step: Step) -> None:
 
 
 def _unfinished_runs(ctx: RunContext) -> list[str]:
-    """Run folders of this migration and environment whose state shows a change and no finished phase 04."""
+    """Run folders of this migration and environment whose state shows a change and no health check passed after it."""
     from rollbacklib.state import load_state
 
     folders = []
@@ -356,7 +356,7 @@ def plan_step(ctx: RunContext) -> Step:
 
 def build_plan(ctx: RunContext) -> Plan:
     """Every step of the run, rendered once: phase 01 as it ran, then what the later phases will do."""
-    from rollbacklib.phases import close, execute, restore_service, validate
+    from rollbacklib.phases import close, compare_rows, execute, restore_service, validate
 
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
     steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
@@ -364,8 +364,9 @@ def build_plan(ctx: RunContext) -> Plan:
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
-        steps += validate.plan_steps(ctx, admin, facts["properties"]["comment"])
-        steps += restore_service.plan_steps(ctx, facts, admin)
+        steps += validate.plan_steps(ctx)
+        steps += restore_service.plan_steps(ctx)
+        steps += [compare_rows.compare_rows_step(ctx, admin)]
     steps += close.plan_steps(ctx)
     ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)

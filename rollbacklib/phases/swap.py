@@ -1,10 +1,10 @@
-"""The swap (phase 02's last step and phase 03's last): the live database is kept, the validated copy goes live.
+"""The swap, inside the outage window (``rollbacklib.phases.window``): the live database is kept, the copy goes live.
 
 ``swap-keep-live`` renames the live database to ``<db>__pre_rollback_<run>`` (kept, never
-dropped); ``swap-promote-copy`` gives the copy the live name, still closed until phase 04
-reopens it, once its identity is checked from the maintenance database (oid, marker, no
-session since it was closed). Both act from what the catalog shows, so a swap cut short is
-finished, and a swap someone undid by hand is not run over.
+dropped); ``swap-promote-copy`` gives the copy the live name, still closed until
+``reopen-connections`` right after it, once its identity is checked from the maintenance
+database (oid, marker, no session since it was closed). Both act from what the catalog shows,
+so a swap cut short is finished, and a swap someone undid by hand is not run over.
 """
 
 from __future__ import annotations
@@ -15,25 +15,11 @@ from rollbacklib.checks import Check, compare, describe_failures, failed
 from rollbacklib.dispatch import dispatch, execute_actions
 from rollbacklib.errors import StepError
 from rollbacklib.live import kept_name, restored_name
-from rollbacklib.phases.execute import copy_ready_and_original_live, unblock_advice
+from rollbacklib.phases.window import copy_identity_check, copy_ready_and_original_live, way_back_now
 from rollbacklib.postgres import database as db
 from rollbacklib.run import RunContext
 from rollbacklib.state import Swap
-from rollbacklib.steps import Phase, Step, StepName, sql_actions
-
-
-def promote_step(ctx: RunContext, admin, live_comment: str | None) -> Step:
-    live, restored, kept = ctx.database, restored_name(ctx.database, ctx.run_id), kept_name(ctx.database, ctx.run_id)
-    return Step(StepName.SWAP_PROMOTE, Phase.VALIDATE, restored,
-                f"the validated copy takes the name {live}, still closed until phase 04, with the live database's comment",
-                sql_actions(admin, restored, [db.rename_statement(restored, live), *db.block_statements(live),
-                                              db.comment_statement(live, live_comment)]),
-                destructive=True, requires=(StepName.VALIDATION,),
-                precondition=f"{restored} is the validated copy (oid, marker, no session since closed); "
-                f"{kept} is the original; {live} is free",
-                postcondition=f"{live} is the restored copy, closed; {kept} is kept; {restored} is gone",
-                undo=(db.rename_statement(live, restored).as_string(admin),
-                      db.rename_statement(kept, live).as_string(admin)))
+from rollbacklib.steps import Step, StepName
 
 
 # --- keep -----------------------------------------------------------------------------------------
@@ -66,13 +52,6 @@ def _swap_keep(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 # --- promote --------------------------------------------------------------------------------------
 
-def copy_identity_check(ctx: RunContext) -> list[Check]:
-    """The copy's identity, read from the maintenance database: oid, marker, closed, no session since closed."""
-    now = ctx.live()
-    restored = ctx.state().restored
-    return now.copy_identity(restored.sessions_at_close if restored else None)
-
-
 def _promoted(ctx: RunContext, step: Step) -> Check:
     now = ctx.live()
     copy, original = now.the_copy, now.original
@@ -96,9 +75,11 @@ def swap_promote_copy(ctx: RunContext) -> pd.DataFrame:
                               {"original": original.name if original else None,
                                "live name free": now.named(c.database) is None}))
         bad = failed(checks)
+        c.record(s.name, "info", "the copy's identity, read from the maintenance database: "
+                 + ("holds" if not bad else "does NOT hold"), checks=[x.to_dict() for x in checks])
         return Check("the copy is the validated one, unchanged, and the live name is free", not bad,
                      [x.name for x in checks], [x.to_dict() for x in bad],
-                     "" if not bad else "do not promote: " + describe_failures(checks) + "\n" + unblock_advice(c))
+                     "" if not bad else "do not promote: " + describe_failures(checks) + "\n" + way_back_now(c))
 
     return dispatch(ctx, StepName.SWAP_PROMOTE, _swap_promote, postcondition=_promoted, precondition=may_promote)
 
@@ -110,13 +91,13 @@ def _swap_promote(ctx: RunContext, step: Step) -> pd.DataFrame:
         copy = ctx.live().the_copy
         if copy is not None and copy.name == live:
             ctx.record(step.name, "info", f"the copy already carries the name {live}: finishing a swap cut short")
-            execute_actions(ctx, admin, step, tuple(rest))  # closed until phase 04, and the live comment
+            execute_actions(ctx, admin, step, tuple(rest))  # closed until reopen-connections, and the live comment
         else:
             try:
                 execute_actions(ctx, admin, step, (rename,))
             except Exception as err:
                 raise StepError(f"Putting the restored copy in place failed ({err}).",
-                                next_action=unblock_advice(ctx), escalate="L3") from None
+                                next_action=way_back_now(ctx), escalate="L3") from None
             execute_actions(ctx, admin, step, tuple(rest))
         ctx.update(swap=Swap(live=live, kept=kept, restored=restored, completed=True))
         ctx.record(step.name, "info", f"restored copy is now {live}; the pre-rollback database is kept as {kept} "

@@ -349,14 +349,23 @@ def sample_rows(conn: psycopg.Connection, table: str, order_by: str, limit: int)
 # --- connections ----------------------------------------------------------------------------
 
 def sessions(conn: psycopg.Connection, database: str) -> list[dict]:
-    """Every other session connected to ``database`` (never this one)."""
+    """Every other session connected to ``database`` (never this one), each ``idle`` or ``active``.
+
+    ``idle``: idle, or idle in a transaction that holds no lock but its own virtual transaction
+    ID (ending it loses nothing and frees nothing anyone waits for). ``active``: a query
+    running, or a transaction holding locks (it may be writing): worth waiting for.
+    """
     rows = conn.cursor(row_factory=dict_row).execute(
         """
-        SELECT pid, usename AS "user", application_name, client_addr::text AS client_addr, state,
-               backend_start, query_start, left(query, 200) AS query
-        FROM pg_stat_activity
-        WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-        ORDER BY pid
+        SELECT a.pid, a.usename AS "user", a.application_name, a.client_addr::text AS client_addr, a.state,
+               a.backend_start, a.query_start, left(a.query, 200) AS query,
+               CASE WHEN a.state = 'idle' THEN 'idle'
+                    WHEN a.state LIKE 'idle in transaction%%' AND NOT EXISTS (
+                        SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype <> 'virtualxid') THEN 'idle'
+                    ELSE 'active' END AS activity
+        FROM pg_stat_activity a
+        WHERE a.datname = %s AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+        ORDER BY a.pid
         """,
         (database,),
     ).fetchall()
@@ -414,14 +423,19 @@ def terminate_statement(database: str) -> sql.Composable:
                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").format(sql.Literal(database))
 
 
-def wait_for_no_sessions(conn: psycopg.Connection, database: str, timeout: float, poll: float) -> list[dict]:
-    """Poll until no other session is on ``database`` or ``timeout`` passes; returns what is left."""
+def wait_for_no_sessions(conn: psycopg.Connection, database: str, timeout: float, poll: float, *,
+                         active_only: bool = False) -> list[dict]:
+    """Poll until no other session (``active_only``: no active one) is on ``database`` or ``timeout`` passes;
+    returns what is left. The first polls come quickly (a terminated backend is gone in milliseconds), then
+    every ``poll`` seconds."""
     deadline = time.monotonic() + timeout
+    pause = min(0.005, poll)
     while True:
-        left = sessions(conn, database)
+        left = [s for s in sessions(conn, database) if not active_only or s["activity"] == "active"]
         if not left or time.monotonic() >= deadline:
             return left
-        time.sleep(poll)
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+        pause = min(pause * 2, poll)
 
 
 def rename_statement(old: str, new: str) -> sql.Composable:
