@@ -4,8 +4,9 @@ Each service is a command line (``{python}`` is this interpreter), a pid file, a
 (answers 200) or a port (accepts TCP on 127.0.0.1). Scale to 0: SIGTERM, SIGKILL after the
 service's ``stop_timeout_seconds``, and the pid gone. Scale to 1: started detached (its own
 session, output into its log file), then read back until it is healthy. A process counts as
-running only while its pid is alive and runs the configured command (a pid reused by another
-program is not it). There is no maintenance mode, and one replica at most.
+running only while its pid is alive and is the process started (the pid file holds the pid and
+its start time, so a pid reused by another program is not it). There is no maintenance mode, and
+one replica at most.
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ class ProcessPlatform(PlatformBase):
         """The pid of the service's process if it runs now (alive, not a zombie, running its command)."""
         own = self._own(service)
         try:
-            pid = int(own.pid_file.read_text().split()[0])
+            fields = own.pid_file.read_text().split()
+            pid = int(fields[0])
             proc = psutil.Process(pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 _reap(pid)
                 return None
+            if len(fields) > 1:  # the start time recorded at the start: still alive while it exits
+                return pid if abs(proc.create_time() - float(fields[1])) < 0.01 else None
             return pid if proc.cmdline() == self.argv(service) else None
         except (OSError, ValueError, IndexError, psutil.Error):
             return None
@@ -143,7 +147,11 @@ class ProcessPlatform(PlatformBase):
         with open(log, "ab") as out:
             proc = subprocess.Popen(self.argv(service), cwd=own.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        own.pid_file.write_text(f"{proc.pid}\n")
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:  # already gone: the wait reports how it exited
+            started = 0.0
+        own.pid_file.write_text(f"{proc.pid} {started}\n")
         return proc
 
     def _alive_or_fail(self, service: Service, proc: subprocess.Popen | None) -> bool:
