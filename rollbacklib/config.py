@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa: F401  (re-exported)
 from rollbacklib.errors import ConfigError
 from rollbacklib.platform_settings import PlatformSettings
+from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 
@@ -76,6 +77,8 @@ class Environment(_Strict):
     service_platform: str | None = None
     services: list[Service] = []
     platform: PlatformSettings | None = None
+    health: HealthCheck | None = None
+    smoke_tests: list[SmokeTest] = []
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
 
@@ -237,6 +240,7 @@ class ResolvedEnvironment:
         self.service_platform = (env.platform.kind if env.platform
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform
+        self.health, self.smoke_tests = env.health, env.smoke_tests
         self.services = env.services
         self.release = env.release
         merged = config.defaults.thresholds.model_dump()

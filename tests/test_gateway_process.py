@@ -20,11 +20,13 @@ from rollbacklib.drill.scenario import generate_data, load_scenario, prepare_unt
 from rollbacklib.errors import StepError
 from rollbacklib.platform_settings import ProcessSettings
 from rollbacklib.platforms import platform_for
+from rollbacklib.probes import HealthCheck, SmokeTest, check_health, run_smoke_tests
 from rollbacklib.resources import scenarios_dir
 
 MIGRATION = "20251202020032_update_user_schema_final"
 SERVICES = scenarios_dir() / "auth-platform" / "services"
 URL_ENV = "ROLLBACK_TEST_GATEWAY_DATABASE_URL"
+PASSWORD_ENV = "ROLLBACK_TEST_GATEWAY_PASSWORD"
 EMAIL = "user1@example.com"
 GATEWAY = Service(name="api-gateway", replicas=1)
 
@@ -65,6 +67,7 @@ def scenario_db(fresh_db, monkeypatch):
         generate_data(conn, scenario, 40)
         assert load("api_gateway").set_password(conn, EMAIL, password) == 1
     monkeypatch.setenv(URL_ENV, fresh_db)
+    monkeypatch.setenv(PASSWORD_ENV, password)
     return fresh_db, scenario, password
 
 
@@ -75,6 +78,14 @@ def gateway(scenario_db, tmp_path):
     platform = process_platform(tmp_path, command, port=port)
     yield platform, f"http://127.0.0.1:{port}", scenario_db
     platform.scale(GATEWAY, 0)
+
+
+def smoke_tests(base: str) -> list[SmokeTest]:
+    return [SmokeTest.model_validate(t) for t in (
+        {"name": "login", "method": "POST", "url": f"{base}/auth/login", "password_env": PASSWORD_ENV,
+         "json": {"email": EMAIL, "password": "{password}"}, "extract": {"access_token": "access_token"}},
+        {"name": "verify", "url": f"{base}/auth/verify", "bearer": "access_token"},
+        {"name": "protected", "url": f"{base}/protected/endpoint", "bearer": "access_token"})]
 
 
 def login(base: str, password: str) -> httpx.Response:
@@ -94,12 +105,17 @@ def test_gateway_serves_login_before_the_migration_and_500_after_it(gateway):
     assert httpx.get(f"{base}/protected/endpoint", headers=bearer).json()["user"]["email"] == EMAIL
     assert login(base, password + "x").status_code == 401
     assert httpx.get(f"{base}/protected/endpoint").status_code == 401
+    assert check_health(HealthCheck(url=f"{base}/health", expect_json={"database": "connected"}))[0]["ok"]
+    assert [e["status"] for e in run_smoke_tests(smoke_tests(base))] == [200, 200, 200]
 
     with psycopg.connect(url, autocommit=True) as conn:  # the incident
         apply_migrations(conn, scenario.migrations_dir, until=MIGRATION, including=True)
     broken = login(base, password)
     assert broken.status_code == 500 and "passwordHash" in broken.json()["detail"]
     assert httpx.get(f"{base}/health").status_code == 200  # the database still answers: only login is broken
+    with pytest.raises(StepError, match="Smoke test 'login' failed: HTTP 500") as err:
+        run_smoke_tests(smoke_tests(base))
+    assert err.value.escalate == "L1"
 
     traffic = load("traffic").run(base, EMAIL, password, rate=20, seconds=0.5)
     assert traffic["requests"] >= 3 and traffic["error_rate"] == 1.0 and traffic["routes"]["/auth/login"]["p95_ms"]
@@ -107,8 +123,8 @@ def test_gateway_serves_login_before_the_migration_and_500_after_it(gateway):
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)}
     requests = {(s.labels["route"], s.labels["status"]): s.value for s in families["http_requests"].samples
                 if s.name == "http_requests_total"}
-    assert requests[("/auth/login", "200")] == 1 and requests[("/auth/login", "401")] == 1
-    assert requests[("/auth/login", "500")] == 1 + traffic["routes"]["/auth/login"]["requests"]
+    assert requests[("/auth/login", "200")] == 2 and requests[("/auth/login", "401")] == 1
+    assert requests[("/auth/login", "500")] == 2 + traffic["routes"]["/auth/login"]["requests"]
     buckets = [s for s in families["http_request_duration_seconds"].samples
                if s.name.endswith("_bucket") and s.labels["route"] == "/auth/login"]
     assert buckets and buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == requests[("/auth/login", "200")] \
