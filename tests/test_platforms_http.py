@@ -18,11 +18,6 @@ TOKEN_ENV = "ROLLBACK_TEST_PLATFORM_TOKEN"
 SERVICE = Service(name="api-gateway", replicas=2)
 
 
-@pytest.fixture(scope="session")
-def httpserver_listen_address():
-    return ("127.0.0.1", 0)
-
-
 @pytest.fixture
 def token(monkeypatch):
     value = "tok-" + secrets.token_hex(16)  # built at run time: no token-like literal in the tree

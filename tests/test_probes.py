@@ -17,11 +17,6 @@ from rollbacklib.redaction import secret_env_names
 PASSWORD_ENV = "ROLLBACK_TEST_SMOKE_PASSWORD"
 
 
-@pytest.fixture(scope="session")
-def httpserver_listen_address():
-    return ("127.0.0.1", 0)
-
-
 def test_health_retries_until_it_holds(httpserver):
     for answer in ({"status": "error", "database": "disconnected"}, None, {"status": "ok", "database": "connected"}):
         handler = httpserver.expect_ordered_request("/health", method="GET")
