@@ -155,3 +155,17 @@ def test_a_service_that_exits_while_starting_fails_at_once(tmp_path):
     with pytest.raises(StepError, match="exited with code 3") as err:
         platform.scale(GATEWAY, 1)
     assert err.value.escalate == "L1" and "no config" in str(err.value.found)
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_its_stop_timeout(tmp_path):
+    port = free_port()
+    stubborn = ("import signal, socket, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(120)")
+    settings = ProcessSettings(kind="process", services={"api-gateway": {
+        "command": ["{python}", "-c", stubborn], "pid_file": tmp_path / "gw.pid", "port": port,
+        "stop_timeout_seconds": 0.5}})
+    platform = platform_for(Env(settings))
+    pid = platform.scale(GATEWAY, 1)["pid"]
+    stopped = platform.scale(GATEWAY, 0)
+    assert stopped["signals"] == ["SIGTERM", "SIGKILL"] and stopped["replicas"] == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

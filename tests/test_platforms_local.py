@@ -209,3 +209,16 @@ def test_the_shipped_configs_still_load_with_no_platform():
     for path in (CONFIG, default_config()):
         for name, env in load_config(path).environments.items():
             assert load_config(path).environment(name).service_platform == "none"
+
+
+def test_the_commented_platform_example_in_the_shipped_config_is_valid(tmp_path):
+    from rollbacklib.resources import default_config
+    text = default_config().read_text()
+    start = text.index("# [environments.production.platform]")
+    end = text.index("\n\n", start)
+    example = "\n".join(line[2:] for line in text[start:end].splitlines())
+    uncommented = text[:start] + example + text[end:]
+    env = load_config(write(tmp_path, uncommented.replace('"scenarios/', f'"{default_config().parent}/scenarios/')
+                            )).environment("production")
+    assert env.service_platform == "railway" and env.platform.token_env == "RAILWAY_TOKEN"
+    assert sorted(env.platform.services) == sorted(s.name for s in env.services)
