@@ -308,6 +308,9 @@ def drill(
     fault: Optional[str] = typer.Option(None, "--fault", metavar="NAME", help="Inject the fault NAME for real, let the "
                                         "runbook (and a resume) respond, check the outcome from the rows and the "
                                         "catalog: exit 0 as expected, 1 if anything differed. `--fault list` lists them."),
+    services: bool = typer.Option(False, "--services", help="Run the scenario's api-gateway, reports-client and "
+                                  "static-report-server for real (process platform) with traffic: the runbook stops "
+                                  "and starts them; login and error rate are measured before, during and after."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
     from rollbacklib.drill import run_drill, stage_drill, stop_drill
@@ -322,6 +325,9 @@ def drill(
             raise typer.Exit(fault_drill_command(fault, config_path=str(config) if config else None, users=users,
                                                  reports_dir=str(reports_dir) if reports_dir else None, keep=keep,
                                                  say=lambda line: out.print(line, markup=False, highlight=False)))
+        if services and (stop is not None or stage_only):
+            raise ConfigError("--services goes with a plain drill (not --stop or --stage-only).",
+                              next_action="run: rollback drill --services", step="drill")
         if stop is not None:
             if users or keep or stage_only:
                 raise ConfigError("--stop takes no other option.", next_action=f"run: rollback drill --stop {stop}",
@@ -338,7 +344,7 @@ def drill(
             return
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
-                           on_event=print_event)
+                           on_event=print_event, services=services)
     except RollbackError as error:
         _fail(error)
     print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)

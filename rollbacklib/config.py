@@ -7,33 +7,21 @@ paths are resolved against the folder of the config file. Errors name the file a
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa: F401  (re-exported)
 from rollbacklib.errors import ConfigError
+from rollbacklib.platform_settings import PlatformSettings
+from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _env_var_name(value: str) -> str:
-    if "://" in value or "=" in value or not ENV_VAR_NAME.match(value):
-        raise ValueError(
-            "must be the NAME of an environment variable (like PRODUCTION_DATABASE_URL), "
-            "never a connection string or a secret value"
-        )
-    return value
 
 
 class Thresholds(_Strict):
@@ -88,10 +76,23 @@ class Environment(_Strict):
     strategy: Literal["swap"] | None = None
     service_platform: str | None = None
     services: list[Service] = []
+    platform: PlatformSettings | None = None
+    health: HealthCheck | None = None
+    smoke_tests: list[SmokeTest] = []
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
 
     _check_env = field_validator("database_url_env")(_env_var_name)
+
+    @model_validator(mode="after")
+    def _platform_matches(self) -> "Environment":
+        if self.platform is None:
+            return self
+        if self.service_platform not in (None, self.platform.kind):
+            raise ValueError(f"service_platform = {self.service_platform!r} but platform.kind = "
+                             f"{self.platform.kind!r}: give one, or the same in both")
+        self.platform.check_services([s.name for s in self.services])
+        return self
 
     def database_url(self) -> str:
         """The libpq conninfo for the URL in the environment variable this environment names."""
@@ -236,7 +237,10 @@ class ResolvedEnvironment:
         self.restore_keep_owners = (config.defaults.restore_keep_owners if env.restore_keep_owners is None
                                     else env.restore_keep_owners)
         self.strategy = env.strategy or config.defaults.strategy
-        self.service_platform = env.service_platform or config.defaults.service_platform
+        self.service_platform = (env.platform.kind if env.platform
+                                 else env.service_platform or config.defaults.service_platform)
+        self.platform = env.platform
+        self.health, self.smoke_tests = env.health, env.smoke_tests
         self.services = env.services
         self.release = env.release
         merged = config.defaults.thresholds.model_dump()
@@ -272,6 +276,8 @@ def _resolve_paths(config: Config, base: Path, data_base: Path) -> None:
             env.client_binaries = str(resolve(Path(env.client_binaries)))
         if env.release and env.release.migrations_dir:
             env.release.migrations_dir = resolve(env.release.migrations_dir)
+        if env.platform:
+            env.platform.resolve_paths(resolve)
     if config.defaults.client_binaries not in ("embedded", "path"):
         config.defaults.client_binaries = str(resolve(Path(config.defaults.client_binaries)))
     if config.drill:

@@ -20,6 +20,12 @@ def pg_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def httpserver_listen_address():
+    """pytest-httpserver's stand-ins for third-party APIs listen on 127.0.0.1 only, on a free port."""
+    return ("127.0.0.1", 0)
+
+
 @pytest.fixture
 def fresh_db(pg_server, request):
     """The URL of a new, empty database on the session's server."""

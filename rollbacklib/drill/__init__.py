@@ -31,6 +31,7 @@ from rollbacklib.drill.prisma_migrate import apply_migration
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.pipeline import RunResult, run_phases
 from rollbacklib.drill.scenario import Scenario, generate_data, load_scenario, prepare_until, write_after_migration
+from rollbacklib.drill.services import DrillServices, give_test_user_password
 
 DRILL_FILE = "drill.json"
 _KIND = "rollbacklib drill"
@@ -44,6 +45,7 @@ class DrillResult:
     server: EmbeddedServer | None
     setup_seconds: dict = field(default_factory=dict)
     rolled_back: bool = False
+    services: dict | None = None  # with --services: login before and after, traffic by window
 
     @property
     def exit_code(self) -> int:
@@ -65,7 +67,7 @@ class _Timer:
 
 def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: int, backup_dir: Path,
                    tools: ClientTools, probes: list = (), say: Callable[[str], None] = print,
-                   timer: _Timer | None = None) -> Path:
+                   timer: _Timer | None = None, after_generate: Callable | None = None) -> Path:
     """Bring the empty database at ``url`` to the incident: data, backup, bad migration, later writes.
 
     Returns the backup taken just before ``migration_id`` was applied.
@@ -77,6 +79,8 @@ def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: in
         done()
         done = timer.step(f"generating data for {users:,} users")
         counts = generate_data(conn, scenario, users)
+        if after_generate is not None:  # before the backup: what the restored database must hold too
+            after_generate(conn)
         done()
         say(f"  rows: {counts}")
     done = timer.step("taking the pre-migration backup")
@@ -148,7 +152,8 @@ def _drill_config(config_path: str | None) -> Config:
 
 
 def stage_drill(*, config_path: str | None = None, users: int | None = None, backup_dir: Path | None = None,
-                keep: bool = True, say: Callable[[str], None] = print, timer: _Timer | None = None) -> StagedDrill:
+                keep: bool = True, say: Callable[[str], None] = print, timer: _Timer | None = None,
+                after_generate: Callable | None = None) -> StagedDrill:
     """Start an embedded server in a new folder and stage the configured incident on it, app session included.
 
     Nothing of the runbook runs. The app session is a detached process that outlives this one.
@@ -173,7 +178,7 @@ def stage_drill(*, config_path: str | None = None, users: int | None = None, bac
         staged.backup = stage_incident(staged.url, scenario, drill.migration, users=users or drill.users,
                                        backup_dir=backup_dir or staged.folder / "backups",
                                        tools=client_tools(env.client_binaries), probes=config.all_queries(), say=say,
-                                       timer=timer)
+                                       timer=timer, after_generate=after_generate)
         done = timer.step(f"connecting an app session ({APP_NAME})")
         staged.app_pid = start_app_session(staged.url, staged.folder)
         done()
@@ -209,29 +214,43 @@ def _end(staged: StagedDrill) -> StoppedDrill:
 
 def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
               keep: bool = False, say: Callable[[str], None] = print,
-              on_event: Callable[[dict], None] | None = None) -> DrillResult:
-    """Stage the incident, then run the whole runbook on it with the gate approved, as an operator would."""
+              on_event: Callable[[dict], None] | None = None, services: bool = False) -> DrillResult:
+    """Stage the incident, then run the whole runbook on it with the gate approved, as an operator would.
+
+    With ``services`` the scenario's apps run for real under the process platform, with traffic
+    (``drill/services.py``): the runbook stops and starts them, and the drill measures around it.
+    """
     config = _drill_config(config_path)
     drill = config.drill
     run_id = new_run_id()
     run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
     timer = _Timer(say)
     staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir / "backup", keep=keep,
-                         say=say, timer=timer)
+                         say=say, timer=timer, after_generate=give_test_user_password if services else None)
+    apps = None
     try:
         os.environ[staged.database_url_env] = staged.url
+        run_config = str(config.path)
+        if services:
+            say("starting the services (process platform) and their traffic")
+            apps = DrillServices.start(config, drill.environment, drill.scenario, staged.folder / "services", say)
+            run_config = str(apps.config)
 
         def progress(phase: str, status: str, seconds: float | None) -> None:
             say(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
 
         say("running the runbook")
-        result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=str(config.path),
+        started = time.time()
+        result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=run_config,
                             reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(staged.backup),
                             progress=progress, on_event=on_event)
+        measured = apps.finish(started, time.time(), say) if apps else None
         rolled_back = _rolled_back(staged.url, config.migration(drill.migration))
         return DrillResult(result, staged.folder, staged.url, staged.server if keep else None, timer.seconds,
-                           rolled_back)
+                           rolled_back, measured)
     finally:
+        if apps is not None:
+            apps.stop()  # every service to 0 and the traffic ended, whatever happened
         stop_app_session(staged.app_pid, staged.folder)  # gone already if the runbook terminated its session
         if not keep:
             _end(staged)

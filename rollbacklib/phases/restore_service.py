@@ -14,7 +14,7 @@ PHASE = Phase.RESTORE_SERVICE
 
 def service_actions(ctx: RunContext, *, stop: bool) -> list[Action]:
     """What scaling the environment's services down (``stop``) or back up will do, one action each."""
-    platform = platform_for(ctx.env.service_platform)
+    platform = platform_for(ctx.env)
     return [platform.describe(service, 0 if stop else service.replicas) for service in ctx.env.services]
 
 
@@ -27,7 +27,7 @@ def plan_steps(ctx: RunContext) -> list[Step]:
 
 def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
     """Scale the environment's services to 0 (``stop``) or back to their replicas, and journal it."""
-    platform = platform_for(ctx.env.service_platform)
+    platform = platform_for(ctx.env)
     wanted = [(s, 0 if stop else s.replicas) for s in ctx.env.services]
     evidence = [platform.scale(s, replicas) for s, replicas in wanted]
     verb = "stop" if stop else "start"

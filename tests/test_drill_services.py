@@ -1,0 +1,40 @@
+"""``rollback drill --services``: the scenario's apps really go to 0 for the window and come back; login
+fails before the rollback and passes after it; traffic measures the error rate around it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import psutil
+
+from rollbacklib.drill import run_drill
+from rollbacklib.drill.services import PASSWORD_ENV, SCRIPTS
+from rollbacklib.journal import read_events
+
+
+def test_drill_with_services_stops_and_starts_them_and_measures_login(tmp_path, monkeypatch):
+    password = secrets.token_urlsafe(16)  # made at run time; must appear in no file of the run
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    lines: list[str] = []
+    result = run_drill(users=100, reports_dir=str(tmp_path / "reports"), say=lines.append, services=True)
+    assert result.exit_code == 0 and result.rolled_back, "\n".join(lines)
+    measured = result.services
+    assert measured["login_before"] == 500 and measured["login_after"] == 200
+    traffic = measured["traffic"]
+    assert traffic["incident"]["requests"] > 0 and traffic["incident"]["error_rate"] == 1.0
+    assert traffic["rollback"]["errors"] > 0 and traffic["after"]["error_rate"] == 0.0
+
+    events = read_events(result.run.run_dir / "journal.jsonl")
+    changed = {e["step"]: e for e in events if e["status"] == "changed"
+               and e["step"] in ("stop-services", "start-services", "swap-keep-live")}
+    stopped, started = changed["stop-services"]["evidence"]["services"], changed["start-services"]["evidence"]["services"]
+    assert [s["service"] for s in stopped] == list(SCRIPTS) and all(s["replicas"] == 0 for s in stopped)
+    assert all(s["replicas"] == 1 and s["started"] for s in started)
+    assert changed["stop-services"]["seq"] < changed["swap-keep-live"]["seq"] < changed["start-services"]["seq"]
+    for s in stopped:  # the process the runbook stopped is gone, not merely unhealthy
+        assert not psutil.pid_exists(s["pid"]) or psutil.Process(s["pid"]).status() == psutil.STATUS_ZOMBIE
+
+    for folder, _, files in os.walk(result.run.run_dir):
+        for name in files:
+            assert password.encode() not in open(os.path.join(folder, name), "rb").read(), name
