@@ -183,7 +183,10 @@ def _run_pg_restore(cmd: list[str], url: str, step: str, on_progress: OnProgress
                 on_progress(Progress(min(counter.done, total), max(total, counter.done), "tables"))
             if finished:
                 break
-            time.sleep(interval)
+            try:
+                proc.wait(interval)  # returns the instant pg_restore ends
+            except subprocess.TimeoutExpired:
+                pass
         stderr = os.pread(errors.fileno(), offset, 0).decode(errors="replace")
     if proc.returncode != 0:
         said = "\n".join(line for line in stderr.splitlines() if not _verbose_line(line))
