@@ -31,13 +31,14 @@ from conftest import MIGRATION, before_the_migration, plain_gz, server_snapshot
 runner = CliRunner()
 
 
-def _prepared(incident, run_id: str, backup=None):
+def _prepared(incident, run_id: str, backup=None, config=None):
     """Phase 01 done for ``run_id``; the context phase 02's cells use."""
-    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+    config = str(config or incident.config)
+    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=config,
                         reports_dir=str(incident.reports), run_id=run_id, backup=str(backup or incident.backup),
                         phases=(Phase.PREPARE,))
     assert result.summary["phases"][0]["status"] == "succeeded", result.summary["error"]
-    return open_run(migration_id=MIGRATION, environment="drill", config_path=str(incident.config), run_id=run_id,
+    return open_run(migration_id=MIGRATION, environment="drill", config_path=config, run_id=run_id,
                     reports_dir=str(incident.reports), phase=Phase.EXECUTE)
 
 
@@ -169,3 +170,24 @@ def test_tables_done_are_read_from_pg_restores_own_lines(lines, done):
     for line in lines:
         counter.feed(line)
     assert counter.done == done
+
+
+def test_restore_jobs_in_the_config_is_the_plans_figure(incident, tmp_path):
+    text = incident.config.read_text().replace('"scenarios/', f'"{incident.config.resolve().parent}/scenarios/')
+    config = tmp_path / "runbook.toml"
+    config.write_text(text.replace("lock_timeout_seconds = 3\n", "lock_timeout_seconds = 3\nrestore_jobs = 3\n"))
+    ctx = _prepared(incident, "three", config=config)
+
+    step = read_plan(ctx.run_dir).step(StepName.RESTORE)
+    (command,) = [a for a in step.actions if a.kind == "command"]
+    assert "--jobs=3" in command.argv and "pg_restore -j 3 (restore_jobs in the config)" in step.summary
+
+
+@pytest.mark.parametrize("url, configured, jobs", [
+    ("postgresql://u@/db?host=/var/run/postgresql", 0, os.cpu_count() or 1),
+    ("postgresql://u@localhost:5432/db", None, os.cpu_count() or 1),
+    ("postgresql://u@db.internal:5432/db", 0, 4),
+    ("postgresql://u@db.internal:5432/db", 12, 12),
+])
+def test_restore_jobs_are_the_configured_figure_else_the_local_cores_else_four(url, configured, jobs):
+    assert restore_jobs(url, configured)[0] == jobs
