@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,7 @@ METHODS = ("seed", "pg_restore_j1", "pg_restore_jN", "file_copy", "runbook", "ru
 TEMPLATE = "bench_incident"  # the incident as staged: each whole rollback starts from a copy of it
 FLOOR = "bench_restored"  # a restored database: FILE_COPY's source
 SCRATCH = "bench_target"
+RTO_BUDGET = 900.0  # the seed's 15 minutes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,24 +76,48 @@ def main(argv: list[str] | None = None) -> int:
                         help="drain_wait_seconds of the whole rollback (default: production's 30)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--workdir", type=Path, help="where servers and files go (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep each size's folder (backups, the runs' reports)")
     args = parser.parse_args(argv)
 
     results = []
     for users in args.users:
-        with tempfile.TemporaryDirectory(prefix=f"bench-restore-{users}-", dir=args.workdir) as folder:
-            results.append(bench_size(users, args, Path(folder)))
+        folder = Path(tempfile.mkdtemp(prefix=f"bench-restore-{users}-", dir=args.workdir))
+        try:
+            results.append(bench_size(users, args, folder))
+        finally:
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
     if len(results) > 1:
         print("\nDowntime against size (medians)")
-        print(f"{'users':>10} {'database':>10} {'downtime s':>11} {'restore -jN s':>14} {'rollback s':>11}")
+        print(f"{'users':>10} {'database':>10} {'downtime s':>11} {'RTO s':>8} {'runbook restore s':>18} "
+              f"{'rollback s':>11}")
         for r in results:
             print(f"{r['users']:>10,} {r['database_bytes'] / 1e6:>8.0f}MB {r['downtime_seconds']:>11.2f} "
-                  f"{r['methods']['pg_restore_jN']['median']:>14.2f} {r['methods']['rollback']['median']:>11.2f}")
+                  f"{r['rto_seconds']:>8.2f} {r['methods']['runbook']['median']:>18.2f} "
+                  f"{r['methods']['rollback']['median']:>11.2f}")
+    fit = rto_fit(results)
+    if fit:
+        print(f"\nRTO = {fit['fixed_seconds']:.1f} s + {fit['seconds_per_gb']:.1f} s/GB of database: the "
+              f"{RTO_BUDGET:.0f} s budget is reached at about {fit['gb_at_rto_budget']:.1f} GB (a straight line "
+              "through the medians; the restore and the copy's row hashes are what grows)")
     if args.json:
         top = {k: results[-1][k] for k in ("users", "runbook_restore_over_raw", "seed_over_runbook",
                                            "downtime_seconds", "machinery_seconds")}
-        args.json.write_text(json.dumps({**top, "sizes": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({**top, "rto_fit": fit, "sizes": results}, indent=2) + "\n")
         print(f"\nwritten: {args.json}")
     return 0
+
+
+def rto_fit(results: list[dict]) -> dict | None:
+    """Least squares of the median RTO against the database's size: where a logical restore stops fitting."""
+    points = [(r["database_bytes"] / 1e9, r["rto_seconds"]) for r in results if r["rto_seconds"] is not None]
+    if len({x for x, _ in points}) < 2:
+        return None
+    mean_x, mean_y = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    fixed = mean_y - slope * mean_x
+    return {"fixed_seconds": fixed, "seconds_per_gb": slope,
+            "gb_at_rto_budget": (RTO_BUDGET - fixed) / slope if slope > 0 else None}
 
 
 # --- one size ----------------------------------------------------------------------------------
@@ -160,6 +186,7 @@ def _figures(users, dump, sql_gz, database_bytes, jobs, samples, rollbacks) -> d
         "runbook_without_analyze_over_raw": (med["runbook"] - med["runbook_analyze"]) / med["pg_restore_jN"],
         "runbook_sql_gz_over_seed": med["runbook_sql_gz"] / med["seed"],
         "downtime_seconds": downtime, "machinery_seconds": machinery,
+        "rto_seconds": _median([r["rto_seconds"] for r in rollbacks]),
         "machinery_from": "the journal: wall time of run_phases less the sum of its steps' times (run.json has none)",
         "restore_mb_per_second": database_bytes / 1e6 / med["runbook"],
         "rollbacks": rollbacks,
@@ -179,7 +206,8 @@ def _print(f: dict) -> None:
           f"seed / runbook restore: {f['seed_over_runbook']:.2f}   -j1 / -j{f['jobs']}: {f['j1_over_jN']:.2f}   "
           f"runbook / FILE_COPY: {f['runbook_over_file_copy']:.1f}   runbook .sql.gz / seed: "
           f"{f['runbook_sql_gz_over_seed']:.2f}")
-    print(f"downtime {f['downtime_seconds']} s, machinery {f['machinery_seconds']} s (median of the whole rollbacks), "
+    print(f"downtime {f['downtime_seconds']} s, machinery {f['machinery_seconds']} s, RTO {f['rto_seconds']} s "
+          "(medians of the whole rollbacks), "
           f"restore {f['restore_mb_per_second']:.1f} MB/s of database")
 
 

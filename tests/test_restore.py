@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import nbformat
@@ -21,8 +22,8 @@ from rollbacklib.journal import read_events
 from rollbacklib.phases import restored_copy
 from rollbacklib.pipeline import run_phases
 from rollbacklib.postgres import database as db
-from rollbacklib.postgres.client import client_tools, with_database
-from rollbacklib.postgres.restore import VerboseCounter, list_command, restore_jobs, tables_to_restore
+from rollbacklib.postgres.client import client_tools, libpq_env, with_database
+from rollbacklib.postgres.restore import VerboseCounter, list_command, restore_into, restore_jobs, tables_to_restore
 from rollbacklib.run import open_run
 from rollbacklib.steps import Phase, StepName, read_plan
 
@@ -139,6 +140,32 @@ def test_the_plans_sql_gz_restores_in_one_transaction_with_its_progress_in_bytes
     with psycopg.connect(with_database(incident.url, f"{incident.database}__restored_plain"), autocommit=True) as c:
         assert db.row_counts(c) == manifest["row_counts"]
     assert all(_last_analyze(with_database(incident.url, f"{incident.database}__restored_plain")).values())
+
+
+def test_a_directory_archive_is_verified_and_restored_in_parallel(incident, tmp_path):
+    tools = client_tools("embedded")
+    source = f"{incident.database}_as_dumped"
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{source}"')
+    restore_into(incident.backup, incident.url, source, tools)
+    folder = tmp_path / "backup_prod_pre_migration.dir"
+    subprocess.run([tools.path("pg_dump"), "--format=directory", f"--file={folder}", source], check=True,
+                   env=libpq_env(with_database(incident.url, source)))
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{source}"')
+    ctx = _prepared(incident, "directory", backup=before_the_migration(folder))
+    restored_copy.create_copy(ctx)
+    restored_copy.restore_copy(ctx)
+
+    assert ctx.state().backup.format == "directory"
+    step = read_plan(ctx.run_dir).step(StepName.RESTORE)
+    (command,) = [a for a in step.actions if a.kind == "command"]
+    assert command.argv[-1] == str(folder) and any(a.startswith("--jobs=") for a in command.argv)
+    progress = _progress(_restore_events(ctx))
+    assert progress[-1]["done"] == progress[-1]["total"] == tables_to_restore(list_command(folder, tools))
+    manifest = json.loads(incident.backup.with_name(incident.backup.name + ".manifest.json").read_text())
+    with psycopg.connect(with_database(incident.url, f"{incident.database}__restored_directory")) as c:
+        assert db.row_counts(c) == manifest["row_counts"]
 
 
 def test_the_bar_shows_in_the_terminal_and_in_the_saved_notebook(incident):

@@ -137,7 +137,8 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
 
 def restore_summary(ctx: RunContext, backup: Path) -> str:
     jobs, why = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
-    how = f"pg_restore -j {jobs} ({why})" if bk.backup_format(backup) == "custom" else "psql, in one transaction"
+    how = f"pg_restore -j {jobs} ({why})" if bk.backup_format(backup) in bk.ARCHIVE_FORMATS else \
+        "psql, in one transaction"
     return f"restore {backup.name} into the copy with {how}, then ANALYZE it; the live database serves on"
 
 
@@ -163,7 +164,7 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     try:
         tables = rs.tables_to_restore(list(listing.argv), step.name) if listing else None
         ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target,
-                   size_mb=round(path.stat().st_size / 1e6, 1), tables=tables)
+                   size_mb=round(bk.backup_size(path) / 1e6, 1), tables=tables)
         seconds = rs.run_restore(list(command.argv), path, target, step=step.name, total_tables=tables,
                                  on_progress=StepProgress(ctx, step.name, "restore"))
         with db.connect(target, step=step.name) as conn:  # the planner's statistics, before the copy goes live

@@ -31,6 +31,7 @@ from rollbacklib.prisma import applied_migrations, migration_state
 
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 BACKUP_SUFFIXES = (".dump", ".sql.gz", ".sql")
+ARCHIVE_FORMATS = ("custom", "directory")  # what pg_restore reads (and restores in parallel)
 MANIFEST_KEYS = ("taken_at", "size_bytes", "sha256", "schema_fingerprint", "row_counts", "prisma_migrations",
                  "table_digests", "probes")
 
@@ -41,6 +42,8 @@ def manifest_path(backup: Path) -> Path:
 
 def backup_format(path: Path) -> str:
     name = path.name
+    if is_directory_archive(path):
+        return "directory"
     if name.endswith(".dump"):
         return "custom"
     if name.endswith(".sql.gz"):
@@ -49,16 +52,37 @@ def backup_format(path: Path) -> str:
         return "plain"
     raise BackupCheckFailed(
         f"{path} is not a backup format the runbook knows.",
-        next_action="use a pg_dump custom archive (*.dump) or a plain dump (*.sql or *.sql.gz).",
+        next_action="use a pg_dump custom archive (*.dump), a directory archive (pg_dump -Fd: a folder holding "
+        "toc.dat) or a plain dump (*.sql or *.sql.gz).",
         step="verify-backup",
     )
 
 
+def is_directory_archive(path: Path) -> bool:
+    """pg_dump's directory format (``-Fd``): a folder holding ``toc.dat`` and one file per table."""
+    return path.is_dir() and (path / "toc.dat").is_file()
+
+
+def is_present(path: Path) -> bool:
+    return path.is_file() or is_directory_archive(path)
+
+
+def backup_size(path: Path) -> int:
+    """Bytes of the backup: its file, or every file of a directory archive."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size
+
+
 def sha256_of(path: Path) -> str:
+    """Of a file's bytes; of a directory archive, its files' names and bytes in name order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for file in sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -178,7 +202,8 @@ def load_manifest(path: Path) -> dict | None:
 def list_backups(backup_dir: Path) -> list[Path]:
     if not backup_dir.is_dir():
         return []
-    return sorted(p for p in backup_dir.iterdir() if p.is_file() and p.name.endswith(BACKUP_SUFFIXES))
+    return sorted(p for p in backup_dir.iterdir()
+                  if (p.is_file() and p.name.endswith(BACKUP_SUFFIXES)) or is_directory_archive(p))
 
 
 def backup_time(path: Path, manifest: dict | None) -> tuple[datetime, str]:
@@ -230,7 +255,7 @@ def readable_commands(path: Path, tools: ClientTools) -> list[list[str]]:
 
 
 def check_readable(path: Path, fmt: str, tools: ClientTools) -> Check:
-    if fmt == "custom":
+    if fmt in ARCHIVE_FORMATS:
         list_toc, read_all = readable_commands(path, tools)
         proc = subprocess.run(list_toc, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -265,7 +290,7 @@ def _read_plain_tail(path: Path, fmt: str, keep: int = 4096) -> bytes:
 def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_age_seconds: float,
                   migration_id: str | None, migration_started_at: datetime | None) -> BackupVerification:
     """Every check the plan asks of a backup before it is trusted. Reads only; changes nothing."""
-    if path is None or not Path(path).is_file():
+    if path is None or not is_present(Path(path)):
         return BackupVerification(Path(path or "-"), "unknown", None,
                                   [Check("present", False, "a backup file", "nothing at " + str(path or "(none found)"))])
     path = Path(path)
@@ -274,7 +299,7 @@ def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_
     manifest = load_manifest(path)
     checks.append(check_readable(path, fmt, tools))
 
-    size = path.stat().st_size
+    size = backup_size(path)
     checks.append(Check("size over minimum", size >= min_bytes, f">= {min_bytes} bytes", f"{size} bytes"))
 
     if manifest:

@@ -1,6 +1,6 @@
 """Restoring a backup into an empty database: the command, and running it with progress.
 
-A custom archive is restored by ``pg_restore -j N --exit-on-error --verbose``: no
+A custom or directory archive is restored by ``pg_restore -j N --exit-on-error --verbose``: no
 ``--single-transaction`` (pg_restore refuses it with ``-j``, and the runbook drops the copy
 on any failure anyway). Progress is "tables done / total": the total is the number of
 ``TABLE DATA`` entries of ``pg_restore --list``, the count read from the ``--verbose`` lines
@@ -27,7 +27,7 @@ from typing import Callable
 from psycopg.conninfo import conninfo_to_dict
 
 from rollbacklib.errors import StepError
-from rollbacklib.postgres.backup import backup_format
+from rollbacklib.postgres.backup import ARCHIVE_FORMATS, backup_format
 from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
 
 # A server elsewhere does not say how many cores it has (nothing in SQL does): 4 keeps a
@@ -81,9 +81,9 @@ def restore_command(path: Path, dbname: str, tools: ClientTools, keep_owners: bo
     """The command that restores ``path`` into the existing, empty database ``dbname``.
 
     ``keep_owners`` restores ownership and grants as dumped (needs a role allowed to set them);
-    off, the restoring role owns everything and grants are skipped (custom archives only).
+    off, the restoring role owns everything and grants are skipped (archives only, not plain dumps).
     """
-    if backup_format(path) == "custom":
+    if backup_format(path) in ARCHIVE_FORMATS:
         ownership = [] if keep_owners else ["--no-owner", "--no-privileges"]
         return [tools.path("pg_restore"), "--exit-on-error", f"--jobs={max(int(jobs), 1)}", "--verbose", *ownership,
                 f"--dbname={dbname}", str(path)]
@@ -103,7 +103,7 @@ def describe_restore(path: Path, dbname: str, tools: ClientTools, keep_owners: b
 
 def list_command(path: Path, tools: ClientTools) -> list[str] | None:
     """What counts the tables a restore of ``path`` fills (its table of contents); None for a plain dump."""
-    return [tools.path("pg_restore"), "--list", str(path)] if backup_format(path) == "custom" else None
+    return [tools.path("pg_restore"), "--list", str(path)] if backup_format(path) in ARCHIVE_FORMATS else None
 
 
 def tables_to_restore(list_argv: list[str], step: str = "restore") -> int:
@@ -134,7 +134,7 @@ def run_restore(cmd: list[str], path: Path, target_url: str, step: str = "restor
     once more at the end with done = total.
     """
     started = time.monotonic()
-    if backup_format(path) == "custom":
+    if backup_format(path) in ARCHIVE_FORMATS:
         _run_pg_restore(cmd, target_url, step, on_progress, total_tables, interval)
     else:
         _pipe_into(cmd, path, target_url, step, on_progress, interval)
@@ -164,36 +164,47 @@ class VerboseCounter:
 
 def _run_pg_restore(cmd: list[str], url: str, step: str, on_progress: OnProgress | None, total: int | None,
                     interval: float) -> None:
-    counter, total, reported = VerboseCounter(), total or 0, -1
+    counter, total = VerboseCounter(), total or 0
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
                                 env=libpq_env(url))
-        offset, partial = 0, b""
-        while True:
-            finished = proc.poll() is not None
-            chunk = os.pread(errors.fileno(), 1 << 20, offset)
-            while chunk:  # everything written so far, before judging the progress
-                offset += len(chunk)
-                *lines, partial = (partial + chunk).split(b"\n")
-                for line in lines:
-                    counter.feed(line.decode(errors="replace"))
-                chunk = os.pread(errors.fileno(), 1 << 20, offset)
-            if on_progress and counter.done != reported and not finished:
-                reported = counter.done
-                on_progress(Progress(min(counter.done, total), max(total, counter.done), "tables"))
-            if finished:
-                break
-            try:
-                proc.wait(interval)  # returns the instant pg_restore ends
-            except subprocess.TimeoutExpired:
-                pass
-        stderr = os.pread(errors.fileno(), offset, 0).decode(errors="replace")
+        try:
+            size = _watch(proc, errors.fileno(), counter, on_progress, total, interval)
+        except BaseException:  # a reader that stops (an interrupted cell) stops the restore it was watching
+            proc.kill()
+            proc.wait()
+            raise
+        stderr = os.pread(errors.fileno(), size, 0).decode(errors="replace")
     if proc.returncode != 0:
         said = "\n".join(line for line in stderr.splitlines() if not _verbose_line(line))
         raise StepError(f"pg_restore exited with {proc.returncode}: {said.strip()[-2000:]}",
                         next_action="read the error above; the command was: " + display_command(cmd), step=step)
     if on_progress:
         on_progress(Progress(max(total, counter.done), max(total, counter.done), "tables"))
+
+
+def _watch(proc: subprocess.Popen, fd: int, counter: VerboseCounter, on_progress: OnProgress | None, total: int,
+           interval: float) -> int:
+    """Count the tables done from pg_restore's stderr (the file ``fd``) until it ends; the bytes it wrote."""
+    offset, partial, reported = 0, b"", -1
+    while True:
+        finished = proc.poll() is not None
+        chunk = os.pread(fd, 1 << 20, offset)
+        while chunk:  # everything written so far, before judging the progress
+            offset += len(chunk)
+            *lines, partial = (partial + chunk).split(b"\n")
+            for line in lines:
+                counter.feed(line.decode(errors="replace"))
+            chunk = os.pread(fd, 1 << 20, offset)
+        if finished:
+            return offset
+        if on_progress and counter.done != reported:
+            reported = counter.done
+            on_progress(Progress(min(counter.done, total), max(total, counter.done), "tables"))
+        try:
+            proc.wait(interval)  # returns the instant pg_restore ends
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _verbose_line(line: str) -> bool:
