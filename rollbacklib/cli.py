@@ -55,13 +55,23 @@ _MARKS = {"info": " ", "ok": "✓", "changed": "•", "skipped": "-", "aborted":
 _step_started: dict[str, str] = {}
 
 
+_bar_open = False  # a progress bar is on the terminal's last line, without its newline yet
+
+
 def print_event(event: dict) -> None:
     """One journal event as a progress line (steps only; phases are printed by the runner)."""
+    global _bar_open
     step, status = event["step"], event["status"]
     if status == "started":
         _step_started[step] = event["ts"]
     if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]):
         return
+    if status == "info" and isinstance(event["evidence"].get("progress"), dict):
+        _print_progress(step, event["evidence"]["progress"])
+        return
+    if _bar_open:
+        out.file.write("\n")
+        _bar_open = False
     text = f"      {_MARKS[status]} {step}"
     if status == "ok" and step in _step_started:
         from datetime import datetime
@@ -71,6 +81,22 @@ def print_event(event: dict) -> None:
     elif status != "ok" and event["message"]:
         text += f": {event['message'].splitlines()[0]}"
     out.print(text, markup=False, highlight=False)
+
+
+def _print_progress(step: str, progress: dict) -> None:
+    """A step's progress bar: redrawn in place on a terminal, one line per journaled step of it elsewhere."""
+    global _bar_open
+    from rollbacklib.progress import line
+
+    text = f"      > {line(step, progress)}"
+    if not out.is_terminal:
+        out.print(text, markup=False, highlight=False)
+        return
+    out.file.write("\r" + text)
+    out.file.flush()
+    _bar_open = progress["done"] < progress["total"]
+    if not _bar_open:
+        out.file.write("\n")
 
 
 def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False):

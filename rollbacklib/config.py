@@ -37,6 +37,7 @@ class Thresholds(_Strict):
     restore_statement_timeout_seconds: float = 4 * 3600
     cell_timeout_seconds: float = 6 * 3600
     restore_space_factor: float = 1.2
+    restore_jobs: int = Field(0, ge=0)  # pg_restore -j; 0: the server's cores when it is on this machine, else 4
 
 
 class ThresholdOverrides(_Strict):
@@ -52,6 +53,7 @@ class ThresholdOverrides(_Strict):
     restore_statement_timeout_seconds: float | None = None
     cell_timeout_seconds: float | None = None
     restore_space_factor: float | None = None
+    restore_jobs: int | None = Field(None, ge=0)
 
 
 class Service(_Strict):

@@ -15,6 +15,7 @@ from rollbacklib.checks import describe_failures, failed
 from rollbacklib.errors import AbortedError, RollbackError
 from rollbacklib.config import ResolvedEnvironment
 from rollbacklib.postgres.client import ClientTools, database_name, with_database
+from rollbacklib.postgres.restore import restore_into, restore_jobs
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.validation import against_manifest
 
@@ -32,8 +33,9 @@ def verify(path: Path | None, env: ResolvedEnvironment, tools: ClientTools, migr
 
 def _restore(verification: bk.BackupVerification, url: str, name: str, tools: ClientTools, env) -> float:
     try:
-        return bk.restore_into(verification.path, url, name, tools, step="restore-test",
-                               keep_owners=env.restore_keep_owners)
+        return restore_into(verification.path, url, name, tools, step="restore-test",
+                            keep_owners=env.restore_keep_owners,
+                            jobs=restore_jobs(url, env.thresholds.restore_jobs)[0])
     except RollbackError as err:
         raise AbortedError(f"The backup does not restore: {err.message}",
                            next_action=f"this backup can not be trusted; take a new one (rollback backup). The "

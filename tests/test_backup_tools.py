@@ -24,7 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 from typer.testing import CliRunner
 
 from rollbacklib.postgres import database as db
-from rollbacklib.postgres.backup import manifest_path, restore_into, take_backup
+from rollbacklib.postgres.backup import manifest_path, take_backup
+from rollbacklib.postgres.restore import restore_into
 from rollbacklib.checks import describe_failures, failed
 from rollbacklib.cli import app
 from rollbacklib.config import load_config

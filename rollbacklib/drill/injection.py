@@ -112,7 +112,7 @@ class Trigger:
     step: str = ""
     statuses: tuple[str, ...] = ()
     phase: str = ""
-    program: str = ""  # e.g. "pg_restore": strike while it runs, once the journal shows ``step`` started
+    program: str = ""  # e.g. "pg_restore": strike while it runs, once the journal shows ``step`` ran its command
 
     def describe(self) -> str:
         if self.program:
@@ -120,8 +120,14 @@ class Trigger:
         return f"when the journal shows {self.step} " + " or ".join(repr(s) for s in self.statuses)
 
     def hit(self, events: list[dict], runner_pid: int) -> dict | None:
-        started = any(e["step"] == self.step and e["status"] == "started" for e in events)
-        if self.program and started:  # the step's own run of the program (phase 01 runs pg_restore --list too)
+        if self.program:
+            # The step's own command, journaled as it starts: not phase 01's pg_restore --list, nor the count of
+            # tables the restore step reads before it, nor the step's earlier notes (its precondition).
+            ran = next((i for i, e in enumerate(events) if e["step"] == self.step and e["status"] == "ran"
+                        and e["evidence"].get("kind") == "command"), None)
+            if ran is None:
+                return None
+            events = events[ran + 1:]
             for child in descendants(runner_pid):
                 try:
                     if child.name() == self.program:

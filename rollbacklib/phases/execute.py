@@ -27,8 +27,7 @@ from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
 from rollbacklib.phases import window
 from rollbacklib.phases.restore_service import scale_services, service_actions
-from rollbacklib.phases.restored_copy import drop_copy
-from rollbacklib.postgres import backup as bk
+from rollbacklib.phases.restored_copy import drop_copy, restore_actions, restore_summary
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
@@ -54,7 +53,6 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     backup = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
     props = facts["properties"]
     drop_restored = db.drop_database_statement(restored).as_string(admin)
-    restore_argv = bk.restore_command(backup, restored, ctx.tools, ctx.env.restore_keep_owners)
     carry = [s for s in dbp.apply_statements(restored, {**props, "comment": None})]
     services = tuple(service_actions(ctx, stop=True))
     return [
@@ -62,9 +60,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              f"create the empty copy beside the live database (needs free disk for about {facts['size']} and its WAL)",
              sql_actions(admin, restored, [dbp.create_statement(restored, props)]),
              postcondition=f"{restored} exists (found by its oid)", undo=(drop_restored,)),
-        Step(StepName.RESTORE, PHASE, restored, f"restore {backup.name} into the copy; the live database serves on",
-             (Action("command", restored, bk.describe_restore(backup, restored, ctx.tools, ctx.env.restore_keep_owners),
-                     tuple(restore_argv)),),
+        Step(StepName.RESTORE, PHASE, restored, restore_summary(ctx, backup), restore_actions(ctx, backup, restored),
              requires=(StepName.CREATE_COPY,), postcondition=f"{restored} holds tables", undo=(drop_restored,)),
         Step(StepName.VALIDATE_COPY, PHASE, restored,
              "compare the copy with the backup's manifest and the migration's expectations; hash its rows; mark it",

@@ -220,7 +220,7 @@ def _verify_backup(ctx: RunContext, step: Step, path: Path | None) -> pd.DataFra
     manifest = result.manifest or {}
     ctx.update(backup=BackupRef(path=str(result.path), format=result.format, has_manifest=bool(result.manifest),
                                 taken_at=bk.backup_time(result.path, result.manifest)[0].isoformat(),
-                                sha256=manifest.get("sha256"), size_bytes=result.path.stat().st_size))
+                                sha256=manifest.get("sha256"), size_bytes=bk.backup_size(result.path)))
     return as_frame(result.checks + identity_checks)
 
 

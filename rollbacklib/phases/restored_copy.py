@@ -26,12 +26,14 @@ from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import identity
 from rollbacklib.postgres import properties as dbp
+from rollbacklib.postgres import restore as rs
 from rollbacklib.postgres import rowdiff
-from rollbacklib.postgres.client import with_database, with_session_settings
+from rollbacklib.postgres.client import display_command, with_database, with_session_settings
 from rollbacklib.prisma import applied_migrations, migration_state
+from rollbacklib.progress import StepProgress
 from rollbacklib.run import RunContext
 from rollbacklib.state import RestoredCopy
-from rollbacklib.steps import Step, StepName
+from rollbacklib.steps import Action, Step, StepName
 from rollbacklib.validation import against_expectations, against_manifest, sample_difference
 
 COPY_STEPS = (StepName.CREATE_COPY, StepName.RESTORE, StepName.VALIDATE_COPY, StepName.BOOKKEEPING,
@@ -133,17 +135,40 @@ def restore_copy(ctx: RunContext) -> pd.DataFrame:
     return dispatch(ctx, StepName.RESTORE, _restore, postcondition=restored, precondition=copy_created)
 
 
+def restore_summary(ctx: RunContext, backup: Path) -> str:
+    jobs, why = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
+    how = f"pg_restore -j {jobs} ({why})" if bk.backup_format(backup) in bk.ARCHIVE_FORMATS else \
+        "psql, in one transaction"
+    return f"restore {backup.name} into the copy with {how}, then ANALYZE it; the live database serves on"
+
+
+def restore_actions(ctx: RunContext, backup: Path, restored: str) -> tuple[Action, ...]:
+    """What the restore step runs: the archive's table count (the progress bar's total), the restore, ANALYZE."""
+    jobs, _ = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
+    keep = ctx.env.restore_keep_owners
+    listing = rs.list_command(backup, ctx.tools)
+    return ((Action("read", restored, display_command(listing), tuple(listing)),) if listing else ()) + (
+        Action("command", restored, rs.describe_restore(backup, restored, ctx.tools, keep, jobs),
+               tuple(rs.restore_command(backup, restored, ctx.tools, keep, jobs))),
+        Action("sql", restored, "ANALYZE"))
+
+
 def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     backup = ctx.state().need("backup", "verify_backup (01_prepare)")
     _fresh_copy_for_retry(ctx, step)
-    (command,) = step.actions
+    (command,) = [a for a in step.actions if a.kind == "command"]
+    listing = next((a for a in step.actions if a.kind == "read" and a.argv), None)
     path = Path(backup.path)
-    ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target,
-               size_mb=round(path.stat().st_size / 1e6, 1))
+    restore_timeout = int(ctx.env.thresholds.restore_statement_timeout_seconds * 1000)
+    target = with_session_settings(with_database(ctx.url, step.target), statement_timeout=f"{restore_timeout}ms")
     try:
-        restore_timeout = int(ctx.env.thresholds.restore_statement_timeout_seconds * 1000)
-        target = with_session_settings(with_database(ctx.url, step.target), statement_timeout=f"{restore_timeout}ms")
-        seconds = bk.run_restore(list(command.argv), path, target, step=step.name)
+        tables = rs.tables_to_restore(list(listing.argv), step.name) if listing else None
+        ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target,
+                   size_mb=round(bk.backup_size(path) / 1e6, 1), tables=tables)
+        seconds = rs.run_restore(list(command.argv), path, target, step=step.name, total_tables=tables,
+                                 on_progress=StepProgress(ctx, step.name, "restore"))
+        with db.connect(target, step=step.name) as conn:  # the planner's statistics, before the copy goes live
+            execute_actions(ctx, conn, step)
     except RollbackError as err:
         drop_copy(ctx, step.name, "the restore into it failed")
         raise AbortedError(f"Restoring into {step.target} failed; the live database was not touched.\n{err.message}",

@@ -1,4 +1,4 @@
-"""Backups: take one with its manifest, verify one before trusting it, restore one.
+"""Backups: take one with its manifest, verify one before trusting it (``restore`` restores one).
 
 A backup is a pg_dump archive in custom format (``*.dump``) with ``<file>.manifest.json``
 beside it, or the seed plan's own format, a plain ``pg_dump | gzip`` file (``*.sql.gz``),
@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 import zlib
 
 import psycopg
@@ -28,11 +26,12 @@ from rollbacklib.postgres import database as db
 from rollbacklib.files import atomic_write_json
 from rollbacklib.checks import Check, compare, describe_failures, failed, skipped
 from rollbacklib.errors import BackupCheckFailed, StepError
-from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
+from rollbacklib.postgres.client import ClientTools
 from rollbacklib.prisma import applied_migrations, migration_state
 
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
 BACKUP_SUFFIXES = (".dump", ".sql.gz", ".sql")
+ARCHIVE_FORMATS = ("custom", "directory")  # what pg_restore reads (and restores in parallel)
 MANIFEST_KEYS = ("taken_at", "size_bytes", "sha256", "schema_fingerprint", "row_counts", "prisma_migrations",
                  "table_digests", "probes")
 
@@ -43,6 +42,8 @@ def manifest_path(backup: Path) -> Path:
 
 def backup_format(path: Path) -> str:
     name = path.name
+    if is_directory_archive(path):
+        return "directory"
     if name.endswith(".dump"):
         return "custom"
     if name.endswith(".sql.gz"):
@@ -51,16 +52,37 @@ def backup_format(path: Path) -> str:
         return "plain"
     raise BackupCheckFailed(
         f"{path} is not a backup format the runbook knows.",
-        next_action="use a pg_dump custom archive (*.dump) or a plain dump (*.sql or *.sql.gz).",
+        next_action="use a pg_dump custom archive (*.dump), a directory archive (pg_dump -Fd: a folder holding "
+        "toc.dat) or a plain dump (*.sql or *.sql.gz).",
         step="verify-backup",
     )
 
 
+def is_directory_archive(path: Path) -> bool:
+    """pg_dump's directory format (``-Fd``): a folder holding ``toc.dat`` and one file per table."""
+    return path.is_dir() and (path / "toc.dat").is_file()
+
+
+def is_present(path: Path) -> bool:
+    return path.is_file() or is_directory_archive(path)
+
+
+def backup_size(path: Path) -> int:
+    """Bytes of the backup: its file, or every file of a directory archive."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size
+
+
 def sha256_of(path: Path) -> str:
+    """Of a file's bytes; of a directory archive, its files' names and bytes in name order."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for file in sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -180,7 +202,8 @@ def load_manifest(path: Path) -> dict | None:
 def list_backups(backup_dir: Path) -> list[Path]:
     if not backup_dir.is_dir():
         return []
-    return sorted(p for p in backup_dir.iterdir() if p.is_file() and p.name.endswith(BACKUP_SUFFIXES))
+    return sorted(p for p in backup_dir.iterdir()
+                  if (p.is_file() and p.name.endswith(BACKUP_SUFFIXES)) or is_directory_archive(p))
 
 
 def backup_time(path: Path, manifest: dict | None) -> tuple[datetime, str]:
@@ -232,7 +255,7 @@ def readable_commands(path: Path, tools: ClientTools) -> list[list[str]]:
 
 
 def check_readable(path: Path, fmt: str, tools: ClientTools) -> Check:
-    if fmt == "custom":
+    if fmt in ARCHIVE_FORMATS:
         list_toc, read_all = readable_commands(path, tools)
         proc = subprocess.run(list_toc, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -267,7 +290,7 @@ def _read_plain_tail(path: Path, fmt: str, keep: int = 4096) -> bytes:
 def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_age_seconds: float,
                   migration_id: str | None, migration_started_at: datetime | None) -> BackupVerification:
     """Every check the plan asks of a backup before it is trusted. Reads only; changes nothing."""
-    if path is None or not Path(path).is_file():
+    if path is None or not is_present(Path(path)):
         return BackupVerification(Path(path or "-"), "unknown", None,
                                   [Check("present", False, "a backup file", "nothing at " + str(path or "(none found)"))])
     path = Path(path)
@@ -276,7 +299,7 @@ def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_
     manifest = load_manifest(path)
     checks.append(check_readable(path, fmt, tools))
 
-    size = path.stat().st_size
+    size = backup_size(path)
     checks.append(Check("size over minimum", size >= min_bytes, f">= {min_bytes} bytes", f"{size} bytes"))
 
     if manifest:
@@ -297,80 +320,3 @@ def verify_backup(path: Path | None, tools: ClientTools, *, min_bytes: int, max_
                             f"{migration_id} not applied in the backup", state,
                             "restoring a backup that already has the migration would roll nothing back"))
     return BackupVerification(path, fmt, manifest, checks)
-
-
-# --- restoring ----------------------------------------------------------------------------
-
-def restore_command(path: Path, dbname: str, tools: ClientTools, keep_owners: bool = True) -> list[str]:
-    """The command that restores ``path`` into the existing, empty database ``dbname``.
-
-    ``keep_owners`` restores ownership and grants as dumped (needs a role allowed to set them);
-    off, the restoring role owns everything and grants are skipped (custom archives only).
-    """
-    fmt = backup_format(path)
-    if fmt == "custom":
-        ownership = [] if keep_owners else ["--no-owner", "--no-privileges"]
-        return [tools.path("pg_restore"), "--exit-on-error", "--single-transaction", *ownership,
-                f"--dbname={dbname}", str(path)]
-    return [tools.path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", f"--dbname={dbname}",
-            "-f", "-"]
-
-
-def describe_restore(path: Path, dbname: str, tools: ClientTools, keep_owners: bool = True) -> str:
-    cmd = display_command(restore_command(path, dbname, tools, keep_owners))
-    fmt = backup_format(path)
-    if fmt == "plain-gzip":
-        return f"gunzip -c {path} | {cmd}"
-    if fmt == "plain":
-        return f"{cmd} < {path}"
-    return cmd
-
-
-def restore_into(path: Path, url: str, dbname: str, tools: ClientTools, step: str = "restore",
-                 keep_owners: bool = True) -> float:
-    """Restore ``path`` into the empty database ``dbname``; returns the seconds it took."""
-    return run_restore(restore_command(path, dbname, tools, keep_owners), path, with_database(url, dbname), step=step)
-
-
-def run_restore(cmd: list[str], path: Path, target_url: str, step: str = "restore") -> float:
-    """Run the restore command ``cmd`` exactly as given (``restore_command``), feeding plain dumps on stdin."""
-    started = time.monotonic()
-    fmt = backup_format(path)
-    if fmt == "custom":
-        ClientTools.run_argv(cmd, url=target_url, step=step)
-    else:
-        opener = gzip.open if fmt == "plain-gzip" else open
-        with opener(path, "rb") as source:
-            _pipe_into(cmd, source, target_url, step)
-    return time.monotonic() - started
-
-
-def _pipe_into(cmd: list[str], source, url: str, step: str) -> None:
-    # stderr goes to a file: a pipe nobody reads while we write stdin could fill and deadlock.
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                                env=libpq_env(url))
-        cut_short = _feed(proc, source, step)
-        returncode = proc.wait()
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace").strip()[-2000:]
-    if returncode != 0 or cut_short:
-        detail = " before reading the whole backup" if cut_short else ""
-        raise StepError(f"psql exited with {returncode}{detail}: {stderr}",
-                          next_action="read the error above; nothing was committed (single transaction).", step=step)
-
-
-def _feed(proc: subprocess.Popen, source, step: str) -> bool:
-    """Copy the backup into psql's stdin; True when psql stopped reading before the end."""
-    cut_short = False
-    try:
-        shutil.copyfileobj(source, proc.stdin, 1 << 20)
-        proc.stdin.close()
-    except BrokenPipeError:
-        cut_short = True  # psql stopped reading: it exited on an error (ON_ERROR_STOP), reported below
-    except (OSError, EOFError, zlib.error) as err:
-        proc.kill()
-        proc.wait()
-        raise StepError(f"Reading the backup failed mid-restore: {err}", next_action="verify the backup file.",
-                          step=step) from None
-    return cut_short
