@@ -42,13 +42,14 @@ class QuietShutdownKernelManager(AsyncKernelManager):
 
     def client(self, **kwargs):
         kc = super().client(**kwargs)
-        self.__dict__.setdefault("_handed_clients", []).append(kc)
+        self._clients = [*getattr(self, "_clients", []), kc]
         return kc
 
     def stop_clients(self) -> None:
         """Close the channels of every client made for this kernel (nbclient leaves them open on a kernel it was given)."""
-        for kc in self.__dict__.pop("_handed_clients", []):
+        for kc in getattr(self, "_clients", []):
             kc.stop_channels()
+        self._clients = []
 
 
 KERNEL_MANAGER = f"{QuietShutdownKernelManager.__module__}.{QuietShutdownKernelManager.__qualname__}"
@@ -182,19 +183,23 @@ class KernelPool:
 
     def close(self) -> None:
         """Shut down every kernel of the pool, waiting for each (killed after ``shutdown_wait_time``)."""
-        for kernel in list(self.waiting.values()):
-            kernel.km.stop_clients()
-            self.retired.append(kernel.km)
+        unused = [kernel.km for kernel in self.waiting.values()]
         self.waiting.clear()
-        while self.retired:
-            km = self.retired.pop()
+        for km in unused:
+            km.stop_clients()
             try:
-                if run_sync(km.is_alive)():
-                    run_sync(km.shutdown_kernel)(now=False)
-                else:
-                    run_sync(km.cleanup_resources)()
+                run_sync(km.request_shutdown)()
+            except Exception:  # noqa: BLE001 - it is killed below if it does not go
+                pass
+        for km in [*self.retired, *unused]:
+            try:
+                # Asked once already: a second shutdown_request reaching a kernel on its way out makes it print
+                # "Event loop is closed" on the runner's terminal. Wait for it; kill it if it does not go.
+                run_sync(km.finish_shutdown)()
+                run_sync(km.cleanup_resources)()
             except Exception:  # noqa: BLE001 - one kernel's trouble must not leave the others running
                 _kill(km)
+        self.retired.clear()
 
 
 def _kill(km: QuietShutdownKernelManager) -> None:

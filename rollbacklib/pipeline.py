@@ -18,6 +18,7 @@ from rollbacklib import frontends
 from rollbacklib.audit import record_changed_files
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
+from rollbacklib.files import fsync_file
 from rollbacklib.conclude import conclude, import_report_ahead, write_report  # noqa: F401 - write_report: where callers found it
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
@@ -170,9 +171,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         if earlier and not dry_run:
             finished -= _phases_to_redo(run_dir, journal, str(config.path))
         to_run = [p for p in phases if p not in finished]
-        import_report_ahead()
         try:
-            _start_ahead(kernels, folder, to_run[:AHEAD])
+            _start_ahead(kernels, folder, to_run[:1])  # alone: the first phase waits for it
             for phase in phases:
                 if phase in finished:
                     journal.record(phase, "phase", "skipped", f"{phase} finished in an earlier attempt")
@@ -186,6 +186,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     progress(phase, "started", None)
                 kernel = _take_kernel(kernels, phase, journal)
                 _start_ahead(kernels, folder, to_run[:to_run.index(phase) + 1 + AHEAD])  # they boot while it runs
+                if to_run.index(phase) == 1:
+                    import_report_ahead()  # needed only at the end; here it keeps off the first kernels' start
                 follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
                 if follower:
                     follower.start()
@@ -360,6 +362,7 @@ def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeou
         # sha256 (and that of every other new or changed evidence file) goes into the journal.
         if output.exists():
             scrub_file(output, secrets)
+            fsync_file(output)  # papermill's saves were not: the version sealed is on disk
             record_changed_files(run_dir, phase=output.stem, secrets=secrets, notebook=output)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,6 +76,8 @@ def test_each_phase_runs_in_a_kernel_started_while_the_phase_before_it_ran(incid
     counts = [c.execution_count for c in executed.cells if c.cell_type == "code" and c.execution_count]
     assert counts == list(range(1, len(counts) + 1))
     assert not _kernels_in(incident.reports)
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    assert 0 < run["machinery_seconds"] < run["duration_seconds"]
 
 
 def test_no_kernel_outlives_a_run_that_fails_in_phase_01(incident):
@@ -118,3 +121,25 @@ def test_papermill_alone_still_starts_its_own_kernel(how, tmp_path):
     engine = {"engine_name": "rollbacklib"} if "rollbacklib" in how else {}
     pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False, **engine)
     assert nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].execution_count == 1
+
+
+def test_machinery_is_the_wall_time_of_each_attempt_outside_its_steps():
+    from rollbacklib.metrics import machinery_seconds
+
+    def event(second: float, phase: str, step: str, status: str) -> dict:
+        return {"ts": f"2026-12-02T03:00:{second:06.3f}+00:00", "phase": phase, "step": step, "status": status}
+
+    events = [
+        event(0, "run", "attempt", "info"),
+        event(1, "01_prepare", "phase", "started"),
+        event(2, "01_prepare", "migration", "started"), event(3.5, "01_prepare", "migration", "ok"),
+        event(4, "01_prepare", "plan", "started"), event(4.25, "01_prepare", "plan", "failed"),
+        event(5, "01_prepare", "artifact", "info"),
+        # a second attempt 20 s later: the time between attempts is no one's
+        event(25, "run", "attempt", "info"),
+        event(26, "01_prepare", "plan", "started"), event(27, "01_prepare", "plan", "skipped"),
+        event(28, "02_execute", "restore", "started"),  # killed: inside its step until the attempt's last event
+        event(30, "02_execute", "head", "info"),
+    ]
+    assert machinery_seconds(events) == (5 - 1.5 - 0.25) + (5 - 1 - 2)
+    assert machinery_seconds([]) is None
