@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import time
+from queue import Empty
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,7 +152,7 @@ class KernelPool:
         kernel.km.stop_clients()
         kernel.warm_client = None
         if kernel.failure:
-            self.retired.append(kernel.km)
+            self.retire(kernel)
         return kernel
 
     def _wait_warm(self, kernel: StartedKernel) -> str:
@@ -162,7 +163,7 @@ class KernelPool:
                 return f"the kernel started ahead for {kernel.phase} (pid {kernel.pid}) had exited (code {code})"
             try:
                 reply = run_sync(kernel.warm_client.get_shell_msg)(timeout=0.5)
-            except Exception:  # queue.Empty: not warm yet
+            except Empty:  # not warm yet
                 continue
             if reply.get("parent_header", {}).get("msg_id") == kernel.warm_id:
                 kernel.warmed_at = time.time()

@@ -143,3 +143,26 @@ def test_machinery_is_the_wall_time_of_each_attempt_outside_its_steps():
     ]
     assert machinery_seconds(events) == (5 - 1.5 - 0.25) + (5 - 1 - 2)
     assert machinery_seconds([]) is None
+
+
+def test_a_kernel_that_died_while_it_waited_is_not_used(tmp_path):
+    import papermill as pm
+
+    from rollbacklib.engine import engine_name
+    from rollbacklib.kernels import KernelPool
+
+    source = tmp_path / "one.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.getpid())")],
+                                            metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                     "display_name": "Python 3"}}), source)
+    with KernelPool(tmp_path, dict(os.environ)) as pool:
+        pool.start("01_prepare", ["json"])
+        dead = pool.waiting["01_prepare"].pid
+        os.kill(dead, signal.SIGKILL)
+        kernel = pool.take("01_prepare")
+        assert f"(pid {dead}) had exited" in kernel.failure
+        pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                            engine_name=engine_name(), kernel=kernel)
+    printed = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs[0]["text"]
+    assert int(printed) != dead  # a fresh kernel ran it
+    assert not _kernels_in(tmp_path)
