@@ -10,6 +10,7 @@ shows it as not run.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def _concluded_already(run_dir: Path) -> Concluded | None:
     if sealed < last_step or not (run_dir / "run.json").exists() or not report.exists():
         return None
     return Concluded(json.loads((run_dir / "run.json").read_text()), report, None)
+
+
+def import_report_ahead() -> threading.Thread:
+    """Import what rendering the report takes (nbconvert, matplotlib: 1-2 s) in the background while the phases
+    run, so the end of the run does not wait for it. The report is still rendered here, in this process."""
+
+    def load() -> None:
+        try:
+            import nbconvert.exporters.html  # noqa: F401
+
+            import rollbacklib.report.html  # noqa: F401 - and matplotlib, through the plots
+        except Exception:  # noqa: BLE001 - write_report imports them again and journals what fails
+            pass
+
+    thread = threading.Thread(target=load, name="import-report", daemon=True)
+    thread.start()
+    return thread
 
 
 def write_report(run_dir: Path, secrets: list[str] = ()) -> tuple[Path | None, str | None]:

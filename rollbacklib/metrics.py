@@ -79,6 +79,32 @@ def step_table(events: list[dict]) -> list[dict]:
     return sorted(steps.values(), key=lambda s: s["started_at"])
 
 
+def machinery_seconds(events: list[dict]) -> float | None:
+    """The run's time outside its steps: kernel starts, imports, papermill's saves, the seals, the report.
+
+    Each attempt's wall time (its ``attempt`` event to its last event, seals and heads included) minus
+    the time spent inside steps (each step's ``started`` event to its outcome, or to the attempt's
+    end for a step that never ended). The time between two attempts belongs to no one and is left out.
+    """
+    cuts = [i for i, e in enumerate(events) if e["step"] == "attempt"]
+    if not cuts:
+        return None
+    total = 0.0
+    for a, b in zip(cuts, cuts[1:] + [len(events)]):
+        attempt, inside, open_steps = events[a:b], 0.0, {}
+        for e in attempt:
+            key = (e["phase"], e["step"])
+            if e["step"] in ("phase", "service-restored"):
+                continue
+            if e["status"] == "started":
+                open_steps[key] = e["ts"]
+            elif e["status"] in ("ok", "skipped", *BAD) and key in open_steps:
+                inside += seconds_between(open_steps.pop(key), e["ts"])
+        inside += sum(seconds_between(ts, attempt[-1]["ts"]) for ts in open_steps.values())
+        total += seconds_between(attempt[0]["ts"], attempt[-1]["ts"]) - inside
+    return round(total, 3)
+
+
 def milestones(events: list[dict]) -> list[dict]:
     """The drill's milestones: target and, where the journal has it, when each was reached."""
     start = events[0]["ts"] if events else None

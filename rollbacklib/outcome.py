@@ -15,7 +15,7 @@ from pathlib import Path
 from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from rollbacklib.journal import changes_made, read_events
 from rollbacklib.postgres.database import open_database_sql
-from rollbacklib.metrics import first_event, measure, seconds_between
+from rollbacklib.metrics import first_event, machinery_seconds, measure, seconds_between
 from rollbacklib.state import RunState, load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command
@@ -130,7 +130,8 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
     from the final state only (verify-audit recomputing ``run.json`` must not ask the server of today).
     """
     run_dir = Path(run_dir)
-    events = [e for e in (read_events(run_dir) if events is None else events) if e["step"] not in NOT_STEPS]
+    everything = read_events(run_dir) if events is None else events  # the seals and heads too
+    events = [e for e in everything if e["step"] not in NOT_STEPS]
     state = load_state(run_dir) if state is None else state
     phases = phase_table(events)
     last = attempts(events)[-1]
@@ -166,6 +167,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_seconds": _seconds(started_at, finished_at),
+        "machinery_seconds": machinery_seconds(everything),
         "phases": [{k: p[k] for k in ("name", "status", "seconds", "started_at", "finished_at")} for p in phases],
         "rto_seconds": _seconds(started_at, restored_at),
         "rto_budget_seconds": first.get("rto_budget_seconds"),

@@ -18,7 +18,8 @@ from rollbacklib import frontends
 from rollbacklib.audit import record_changed_files
 from rollbacklib.config import WORKDIR_ENV, load_config, working_directory
 from rollbacklib.errors import ConfigError, RefusedError, RollbackError
-from rollbacklib.conclude import conclude, write_report  # noqa: F401 - write_report: where callers found it
+from rollbacklib.files import fsync_file
+from rollbacklib.conclude import conclude, import_report_ahead, write_report  # noqa: F401 - write_report: where callers found it
 from rollbacklib.journal import JOURNAL_NAME, Journal, changes_made, read_events
 from rollbacklib.prisma import validate_migration_id
 from rollbacklib.redaction import config_secrets, masked_output, refuse_credentials, scrub_file
@@ -27,7 +28,8 @@ from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.run import record_approval
 from rollbacklib.steps import PHASES, Phase, Plan, StepName, read_plan
 from rollbacklib.state import load_state
-from rollbacklib.kernels import KERNEL_MANAGER
+from rollbacklib.engine import engine_name
+from rollbacklib.kernels import KERNEL_ARGUMENTS, KERNEL_MANAGER, KernelPool, StartedKernel, warm_modules
 from rollbacklib.summary import finished_phases, first_error, phase_table, phase_word
 from rollbacklib.live import Situation
 from rollbacklib.way_back import run_view
@@ -36,6 +38,8 @@ from rollbacklib.postgres.locks import database_lock
 PREPARE = Phase.PREPARE
 
 GATED_PHASE = Phase.EXECUTE
+# Kernels started ahead: a kernel boots and warms in 1-2 s, longer than a short phase (03, 04) takes.
+AHEAD = 2
 
 
 def notebooks_dir() -> Path:
@@ -155,7 +159,8 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     run_dir = run_folder(reports, migration_id, environment, run_id)
     folder = notebooks_dir()
     with environment_lock(reports, environment), database_lock(env, run_id), \
-            _kernel_environment({WORKDIR_ENV: str(working_directory()), frontends.KERNEL_ENV: frontends.CLI}):
+            _kernel_environment({WORKDIR_ENV: str(working_directory()), frontends.KERNEL_ENV: frontends.CLI}), \
+            KernelPool(run_dir, dict(os.environ)) as kernels:
         run_dir.mkdir(parents=True, exist_ok=True)
         journal = Journal(run_dir / JOURNAL_NAME, secrets=secrets)
         earlier = read_events(run_dir)
@@ -165,7 +170,9 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         finished = set() if dry_run else finished_phases(earlier)
         if earlier and not dry_run:
             finished -= _phases_to_redo(run_dir, journal, str(config.path))
+        to_run = [p for p in phases if p not in finished]
         try:
+            _start_ahead(kernels, folder, to_run[:1])  # alone: the first phase waits for it
             for phase in phases:
                 if phase in finished:
                     journal.record(phase, "phase", "skipped", f"{phase} finished in an earlier attempt")
@@ -177,6 +184,10 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     break
                 if progress:
                     progress(phase, "started", None)
+                kernel = _take_kernel(kernels, phase, journal)
+                _start_ahead(kernels, folder, to_run[:to_run.index(phase) + 1 + AHEAD])  # they boot while it runs
+                if to_run.index(phase) == 1:
+                    import_report_ahead()  # needed only at the end; here it keeps off the first kernels' start
                 follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None
                 if follower:
                     follower.start()
@@ -185,8 +196,9 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                         "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
                         "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
                         "backup": backup or "",
-                    }, run_dir, timeout=env.thresholds.cell_timeout_seconds, secrets=secrets)
+                    }, run_dir, timeout=env.thresholds.cell_timeout_seconds, secrets=secrets, kernel=kernel)
                 finally:
+                    kernels.retire(kernel)
                     if follower:
                         follower.stop()
                 if progress:
@@ -275,6 +287,26 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
     return True
 
 
+def _start_ahead(kernels: KernelPool, folder: Path, phases: list[str]) -> None:
+    for phase in phases:
+        kernels.start(phase, warm_modules(folder / f"{phase}.ipynb", phase))
+
+
+def _take_kernel(kernels: KernelPool, phase: str, journal: Journal) -> StartedKernel | None:
+    """The kernel started ahead for ``phase``, journaled (its pid, when it started, how long the phase waited)."""
+    kernel = kernels.take(phase)
+    if kernel is None:
+        return None
+    if kernel.failure:
+        # Journaled: a kernel that dies while idle says something about the machine (memory, a kill) worth keeping.
+        journal.record(phase, "kernel", "info", f"{kernel.failure}; the phase starts a fresh kernel",
+                       ahead=False, **kernel.evidence())
+    else:
+        journal.record(phase, "kernel", "info", f"kernel pid {kernel.pid}, started ahead of {phase}",
+                       ahead=True, **kernel.evidence())
+    return kernel
+
+
 def phase_seconds(run_dir: Path, phase: str) -> float | None:
     """A phase's time as the journal measured it: the same figure the summary shows."""
     return next((p["seconds"] for p in phase_table(read_events(run_dir)) if p["name"] == phase), None)
@@ -296,13 +328,15 @@ def _kernel_environment(values: dict[str, str]):
 
 
 def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeout: float | None = None,
-             secrets: list[str] = ()) -> bool:
-    """Run one phase notebook; every save of ``output`` is masked; when papermill is done, seal it."""
+             secrets: list[str] = (), kernel: StartedKernel | None = None) -> bool:
+    """Run one phase notebook (in ``kernel`` when one was started ahead of it); every save of ``output`` is
+    masked; when papermill is done, seal it."""
     try:
         with masked_output(output, secrets) as masked:
             pm.execute_notebook(str(source), masked, parameters=parameters, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(run_dir), execution_timeout=timeout,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"], kernel_manager_class=KERNEL_MANAGER)
+                                extra_arguments=list(KERNEL_ARGUMENTS), kernel_manager_class=KERNEL_MANAGER,
+                                engine_name=engine_name(), kernel=kernel)
         return True
     except Exception as err:  # a failed cell, a dead kernel, a cell over its timeout: all end the phase
         events = read_events(run_dir)
@@ -328,6 +362,7 @@ def _execute(source: Path, output: Path, parameters: dict, run_dir: Path, timeou
         # sha256 (and that of every other new or changed evidence file) goes into the journal.
         if output.exists():
             scrub_file(output, secrets)
+            fsync_file(output)  # papermill's saves were not: the version sealed is on disk
             record_changed_files(run_dir, phase=output.stem, secrets=secrets, notebook=output)
 
 

@@ -191,8 +191,8 @@ def mask_tree(value, secrets: Iterable[str]):
 def mask_notebook_json(text: str, secrets: Iterable[str]) -> str:
     """A notebook's JSON with every secret masked in every string (sources, outputs, tracebacks, metadata)."""
     secrets = _usable(secrets)
-    if not secrets:
-        return text
+    if not any(_written(secret, text) for secret in secrets):
+        return text  # the common case, papermill saving after every cell: no walk of the whole notebook
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -201,6 +201,14 @@ def mask_notebook_json(text: str, secrets: Iterable[str]) -> str:
     if masked == data:
         return text
     return json.dumps(masked, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _written(secret: str, text: str) -> bool:
+    """Could a JSON string in ``text`` hold ``secret``? A printable ASCII secret without quote or backslash has one
+    way to be written in JSON (``/`` may be escaped); any other may be escaped in several: look string by string."""
+    if not secret.isascii() or not secret.isprintable() or '"' in secret or "\\" in secret:
+        return True
+    return re.search(re.escape(secret).replace("/", r"\\?/"), text) is not None
 
 
 #: Documents people read, written by papermill, Jupyter, nbconvert: masked before they are sealed.
@@ -256,7 +264,8 @@ class _MaskingHandler:
         with _lock:
             secrets = _masked_paths.get(local, [])
         buf = buf.replace(f'"{SCHEME}', '"')  # the metadata's output_path: the file, not this handler
-        atomic_write_text(Path(local), mask_notebook_json(buf, secrets))
+        # Atomic but not fsynced: papermill saves after every cell; the runner makes the last save durable.
+        atomic_write_text(Path(local), mask_notebook_json(buf, secrets), durable=False)
 
     def listdir(self, path):
         return os.listdir(self._local(path))

@@ -175,7 +175,7 @@ def open_run(*, migration_id: str, environment: str, config_path: str = "", run_
     ctx.record("phase", "started", f"{ctx.phase} of {migration_id} on {environment}",
                dry_run=ctx.dry_run, strategy=env.strategy, config=str(config.path),
                rto_budget_seconds=env.thresholds.rto_budget_seconds,
-               rpo_budget_seconds=env.thresholds.rpo_budget_seconds)
+               rpo_budget_seconds=env.thresholds.rpo_budget_seconds, pid=os.getpid())  # the process running the phase
     return ctx
 
 

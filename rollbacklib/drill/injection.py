@@ -171,9 +171,20 @@ def kill_runner_and_kernel(command: Command, _hit: dict) -> None:
     command.wait(60)
 
 
-def kill_kernel(command: Command, _hit: dict) -> None:
-    """SIGKILL of the kernel alone: the runner goes on and journals the dead kernel."""
-    sigkill([k.pid for k in kernels(command.proc.pid)])
+def kill_kernel(command: Command, hit: dict) -> None:
+    """SIGKILL of the kernel alone: the runner goes on and journals the dead kernel.
+
+    With a program caught in flight (``hit["pid"]``), the kernel that started it; otherwise every
+    kernel of the runner (the one running the phase, and those started ahead of the next phases).
+    """
+    running = kernels(command.proc.pid)
+    if "pid" in hit:
+        try:
+            ancestors = {p.pid for p in psutil.Process(hit["pid"]).parents()}
+        except psutil.NoSuchProcess:
+            ancestors = set()
+        running = [k for k in running if k.pid in ancestors] or running
+    sigkill([k.pid for k in running])
 
 
 @contextmanager
