@@ -48,6 +48,7 @@ class StepName(StrEnum):
     PLAN = "plan"
     CREATE_COPY = "create-copy"
     RESTORE = "restore"
+    ANALYZE_COPY = "analyze-copy"
     VALIDATE_COPY = "validate-copy"
     CARRY_PROPERTIES = "carry-properties"
     CLOSE_COPY = "close-copy"

@@ -27,7 +27,7 @@ from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
 from rollbacklib.phases import window
 from rollbacklib.phases.restore_service import scale_services, service_actions
-from rollbacklib.phases.restored_copy import drop_copy, restore_actions, restore_summary
+from rollbacklib.phases.restored_copy import analyze_actions, drop_copy, restore_actions, restore_summary
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
@@ -62,6 +62,10 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              postcondition=f"{restored} exists (found by its oid)", undo=(drop_restored,)),
         Step(StepName.RESTORE, PHASE, restored, restore_summary(ctx, backup), restore_actions(ctx, backup, restored),
              requires=(StepName.CREATE_COPY,), postcondition=f"{restored} holds tables", undo=(drop_restored,)),
+        Step(StepName.ANALYZE_COPY, PHASE, restored, "the planner's statistics for every table of the copy, "
+             "before it goes live, tables analyzed in parallel", analyze_actions(ctx, restored),
+             requires=(StepName.RESTORE,), postcondition=f"every table of {restored} has been analyzed",
+             undo=(drop_restored,)),
         Step(StepName.VALIDATE_COPY, PHASE, restored,
              "compare the copy with the backup's manifest and the migration's expectations; hash its rows; mark it",
              (Action("read", restored, "schema fingerprint, row counts, _prisma_migrations, first rows, probes, "
@@ -69,7 +73,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
                      "per table SELECT key, md5(row) ORDER BY key (for compare-rows)"),
               Action("marker", restored, f"COMMENT ON DATABASE {restored} IS 'rollbacklib copy run={ctx.run_id} "
                      "plan=<digest> validation=<sha256 of the checks and row hashes>'")),
-             requires=(StepName.RESTORE,), postcondition="every check passes and the copy carries its marker; "
+             requires=(StepName.ANALYZE_COPY,), postcondition="every check passes and the copy carries its marker; "
              "a failure drops the copy", undo=(drop_restored,)),
         Step(StepName.BOOKKEEPING, PHASE, restored,
              "assert the copy's _prisma_migrations equals the backup's (never edited)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,7 @@ from rollbacklib.postgres import identity
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.postgres import restore as rs
 from rollbacklib.postgres import rowdiff
-from rollbacklib.postgres.client import display_command, with_database, with_session_settings
+from rollbacklib.postgres.client import ClientTools, display_command, with_database, with_session_settings
 from rollbacklib.prisma import applied_migrations, migration_state
 from rollbacklib.progress import StepProgress
 from rollbacklib.run import RunContext
@@ -36,7 +37,7 @@ from rollbacklib.state import RestoredCopy
 from rollbacklib.steps import Action, Step, StepName
 from rollbacklib.validation import against_expectations, against_manifest, sample_difference
 
-COPY_STEPS = (StepName.CREATE_COPY, StepName.RESTORE, StepName.VALIDATE_COPY, StepName.BOOKKEEPING,
+COPY_STEPS = (StepName.CREATE_COPY, StepName.RESTORE, StepName.ANALYZE_COPY, StepName.VALIDATE_COPY, StepName.BOOKKEEPING,
               StepName.CARRY_PROPERTIES, StepName.CLOSE_COPY)
 
 
@@ -139,18 +140,24 @@ def restore_summary(ctx: RunContext, backup: Path) -> str:
     jobs, why = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
     how = f"pg_restore -j {jobs} ({why})" if bk.backup_format(backup) in bk.ARCHIVE_FORMATS else \
         "psql, in one transaction"
-    return f"restore {backup.name} into the copy with {how}, then ANALYZE it; the live database serves on"
+    return f"restore {backup.name} into the copy with {how}; the live database serves on"
 
 
 def restore_actions(ctx: RunContext, backup: Path, restored: str) -> tuple[Action, ...]:
-    """What the restore step runs: the archive's table count (the progress bar's total), the restore, ANALYZE."""
+    """What the restore step runs: the archive's table count (the progress bar's total), then the restore."""
     jobs, _ = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
     keep = ctx.env.restore_keep_owners
     listing = rs.list_command(backup, ctx.tools)
     return ((Action("read", restored, display_command(listing), tuple(listing)),) if listing else ()) + (
         Action("command", restored, rs.describe_restore(backup, restored, ctx.tools, keep, jobs),
-               tuple(rs.restore_command(backup, restored, ctx.tools, keep, jobs))),
-        Action("sql", restored, "ANALYZE"))
+               tuple(rs.restore_command(backup, restored, ctx.tools, keep, jobs))),)
+
+
+def analyze_actions(ctx: RunContext, restored: str) -> tuple[Action, ...]:
+    """The planner's statistics for the copy, its tables analyzed in parallel (``vacuumdb --analyze-only``)."""
+    jobs, _ = rs.restore_jobs(ctx.url, ctx.env.thresholds.restore_jobs)
+    argv = rs.analyze_command(restored, ctx.tools, jobs)
+    return (Action("command", restored, display_command(argv), tuple(argv)),)
 
 
 def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
@@ -167,8 +174,6 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
                    size_mb=round(bk.backup_size(path) / 1e6, 1), tables=tables)
         seconds = rs.run_restore(list(command.argv), path, target, step=step.name, total_tables=tables,
                                  on_progress=StepProgress(ctx, step.name, "restore"))
-        with db.connect(target, step=step.name) as conn:  # the planner's statistics, before the copy goes live
-            execute_actions(ctx, conn, step)
     except RollbackError as err:
         drop_copy(ctx, step.name, "the restore into it failed")
         raise AbortedError(f"Restoring into {step.target} failed; the live database was not touched.\n{err.message}",
@@ -177,6 +182,41 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     ctx.update(restored=restored.model_copy(update={"seconds": round(seconds, 3)}))
     ctx.record(step.name, "info", f"restored into {step.target} in {seconds:.1f} s", seconds=seconds)
     return pd.DataFrame([{"restored into": step.target, "seconds": round(seconds, 1)}])
+
+
+def analyze_copy(ctx: RunContext) -> pd.DataFrame:
+    """The planner's statistics for every table of the copy, before it goes live; a failure drops the copy."""
+    def analyzed(c: RunContext, s: Step) -> Check:
+        now = c.live()
+        if now.copy_validated:
+            return Check(f"{s.target} was analyzed and validated (its marker)", True)
+        copy = now.the_copy
+        if copy is None or not copy.allow_connections:
+            return Check(f"{s.target} is there, open to the runbook, to read its statistics", False)
+        with db.connect(with_database(c.url, copy.name), step=s.name) as conn:
+            missing = [r[0] for r in conn.execute(
+                "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NULL AND last_autoanalyze IS NULL")]
+        return compare(f"every table of {copy.name} has been analyzed", [], missing)
+
+    return dispatch(ctx, StepName.ANALYZE_COPY, _analyze, postcondition=analyzed,
+                    precondition=lambda c, s: _copy_exists(c, s))
+
+
+def _analyze(ctx: RunContext, step: Step) -> pd.DataFrame:
+    (command,) = step.actions
+    target = with_database(ctx.url, step.target)
+    ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target)
+    started = time.monotonic()
+    try:
+        ClientTools.run_argv(list(command.argv), url=target, step=step.name)
+    except RollbackError as err:
+        drop_copy(ctx, step.name, "analyzing it failed")
+        raise AbortedError(f"Analyzing the copy {step.target} failed; the live database was not touched.\n"
+                           f"{err.message}", next_action="ABORT: the live database was not touched by this step. "
+                           + err.next_action, escalate="L3") from None
+    seconds = round(time.monotonic() - started, 3)
+    ctx.record(step.name, "info", f"{step.target} analyzed in {seconds:.1f} s", seconds=seconds)
+    return pd.DataFrame([{"analyzed": step.target, "seconds": seconds}])
 
 
 def _fresh_copy_for_retry(ctx: RunContext, step: Step) -> None:

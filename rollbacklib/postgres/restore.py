@@ -101,6 +101,11 @@ def describe_restore(path: Path, dbname: str, tools: ClientTools, keep_owners: b
     return cmd
 
 
+def analyze_command(dbname: str, tools: ClientTools, jobs: int = 1) -> list[str]:
+    """ANALYZE every table of ``dbname``, ``jobs`` tables at a time (``vacuumdb``, PostgreSQL's own client)."""
+    return [tools.path("vacuumdb"), "--analyze-only", f"--jobs={jobs}", f"--dbname={dbname}"]
+
+
 def list_command(path: Path, tools: ClientTools) -> list[str] | None:
     """What counts the tables a restore of ``path`` fills (its table of contents); None for a plain dump."""
     return [tools.path("pg_restore"), "--list", str(path)] if backup_format(path) in ARCHIVE_FORMATS else None
