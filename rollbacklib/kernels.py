@@ -21,8 +21,10 @@ from queue import Empty
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
-from jupyter_core.utils import run_sync
+from jupyter_core.utils import ensure_async, run_sync
+from traitlets import Type
 
 KERNEL_NAME = "python3"
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
@@ -33,7 +35,49 @@ DRAWS = {"05_close": ("rollbacklib.report.plots",)}
 WARM_TIMEOUT = 60.0  # as papermill's start_timeout: a kernel not warm by then is not used
 
 
+class QuickReadyKernelClient(AsyncKernelClient):
+    """``wait_for_ready`` without jupyter_client's closing 0.2 s of IOPub silence (a cost paid at every phase).
+
+    Once the kernel has answered ``kernel_info`` and IOPub is seen to be connected, whatever IOPub still
+    holds from that exchange is drained for as long as it keeps coming, then the wait ends as soon as the
+    channel is quiet for a moment: nbclient matches every message to its request by ``msg_id``, so a
+    leftover status message can never be taken for a cell's output.
+    """
+
+    quiet_seconds = 0.02
+
+    async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while True:
+            self.kernel_info()
+            try:
+                reply = await ensure_async(self.shell_channel.get_msg(timeout=1))
+            except Empty:
+                reply = None
+            if reply is not None and reply["msg_type"] == "kernel_info_reply":
+                try:
+                    await ensure_async(self.iopub_channel.get_msg(timeout=0.2))  # IOPub connected
+                except Empty:
+                    pass
+                else:
+                    self._handle_kernel_info_reply(reply)
+                    break
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
+        while True:
+            try:
+                await ensure_async(self.iopub_channel.get_msg(timeout=self.quiet_seconds))
+            except Empty:
+                return
+
+    wait_for_ready = _async_wait_for_ready
+
+
 class QuietShutdownKernelManager(AsyncKernelManager):
+    client_factory = Type(default_value=QuickReadyKernelClient, klass=AsyncKernelClient)
+
     async def _async_interrupt_kernel(self) -> None:
         if self.shutting_down:
             return  # the shutdown_request that follows ends an idle kernel; SIGINT would only make it log

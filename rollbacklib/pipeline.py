@@ -39,7 +39,7 @@ PREPARE = Phase.PREPARE
 
 GATED_PHASE = Phase.EXECUTE
 # Kernels started ahead: a kernel boots and warms in 1-2 s, longer than a short phase (03, 04) takes.
-AHEAD = 2
+AHEAD = 1  # kernels started during phase 01; from 02 on, all the rest
 
 
 def notebooks_dir() -> Path:
@@ -185,7 +185,10 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                 if progress:
                     progress(phase, "started", None)
                 kernel = _take_kernel(kernels, phase, journal)
-                _start_ahead(kernels, folder, to_run[:to_run.index(phase) + 1 + AHEAD])  # they boot while it runs
+                # they boot while it runs: the next one during 01 (short, and it has the machine to itself), every
+                # other one from 02 on (03, 04 and the window's end are too short to boot a kernel in)
+                ahead = AHEAD if to_run.index(phase) == 0 else len(to_run)
+                _start_ahead(kernels, folder, to_run[:to_run.index(phase) + 1 + ahead])
                 if to_run.index(phase) == 1:
                     import_report_ahead()  # needed only at the end; here it keeps off the first kernels' start
                 follower = JournalFollower(run_dir / JOURNAL_NAME, on_event) if on_event else None

@@ -137,3 +137,23 @@ def test_only_catalog_statements_run_between_block_and_reopen_in_one_kernel(inci
     assert min(e["ts"] for e in events if e["step"] == StepName.COMPARE_ROWS) > health_at
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["rows_lost"]["total"] > 0 and run["downtime_seconds"] is not None
+
+
+def test_rows_lost_are_pending_until_compare_rows_counts_them_after_the_window(incident):
+    common = _common(incident, "pending")
+    first = run_phases(**common, phases=(Phase.PREPARE, Phase.EXECUTE, Phase.VALIDATE, Phase.RESTORE_SERVICE))
+    assert first.summary["error"] is None and first.summary["production"]["state"] == "serving the restored database"
+    metric = next(m for m in first.summary["metrics"] if m["key"] == "rows_lost")
+    assert first.summary["rows_lost"] is None and metric["status"] == "pending" and metric["actual"] == "pending"
+    assert "Pending: counted after the outage window" in (first.run_dir / "report.html").read_text()
+
+    second = run_phases(**common)  # the same run again: 05 counts them
+
+    assert second.exit_code == 0, second.summary["error"]
+    lost = second.summary["rows_lost"]
+    assert lost["total"] > 0 and lost["total"] == sum(d["lost"] for d in lost["tables"].values())
+    assert lost["total"] == lost["inserted"] + lost["updated"] + lost["deleted"]
+    events = read_events(second.run_dir)
+    reopened = max(e["ts"] for e in events if e["step"] == StepName.REOPEN and e["status"] == "changed")
+    counted = next(e for e in events if e["step"] == StepName.COMPARE_ROWS and "rows_lost" in e["evidence"])
+    assert counted["ts"] > reopened and counted["phase"] == Phase.CLOSE

@@ -146,6 +146,10 @@ def _metrics_table(run: Evidence) -> str:
 def _rows_lost_table(run: Evidence) -> str:
     lost = run.summary.get("rows_lost")
     if not lost:
+        metric = next((m for m in run.summary.get("metrics", []) if m.get("key") == "rows_lost"), None)
+        if metric and metric.get("status") == "pending":
+            return ('<h3>Rows lost per table</h3><p class="rb-pending" id="rows-lost-pending">Pending: '
+                    f"{e(metric['evidence'])}.</p>")
         return ""
     rows = "".join(
         f"<tr><td>{e(t)}</td><td>{e(', '.join(d['key']))}</td><td>{d['inserted']}</td><td>{d['updated']}</td>"
