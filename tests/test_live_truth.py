@@ -354,3 +354,20 @@ def _pg_ctl_start(pgdata) -> None:
         subprocess.run([client_tools("embedded").path("pg_ctl"), "-D", str(pgdata), "-w", "-o", shlex.join(options),
                         "start"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=pgdata, check=True,
                        **as_owner)
+
+
+def test_the_copy_is_never_dropped_while_the_live_name_does_not_hold_the_original(incident):
+    from conftest import between_the_renames
+
+    between_the_renames(incident, "keep-copy")
+    ctx = _ctx(incident, "keep-copy", Phase.EXECUTE, approve=MIGRATION)
+    assert restored_copy.drop_copy(ctx, StepName.ANALYZE_COPY, "a failure of a step before the gate") is None
+    copy = f"{incident.database}__restored_keep-copy"
+    assert _databases(incident)[copy] == (False, 0)  # still there, closed: production's way forward
+    kept = next(e for e in read_events(ctx.run_dir) if e["evidence"].get("keep") and e["evidence"].get("database") == copy)
+    assert "the live name does not hold the original" in kept["message"]
+
+    result = runner.invoke(app, ["resume", str(_run_dir(incident, "keep-copy")), "--config", str(incident.config)])
+
+    assert result.exit_code == 0, result.output
+    _serves_restored_data(incident)

@@ -204,6 +204,10 @@ def analyze_copy(ctx: RunContext) -> pd.DataFrame:
 
 def _analyze(ctx: RunContext, step: Step) -> pd.DataFrame:
     (command,) = step.actions
+    if ctx.live().copy_validated:  # closed for good by now (its cell was skipped): never reopened for statistics
+        ctx.record(step.name, "info", f"{step.target} was validated and closed before it was analyzed; it is not "
+                   "opened again for it: autovacuum gives it statistics once it is live")
+        return pd.DataFrame([{"analyzed": step.target, "seconds": None}])
     target = with_database(ctx.url, step.target)
     ctx.record(step.name, "ran", command.text, kind=command.kind, target=command.target)
     started = time.monotonic()
@@ -431,6 +435,12 @@ def drop_copy(ctx: RunContext, step: str, why: str) -> str | None:
     copy = now.the_copy
     if copy is None or (restored is not None and restored.oid is not None and copy.oid != restored.oid) \
             or copy.name == ctx.database:
+        return None
+    live, original = now.named(ctx.database), now.original
+    if live is None or original is None or live.oid != original.oid:
+        ctx.record(step, "info", f"{copy.name} is not dropped: the live name does not hold the original "
+                   f"({now.describe()}), so the copy may be what production needs; a person decides",
+                   database=copy.name, keep=True)
         return None
     if restored is not None and restored.sessions_at_close is not None and copy.sessions_ever is not None \
             and copy.sessions_ever != restored.sessions_at_close:
