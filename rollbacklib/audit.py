@@ -54,12 +54,12 @@ def record_artifact(run_dir: Path, path: Path, kind: str, *, phase: str = "", se
         path = run_dir / path  # a name in the run folder
     secrets = redaction.run_secrets(run_dir) if secrets is None else list(secrets)
     redaction.scrub_file(path, secrets)
-    digest, size = sha256_of(path), path.stat().st_size
+    digest, stat = sha256_of(path), path.stat()
     name = _relative(run_dir, path)
     event = Journal(run_dir / JOURNAL_NAME, secrets=secrets).record(
         phase or _last_phase(run_dir), ARTIFACT, "info", f"{name} sha256 {digest[:12]}"
-        + (f" ({reason})" if reason else ""), path=name, kind=kind, sha256=digest, bytes=size,
-        reason=reason or f"sealed by {kind}")
+        + (f" ({reason})" if reason else ""), path=name, kind=kind, sha256=digest, bytes=stat.st_size,
+        mtime_ns=stat.st_mtime_ns, reason=reason or f"sealed by {kind}")
     return event
 
 
@@ -86,8 +86,10 @@ def record_changed_files(run_dir: Path, *, phase: str = "", secrets=None, notebo
             continue
         if notebook is not None and path.resolve() == Path(notebook).resolve():
             continue
-        redaction.scrub_file(path, secrets)  # compared as it will be sealed
         last = recorded.get(name)
+        if last is not None and _untouched_since(path, last):
+            continue  # not written since its seal (a change is still caught: verify-audit hashes every file)
+        redaction.scrub_file(path, secrets)  # compared as it will be sealed
         if last is None or last["evidence"]["sha256"] != sha256_of(path):
             kind = {".ipynb": "notebook", ".html": "report"}.get(path.suffix, "evidence")
             events.append(record_artifact(run_dir, path, kind, phase=phase, secrets=secrets,
@@ -95,6 +97,17 @@ def record_changed_files(run_dir: Path, *, phase: str = "", secrets=None, notebo
     if notebook is not None:
         record_head(run_dir, f"end of phase {phase or Path(notebook).stem}", phase=phase, secrets=secrets)
     return events
+
+
+def _untouched_since(path: Path, seal: dict) -> bool:
+    """Same size and modification time as when it was sealed, and already quiet for a second then (a file's
+    clock ticks coarsely: a rewrite in the same tick as its seal would keep the time): the copy's row hashes,
+    say, are not read again at every phase end."""
+    from datetime import datetime
+
+    stat, sealed = path.stat(), seal["evidence"]
+    quiet = datetime.fromisoformat(seal["ts"]).timestamp() * 1e9 - stat.st_mtime_ns > 1e9
+    return sealed.get("mtime_ns") == stat.st_mtime_ns and sealed.get("bytes") == stat.st_size and quiet
 
 
 def artifacts(run_dir: Path) -> dict[str, dict]:

@@ -44,7 +44,17 @@ def metrics(ctx: RunContext) -> pd.DataFrame:
     from rollbacklib.report.evidence import Evidence
 
     return pd.DataFrame([{k: m[k] for k in ("metric", "target", "actual", "status", "evidence")}
-                         for m in Evidence(ctx.run_dir).summary["metrics"]])
+                         for m in _evidence(ctx, Evidence).summary["metrics"]])
+
+
+def _evidence(ctx: RunContext, make):
+    """The run's evidence, computed once for the cells that read it while the journal does not change."""
+    key = (ctx.run_dir / "journal.jsonl").stat().st_size
+    cached = getattr(ctx, "_evidence_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, make(ctx.run_dir))
+        ctx._evidence_cache = cached
+    return cached[1]
 
 
 def show_plots(ctx: RunContext) -> None:
@@ -56,7 +66,7 @@ def show_plots(ctx: RunContext) -> None:
     from rollbacklib.report import plots
     from rollbacklib.report.evidence import Evidence
 
-    run = Evidence(ctx.run_dir)
+    run = _evidence(ctx, Evidence)
     for name, draw in plots.FIGURES:
         fig = draw(run)
         if fig is not None:  # the text/plain is the image's description (its alt text in the report)
