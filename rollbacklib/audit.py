@@ -18,6 +18,8 @@ first altered journal line or file.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pathlib import Path
 
 from rollbacklib.journal import JOURNAL_NAME, Journal, read_events
@@ -103,8 +105,6 @@ def _untouched_since(path: Path, seal: dict) -> bool:
     """Same size and modification time as when it was sealed, and already quiet for a second then (a file's
     clock ticks coarsely: a rewrite in the same tick as its seal would keep the time): the copy's row hashes,
     say, are not read again at every phase end."""
-    from datetime import datetime
-
     stat, sealed = path.stat(), seal["evidence"]
     quiet = datetime.fromisoformat(seal["ts"]).timestamp() * 1e9 - stat.st_mtime_ns > 1e9
     return sealed.get("mtime_ns") == stat.st_mtime_ns and sealed.get("bytes") == stat.st_size and quiet

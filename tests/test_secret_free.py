@@ -47,7 +47,7 @@ SLACK_PREFIX = "xo" + "x"
     ("https://admin:hunter22@status.example.com/api", "a URL with a password"),
     ("host=db.internal user=app password=s3cret dbname=prod", "a connection string with password="),
     ("dbname=prod password = 'x y'", "a connection string with password="),
-    (SLACK_PREFIX + "b-1234567890-0987654321-AbCdEfGhIjKlMnOp", "a Slack token"),
+    (SLACK_PREFIX + "b-" + "-".join(("1" * 10, "2" * 10, "Marker" * 4)), "a Slack token"),
     (SLACK_PREFIX + "p-12345-67890-abcdef", "a Slack token"),
     ("Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "a bearer token"),
     ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abc", "a JSON Web Token"),
@@ -155,7 +155,7 @@ def _set_every_secret(monkeypatch, url: str) -> list[str]:
         if name == DRILL_URL_ENV:
             monkeypatch.setenv(name, url)
         else:
-            value = "xo" + f"xb-Marker-{name}-5150"  # Slack's shape, built here: no token-like literal in the tree
+            value = SLACK_PREFIX + f"b-Marker-{name}-5150"  # Slack's shape, built at run time
             monkeypatch.setenv(name, value)
             markers.append(value)
     return markers

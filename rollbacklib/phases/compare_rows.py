@@ -15,6 +15,7 @@ from rollbacklib.checks import Check, compare
 from rollbacklib.dispatch import dispatch, private_actions, private_session
 from rollbacklib.journal import read_events
 from rollbacklib.live import kept_name, restored_name, settled_session_count
+from rollbacklib.phases.window import original_blocked
 from rollbacklib.postgres import database as db
 from rollbacklib.steps import Action, Phase, Step, StepName
 
@@ -40,16 +41,9 @@ def compare_rows_step(ctx, admin=None) -> Step:
                 undo=(db.private_connection_statements(kept)[1].as_string(admin),))
 
 
-def _kept_closed(ctx, step: Step) -> Check:
-    original = ctx.live().original
-    found = {"allow_connections": original.allow_connections, "connection_limit": original.connection_limit} \
-        if original else None
-    return compare("the kept database is closed again", {"allow_connections": False, "connection_limit": 0}, found)
-
-
 def _measured_and_unchanged(ctx, step: Step) -> Check:
     """Closed, and no session on the kept database since it was measured: a way back in between means measure again."""
-    closed = _kept_closed(ctx, step)
+    closed = original_blocked(ctx, step, "the kept database is closed again")
     measured = next((e["evidence"].get("kept_sessions") for e in reversed(read_events(ctx.run_dir))
                      if e["step"] == StepName.COMPARE_ROWS and e["status"] == "info" and "kept_sessions" in e["evidence"]),
                     None)

@@ -198,8 +198,7 @@ def analyze_copy(ctx: RunContext) -> pd.DataFrame:
                 "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NULL AND last_autoanalyze IS NULL")]
         return compare(f"every table of {copy.name} has been analyzed", [], missing)
 
-    return dispatch(ctx, StepName.ANALYZE_COPY, _analyze, postcondition=analyzed,
-                    precondition=lambda c, s: _copy_exists(c, s))
+    return dispatch(ctx, StepName.ANALYZE_COPY, _analyze, postcondition=analyzed, precondition=_copy_exists)
 
 
 def _analyze(ctx: RunContext, step: Step) -> pd.DataFrame:

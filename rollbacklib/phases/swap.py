@@ -68,7 +68,7 @@ def swap_promote_copy(ctx: RunContext) -> pd.DataFrame:
         copy = now.the_copy
         if copy is not None and copy.name == c.database:
             return Check("the copy already has the live name: finishing a promote cut short", True)
-        checks = copy_identity_check(c)
+        checks = copy_identity_check(c, now)
         original = now.original
         checks.append(compare("the original is kept, the live name is free",
                               {"original": kept_name(c.database, c.run_id), "live name free": True},

@@ -23,6 +23,8 @@ from rollbacklib.postgres import properties as dbp
 from rollbacklib.steps import Action, Phase, Step, StepName
 
 PHASE = Phase.VALIDATE
+# The one read of a table this phase makes (the plan shows it as it runs): is the migration still applied?
+APPLIED = "SELECT count(*) FROM _prisma_migrations WHERE migration_name = %s AND rolled_back_at IS NULL"
 
 
 def plan_steps(ctx) -> list[Step]:
@@ -31,7 +33,7 @@ def plan_steps(ctx) -> list[Step]:
                  f"{live} is the validated copy (by oid), {kept} the original, closed; the live database's settings, "
                  "grants, locale and comment are the pre-rollback ones; the migration is not applied",
                  (Action("read", live, "pg_database, pg_shdescription for both oids; the live database's settings "
-                         f"and grants; SELECT from _prisma_migrations WHERE migration_name = '{ctx.migration_id}'"),),
+                         f"and grants; {APPLIED.replace('%s', repr(ctx.migration_id))}"),),
                  requires=(StepName.HEALTH,), postcondition="every check passes")]
 
 
@@ -76,8 +78,7 @@ def _live_checks(ctx, step: Step) -> list[Check]:
                                   dbp.comparable(state.live_properties),
                                   dbp.comparable(dbp.read_properties(admin, ctx.database))))
     with db.connect(ctx.url, step=step.name) as conn:
-        applied = conn.execute("SELECT count(*) FROM _prisma_migrations WHERE migration_name = %s "
-                               "AND rolled_back_at IS NULL", (ctx.migration_id,)).fetchone()[0]
+        applied = conn.execute(APPLIED, (ctx.migration_id,)).fetchone()[0]
     checks.append(compare(f"{ctx.migration_id} is not applied on the live database", 0, applied))
     return checks
 

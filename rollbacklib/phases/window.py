@@ -47,8 +47,7 @@ TERMINATED_SESSIONS = "terminated_sessions.json"
 def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     live, restored, kept = ctx.database, restored_name(ctx.database, ctx.run_id), kept_name(ctx.database, ctx.run_id)
     t = ctx.env.thresholds
-    unblock = [s.as_string(admin) for s in db.unblock_statements(live, facts["settings"])]
-    reopen = [s.as_string(admin) for s in db.unblock_statements(live, facts["settings"])]
+    unblock = [s.as_string(admin) for s in db.unblock_statements(live, facts["settings"])]  # the reopen too
     block = [s.as_string(admin) for s in db.block_statements(live)]
     live_comment = facts["properties"]["comment"]
     return [
@@ -87,7 +86,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              undo=(db.rename_statement(live, restored).as_string(admin),
                    db.rename_statement(kept, live).as_string(admin))),
         Step(StepName.REOPEN, PHASE, live, "reopen the restored database with the live database's old settings",
-             tuple(Action("sql", live, s) for s in reopen), destructive=True, requires=(StepName.SWAP_PROMOTE,),
+             tuple(Action("sql", live, s) for s in unblock), destructive=True, requires=(StepName.SWAP_PROMOTE,),
              precondition=f"{live} is the validated copy (by oid)",
              postcondition=f"{live} allows connections as before: {facts['settings']}", undo=tuple(block)),
         Step(StepName.HEALTH, PHASE, live, "SELECT 1 through the application's own URL, with retries: the outage "
@@ -99,9 +98,10 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
 
 # --- live preconditions ---------------------------------------------------------------------------
 
-def copy_identity_check(ctx: RunContext) -> list[Check]:
-    """The copy's identity, read from the maintenance database: oid, marker, closed, no session since closed."""
-    now = ctx.live()
+def copy_identity_check(ctx: RunContext, now=None) -> list[Check]:
+    """The copy's identity, read from the maintenance database: oid, marker, closed, no session since closed.
+    ``now``: the catalog as the caller just read it (inside the window, one read per decision)."""
+    now = now or ctx.live()
     restored = ctx.state().restored
     return now.copy_identity(restored.sessions_at_close if restored else None)
 
@@ -112,7 +112,7 @@ def copy_ready_and_original_live(ctx: RunContext, step: Step, *, blocked: bool =
     beside the original, which has the live name."""
     now = ctx.live()
     original, live = now.original, now.named(ctx.database)
-    identity = failed(copy_identity_check(ctx)) if now.the_copy is not None else []
+    identity = failed(copy_identity_check(ctx, now)) if now.the_copy is not None else []
     found = {"situation": now.situation.value, "copy ready": now.copy_ready and not identity,
              "live name holds the original": bool(original and live and live.oid == original.oid)}
     want = {"copy ready": True, "live name holds the original": True}
@@ -133,12 +133,12 @@ def copy_ready_and_original_live(ctx: RunContext, step: Step, *, blocked: bool =
     return Check(f"{step.name} may act: " + ", ".join(want), passed, want, found, detail)
 
 
-def original_blocked(ctx: RunContext, step: Step) -> Check:
+def original_blocked(ctx: RunContext, step: Step, name: str = "the original database refuses new connections") -> Check:
+    """The original (by oid, whatever its name: live while blocked, kept after the swap) takes no connection."""
     original = ctx.live().original
     found = {"allow_connections": original.allow_connections, "connection_limit": original.connection_limit} \
         if original else None
-    return compare("the original database refuses new connections", {"allow_connections": False,
-                                                                     "connection_limit": 0}, found)
+    return compare(name, {"allow_connections": False, "connection_limit": 0}, found)
 
 
 def way_back_now(ctx: RunContext) -> str:
