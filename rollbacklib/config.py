@@ -19,6 +19,7 @@ from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
+from rollbacklib.surgical.settings import SurgicalSettings
 
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
@@ -83,6 +84,7 @@ class Environment(_Strict):
     smoke_tests: list[SmokeTest] = []
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
+    surgical: SurgicalSettings | None = None  # the surgical strategy's settings (README "Strategy: surgical")
 
     _check_env = field_validator("database_url_env")(_env_var_name)
 
@@ -176,6 +178,7 @@ class Defaults(_Strict):
     strategy: Literal["swap"] = "swap"
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
+    surgical: SurgicalSettings = SurgicalSettings()
 
 
 class Drill(_Strict):
@@ -245,6 +248,7 @@ class ResolvedEnvironment:
         self.health, self.smoke_tests = env.health, env.smoke_tests
         self.services = env.services
         self.release = env.release
+        self.surgical = env.surgical or config.defaults.surgical
         merged = config.defaults.thresholds.model_dump()
         merged.update({k: v for k, v in env.thresholds.model_dump().items() if v is not None})
         self.thresholds = Thresholds(**merged)

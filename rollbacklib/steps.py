@@ -66,6 +66,15 @@ class StepName(StrEnum):
     HEALTH = "health"
     START_SERVICES = "start-services"
     CLOSE = "close"
+    # the surgical strategy (rollbacklib/surgical/)
+    SURGICAL_SCHEMA = "surgical-compare-schema"
+    SURGICAL_SIDE = "surgical-side-restore"
+    SURGICAL_DDL = "surgical-reverse-ddl"
+    SURGICAL_BACKFILL = "surgical-backfill"
+    SURGICAL_AFTER_DATA = "surgical-after-data-ddl"
+    SURGICAL_BOOKKEEPING = "surgical-bookkeeping"
+    SURGICAL_VERIFY = "surgical-verify"
+    SURGICAL_DROP_SIDE = "surgical-drop-side"
 
 
 @dataclass(frozen=True)
