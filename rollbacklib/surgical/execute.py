@@ -128,7 +128,7 @@ def _columns_back(ctx: RunContext, step: Step) -> Check:
         for table, columns in plan.backup_columns.items():
             nsp, name = table.split(".", 1)
             have = dict(conn.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                                     "WHERE a.attrelid = to_regclass(format('%I.%I', %s::text, %s::text)) "
+                                     "WHERE a.attrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) "
                                      "AND a.attnum > 0 AND NOT a.attisdropped", (nsp, name)).fetchall())
             missing += [f"{table}.{c} {t}" for c, t in columns.items() if have.get(c) != t]
     return Check("every column of the backup is back with its type", not missing, expected=[], found=missing)
