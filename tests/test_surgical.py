@@ -83,3 +83,40 @@ def test_an_irreversible_change_is_refused_naming_it_and_nothing_changes(inciden
     assert "swap strategy" in refused.value.next_action
     with psycopg.connect(incident.url) as conn:
         assert (db.schema_fingerprint(db.schema_catalog(conn)), db.row_counts(conn)) == before
+
+
+def test_the_reverse_ddl_waits_for_its_locks_only_so_long_and_retries(incident):
+    from rollbacklib.errors import StepError
+    from rollbacklib.surgical.apply import lock_timeout_statement, run_transaction
+
+    statements = [lock_timeout_statement(0.2), 'LOCK TABLE "public"."users" IN ACCESS EXCLUSIVE MODE',
+                  'ALTER TABLE "public"."users" ADD COLUMN "passwordHash" text']
+    reader = psycopg.connect(incident.url)
+    reader.execute("SELECT count(*) FROM users")  # a long transaction holding a lock on the table
+    attempts = []
+    with pytest.raises(StepError) as gave_up:
+        run_transaction(incident.url, statements, lock_timeout_seconds=0.2, attempts=2, pause_seconds=0, step="t",
+                        on_attempt=lambda n, why: attempts.append((n, why)))
+    assert [n for n, _ in attempts] == [1, 2] and "lock timeout" in attempts[0][1]
+    assert "nothing was changed" in gave_up.value.message and "drain" in gave_up.value.next_action
+    with psycopg.connect(incident.url) as conn:
+        assert db.column_info(conn, "users", "passwordHash") is None
+
+    attempts.clear()
+    evidence = run_transaction(incident.url, statements, lock_timeout_seconds=0.2, attempts=3, pause_seconds=0,
+                               step="t", on_attempt=lambda n, why: (attempts.append(n), reader.rollback()))
+    reader.close()
+    assert attempts == [1] and evidence["attempts"] == 2  # the reader ended after the first try: the second took it
+    with psycopg.connect(incident.url) as conn:
+        assert db.column_info(conn, "users", "passwordHash") == {"data_type": "text", "nullable": True}
+
+
+def test_services_drained_put_the_platforms_steps_around_the_changes(incident):
+    from rollbacklib.steps import Step
+    from rollbacklib.surgical.plan import with_services
+
+    _frame, plan = plan_and_approve(incident, "drain")
+    stop, start = Step("stop-services", "02_execute", "none", "stop"), Step("start-services", "04", "none", "start")
+    names = [s.name for s in with_services(plan.steps, stop, start)]
+    assert names.index("stop-services") == names.index("surgical-reverse-ddl") - 1
+    assert names.index("start-services") == names.index("surgical-bookkeeping") + 1

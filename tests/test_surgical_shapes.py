@@ -137,3 +137,26 @@ def test_the_seeds_plain_sql_gz_backup_serves_the_surgical_reversal(incident, tm
     values = rows(incident.url, 'SELECT id, "passwordHash", "emailVerified" FROM users')
     assert all(values[u] == backup_values[u] for u in values if u in backup_values)
     assert len([u for u in values if u in backup_values]) == len(backup_values)
+
+
+def test_phase_01_shows_which_of_the_migrations_changes_the_live_database_has(fresh_db, tmp_path, monkeypatch):
+    from rollbacklib.surgical import plan as sp
+    from surgical_helpers import plan_and_approve
+
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    scenario = load_scenario(scenarios_dir() / "auth-platform")
+    with psycopg.connect(fresh_db) as conn:
+        prepare_until(conn, scenario, SEED)
+        generate_data(conn, scenario, 30)
+        conn.execute("UPDATE users SET \"authorizerId\" = NULL WHERE id = 'user_000000007'")
+        conn.commit()
+    backup = take_backup(fresh_db, tmp_path / "backups", client_tools("embedded"))
+    _partly_applied(fresh_db, scenario.migrations_dir)
+    incident = Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")
+    plan_and_approve(incident, "intended")
+    plan = sp.read(tmp_path / "reports" / SEED / "drill" / "intended")
+    assert sorted((c["kind"], c["object"], c["live"]) for c in plan.intended) == [
+        ("column-dropped", "public.users.emailVerified", "applied"),
+        ("column-dropped", "public.users.passwordHash", "applied"),
+        ("not-null-added", "public.users.authorizerId", "not applied")]
+    assert list(sp.intended_frame(plan)["live"]).count("applied") == 2

@@ -47,18 +47,34 @@ def compare_step(ctx: RunContext, backup: Path) -> Step:
                 postcondition="surgical.json written; nothing the reversal cannot undo")
 
 
-def compare_schemas(ctx: RunContext, backup: str | None = None) -> pd.DataFrame:
-    """Phase 01: what the migration changed and how each change is undone; refused when one cannot be."""
+def _migration_sql(ctx: RunContext, migrations_dir: str | None) -> Path | None:
+    """The migration's ``migration.sql``: in ``migrations_dir``, else in the release's migrations folder."""
+    folder = Path(migrations_dir) if migrations_dir else (ctx.env.release.migrations_dir if ctx.env.release else None)
+    path = Path(folder) / ctx.migration_id / "migration.sql" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def compare_schemas(ctx: RunContext, backup: str | None = None, migrations_dir: str | None = None) -> pd.DataFrame:
+    """Phase 01: what the migration changed and how each change is undone; refused when one cannot be.
+
+    The live schema is compared with the backup's and, when the migration's ``migration.sql`` is found,
+    with the migration's intended result (``intended_frame``: which of its changes the live database has).
+    """
     path = _backup(ctx, backup)
-    return dispatch(ctx, compare_step(ctx, path), lambda c, s: _compare(c, s, path))
+    return dispatch(ctx, compare_step(ctx, path), lambda c, s: _compare(c, s, path, _migration_sql(c, migrations_dir)))
 
 
-def _compare(ctx: RunContext, step: Step, backup: Path) -> pd.DataFrame:
-    plan = sp.compare(ctx.url, ctx.admin_url, backup, ctx.tools, ctx.run_id, ctx.migration_id)
+def _compare(ctx: RunContext, step: Step, backup: Path, migration_sql: Path | None) -> pd.DataFrame:
+    plan = sp.compare(ctx.url, ctx.admin_url, backup, ctx.tools, ctx.run_id, ctx.migration_id,
+                      migration_sql=migration_sql)
     sp.write(ctx.run_dir, plan)
+    applied = [c for c in plan.intended if c["live"] == "applied"] if isinstance(plan.intended, list) else None
+    meant = [c for c in plan.intended if c["live"] != "not in the migration"] if isinstance(plan.intended, list) else None
     ctx.record(step.name, "info", f"{len(plan.reversal.changes)} schema change(s), "
                f"{len(plan.reversal.irreversible)} irreversible; affected tables: "
-               f"{', '.join(f'{s}.{t}' for s, t in plan.tables) or 'none'}", changes=plan.to_dict()["reversal"]["changes"],
+               f"{', '.join(f'{s}.{t}' for s, t in plan.tables) or 'none'}"
+               + (f"; the migration's changes applied: {len(applied)} of {len(meant)}" if meant is not None else ""),
+               changes=plan.to_dict()["reversal"]["changes"], intended=plan.intended,
                measured=plan.measured, surgical_sha256=plan.digest)
     sp.refuse_irreversible(plan)
     return sp.changes_frame(plan)

@@ -48,6 +48,7 @@ class SurgicalPlan:
     fingerprints: dict[str, str] = field(default_factory=dict)  # table -> query over key and kept columns
     backup_columns: dict[str, dict[str, str]] = field(default_factory=dict)  # affected table -> column -> type
     measured: dict = field(default_factory=dict)
+    intended: list[dict] | str | None = None  # the migration's changes, each applied or not (``compare``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,19 +67,25 @@ class SurgicalPlan:
 
 
 def compare(url: str, admin_url: str, backup: Path, tools: ClientTools, run_id: str, migration_id: str,
-            step: str = StepName.SURGICAL_SCHEMA) -> SurgicalPlan:
-    """Everything the surgical steps will run, computed from the backup's schema and the live database now."""
+            step: str = StepName.SURGICAL_SCHEMA, migration_sql: Path | None = None) -> SurgicalPlan:
+    """Everything the surgical steps will run, computed from the backup's schema and the live database now.
+
+    With ``migration_sql`` (the migration's ``migration.sql``), ``intended`` says, change by change,
+    whether the live database has what the migration meant to do: all of it, part (a migration that
+    failed part way) or none, and what the live database has that the migration does not explain.
+    """
     with db.connect(url, step=step) as live:
         database = db.server_info(live)["database"]
         with db.connect(admin_url, step=step) as admin:
-            backup_schema, seconds = side.read_backup_schema(admin, url, backup, side.scratch_name(database, run_id),
-                                                             tools, step)
+            backup_schema, intended, seconds = side.read_backup_schema(
+                admin, url, backup, side.scratch_name(database, run_id), tools, step, migration_sql)
         live_schema = read_schema(live)
         reversal = reverse(backup_schema, live_schema, live)
         _nulls_that_block(live, reversal)
         plan = SurgicalPlan(migration_id, database, str(backup), side.side_name(database, run_id), reversal,
                             measured={"backup_schema_read_seconds": round(seconds, 3),
                                       "backup_bytes": _size(backup)})
+        plan.intended = _against_intended(reversal, intended, backup_schema, live)
         plan.bookkeeping = bookkeeping.plan(live, migration_id)
         plan.side_commands = side.side_commands(backup, plan.side, plan.tables, tools)
         plan.backfill_sql = {b.qualified: backfill.statements(b, live) for b in reversal.backfills}
@@ -90,6 +97,24 @@ def compare(url: str, admin_url: str, backup: Path, tools: ClientTools, run_id: 
             old = backup_schema.tables[(b.schema, b.table)]
             plan.backup_columns[b.qualified] = {c.name: c.type for c in old.columns.values()}
     return plan
+
+
+def _against_intended(reversal: Reversal, intended, backup_schema, conn) -> list[dict] | str | None:
+    """Each change the migration meant (backup -> intended), ``applied`` or not in the live database; then each live
+    change the migration does not explain (``not in the migration``)."""
+    if intended is None or isinstance(intended, str):
+        return intended
+    meant = [(c.kind, c.object) for c in reverse(backup_schema, intended, conn).changes]
+    live = {(c.kind, c.object) for c in reversal.changes}
+    rows = [{"kind": k, "object": o, "live": "applied" if (k, o) in live else "not applied"} for k, o in meant]
+    return rows + [{"kind": k, "object": o, "live": "not in the migration"} for k, o in sorted(live - set(meant))]
+
+
+def intended_frame(plan: "SurgicalPlan") -> pd.DataFrame:
+    """The migration's intended changes against the live database (phase 01 shows it)."""
+    if not isinstance(plan.intended, list):
+        return pd.DataFrame([{"kind": "-", "object": "-", "live": plan.intended or "no migration.sql given"}])
+    return pd.DataFrame(plan.intended, columns=["kind", "object", "live"])
 
 
 def _size(path: Path) -> int:

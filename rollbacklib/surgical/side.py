@@ -114,17 +114,37 @@ def run_command(argv: list[str], url: str, step: str) -> float:
     return time.monotonic() - started
 
 
-def read_backup_schema(admin, url: str, backup: Path, name: str, tools: ClientTools, step: str) -> tuple[Schema, float]:
-    """The backup's schema, from a scratch database ``name`` created, restored (schema only), read and dropped."""
+def read_backup_schema(admin, url: str, backup: Path, name: str, tools: ClientTools, step: str,
+                       migration_sql: Path | None = None) -> tuple[Schema, Schema | str | None, float]:
+    """The backup's schema, from a scratch database ``name`` created, restored (schema only), read and dropped.
+
+    With ``migration_sql``, also the migration's intended result: the script run on that schema in a
+    transaction, read, rolled back (a ``str`` saying why when the script does not run there).
+    """
     started = time.monotonic()
     for statement in drop_statements(name) + create_statements(name):
         admin.execute(statement)
+    intended: Schema | str | None = None
     try:
         for argv in schema_commands(backup, name, tools):
             run_command(argv, with_database(url, name), step)
         with db.connect(with_database(url, name), step=step) as conn:
             schema = read_schema(conn)
+            if migration_sql is not None:
+                intended = _intended(conn, migration_sql)
     finally:
         for statement in drop_statements(name):
             admin.execute(statement)
-    return schema, time.monotonic() - started
+    return schema, intended, time.monotonic() - started
+
+
+def _intended(conn, migration_sql: Path) -> Schema | str:
+    import psycopg
+
+    conn.autocommit = False
+    try:
+        conn.execute(migration_sql.read_text(encoding="utf-8").encode())
+        return read_schema(conn)  # commits: on a scratch database that is dropped next
+    except psycopg.Error as err:
+        conn.rollback()
+        return f"the migration's script does not run on the backup's schema: {str(err).strip()}"
