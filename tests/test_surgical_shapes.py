@@ -88,23 +88,28 @@ def _partly_applied(url: str, migrations_dir) -> None:
                      (f"Database error code: 23502\n\nDatabase error:\n{failed.value}", row_id))
 
 
-def test_a_partly_applied_migration_is_reversed_and_marked_rolled_back(fresh_db, tmp_path, monkeypatch):
-    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+def _stage_partly_applied(url: str, tmp_path, users: int) -> Incident:
+    """The seed's data with two users lacking an authorizerId, its backup, then the migration applied part way."""
     scenario = load_scenario(scenarios_dir() / "auth-platform")
-    with psycopg.connect(fresh_db) as conn:
+    with psycopg.connect(url) as conn:
         prepare_until(conn, scenario, SEED)
-        generate_data(conn, scenario, 120)
+        generate_data(conn, scenario, users)
         conn.execute("UPDATE users SET \"authorizerId\" = NULL WHERE id IN ('user_000000007', 'user_000000008')")
         conn.commit()
-    backup = take_backup(fresh_db, tmp_path / "backups", client_tools("embedded"))
-    _partly_applied(fresh_db, scenario.migrations_dir)
+    backup = take_backup(url, tmp_path / "backups", client_tools("embedded"))
+    _partly_applied(url, scenario.migrations_dir)
+    return Incident(url, database_name(url), backup, tmp_path / "reports")
+
+
+def test_a_partly_applied_migration_is_reversed_and_marked_rolled_back(fresh_db, tmp_path, monkeypatch):
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    incident = _stage_partly_applied(fresh_db, tmp_path, 120)
     with psycopg.connect(fresh_db, autocommit=True) as conn:  # the application goes on writing
         conn.execute("INSERT INTO users (id, email, \"authorizerId\", \"updatedAt\") VALUES "
                      "('user_post_1', 'p1@example.com', 'auth0|post-1', now())")
         conn.execute("UPDATE users SET name = 'changed since' WHERE id = 'user_000000011'")
         conn.execute("DELETE FROM workflows WHERE \"userId\" = 'user_000000012'")
         conn.execute("DELETE FROM users WHERE id = 'user_000000012'")
-    incident = Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")
     users_before = rows(fresh_db, 'SELECT id, email, name, "authorizerId" FROM users')
     migrations_before = prisma_rows(fresh_db)
     oracle = restored_oracle(incident, f"{incident.database}_oracle")
@@ -144,15 +149,7 @@ def test_phase_01_shows_which_of_the_migrations_changes_the_live_database_has(fr
     from surgical_helpers import plan_and_approve
 
     monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
-    scenario = load_scenario(scenarios_dir() / "auth-platform")
-    with psycopg.connect(fresh_db) as conn:
-        prepare_until(conn, scenario, SEED)
-        generate_data(conn, scenario, 30)
-        conn.execute("UPDATE users SET \"authorizerId\" = NULL WHERE id = 'user_000000007'")
-        conn.commit()
-    backup = take_backup(fresh_db, tmp_path / "backups", client_tools("embedded"))
-    _partly_applied(fresh_db, scenario.migrations_dir)
-    incident = Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")
+    incident = _stage_partly_applied(fresh_db, tmp_path, 30)
     plan_and_approve(incident, "intended")
     plan = sp.read(tmp_path / "reports" / SEED / "drill" / "intended")
     assert sorted((c["kind"], c["object"], c["live"]) for c in plan.intended) == [
