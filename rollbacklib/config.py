@@ -19,7 +19,6 @@ from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
-from rollbacklib.surgical.settings import SurgicalSettings
 
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
@@ -55,6 +54,16 @@ class ThresholdOverrides(_Strict):
     cell_timeout_seconds: float | None = None
     restore_space_factor: float | None = None
     restore_jobs: int | None = Field(None, ge=0)
+
+
+class SurgicalSettings(_Strict):
+    """Strategy surgical (README "Strategy: surgical"): ``[defaults.surgical]`` or ``[environments.NAME.surgical]``."""
+
+    services: Literal["up", "drain"] = "up"  # up: serve through it; drain: stop the services around the changes
+    batch_rows: int = Field(5000, gt=0)  # rows per backfill UPDATE (one transaction each)
+    lock_timeout_seconds: float = Field(2, gt=0)  # how long the reverse DDL waits for its locks per attempt
+    attempts: int = Field(5, gt=0)  # tries of the reverse DDL before it gives up (nothing changed)
+    retry_pause_seconds: float = Field(1, ge=0)  # pause after the n-th lock timeout: n times this
 
 
 class Service(_Strict):

@@ -8,5 +8,5 @@ scratch database; the affected tables' rows in a side database), ``reverse`` (th
 compare, ``surgical.json``, the ``Step``s) and ``execute`` (the executors, ``(ctx, step) -> evidence``,
 and one function per notebook cell).
 
-Kept light: ``rollbacklib.config`` imports ``surgical.settings``.
+Its settings are ``rollbacklib.config.SurgicalSettings`` (``[defaults.surgical]``).
 """
