@@ -35,6 +35,7 @@ def test_the_seeds_migration_is_reversed_keeping_every_write_since(incident):
     result = run_surgical(incident)
 
     assert result["ok"] and result["rows_lost"] == 0, result
+    assert [t["same"] for t in result["tables"] if "same" in t] == [True]  # users: every row as before, kept columns
     assert rows(incident.url, USERS) == users_before  # every row written since, as written; nothing else touched
     assert rows(incident.url, "SELECT id, t::text FROM workflows t") == workflows_before
     restored = rows(incident.url, 'SELECT id, "passwordHash", "emailVerified" FROM users')
@@ -70,6 +71,23 @@ def test_the_plan_shows_every_statement_and_binds_surgical_json(incident):
     assert "--section=pre-data" in commands[0] and "-t users" in commands[1] and "workflows" not in commands[1]
     with psycopg.connect(incident.url) as conn:  # phase 01 changed nothing
         assert db.column_info(conn, "users", "passwordHash") is None
+
+
+def test_the_dry_run_of_the_surgical_steps_changes_nothing(incident):
+    from rollbacklib.run import open_run
+    from rollbacklib.steps import Phase
+    from rollbacklib.surgical import execute as surgical
+    from conftest import server_snapshot
+
+    plan_and_approve(incident, "dry")
+    before = server_snapshot(incident)
+    ctx = open_run(migration_id=incident.migration_id, environment="drill", config_path=str(incident.config),
+                   run_id="dry", reports_dir=str(incident.reports), phase=Phase.EXECUTE, dry_run=True)
+    assert surgical.execute_all(ctx) == [None] * 5
+    assert server_snapshot(incident) == before
+    planned = [e["message"] for e in ctx.journal.events() if e["status"] == "planned"]
+    assert 'ALTER TABLE "public"."users" ADD COLUMN "passwordHash" text, ADD COLUMN "emailVerified" boolean DEFAULT ' \
+           'false, ALTER COLUMN "authorizerId" DROP NOT NULL' in planned
 
 
 def test_an_irreversible_change_is_refused_naming_it_and_nothing_changes(incident):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from rollbacklib.errors import ConfigError, StepError
+from rollbacklib.errors import StepError
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.backup import ARCHIVE_FORMATS, backup_format
 from rollbacklib.postgres.client import ClientTools, display_command, libpq_env, with_database
@@ -34,11 +34,9 @@ MAX_NAME = 63
 
 
 def _name(database: str, tag: str, run_id: str) -> str:
-    name = f"{database}__{tag}_{run_id}"
-    if len(name.encode()) > MAX_NAME:
-        raise ConfigError(f"The database name {name!r} would be longer than PostgreSQL's {MAX_NAME} bytes.",
-                          next_action="pass a shorter --run-id.", step="surgical", found=name)
-    return name
+    """``<database>__<tag>_<run_id>``, the database's name cut to fit 63 characters (as ``live.restored_name``)."""
+    suffix = f"__{tag}_{run_id}"
+    return database[: MAX_NAME - len(suffix)] + suffix
 
 
 def scratch_name(database: str, run_id: str) -> str:
