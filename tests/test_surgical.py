@@ -44,7 +44,8 @@ def test_the_seeds_migration_is_reversed_keeping_every_write_since(incident):
     assert all(restored[u] == backup_values[u] for u in pre_migration)
     assert {restored[u] for u in users_before if u not in backup_values} == {(None, False)}  # the column's default
     assert not set(writes["deleted"]) & set(restored)  # deleted since: stays deleted
-    with psycopg.connect(incident.url) as conn:
+    with psycopg.connect(incident.url) as conn, psycopg.connect(oracle) as backup:  # the backup's schema, exactly
+        assert db.schema_catalog(conn) == db.schema_catalog(backup)
         assert db.column_info(conn, "users", "authorizerId")["nullable"]
         assert db.column_info(conn, "users", "passwordHash") == {"data_type": "text", "nullable": True}
         assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'users_authorizerId_key'").fetchone()[0]

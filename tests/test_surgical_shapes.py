@@ -40,6 +40,8 @@ def test_the_second_scenario_is_reversed_surgically_with_nothing_lost(billing):
     result = run_surgical(billing, "billing1")
 
     assert result["ok"] and result["rows_lost"] == 0, result
+    with psycopg.connect(billing.url) as live, psycopg.connect(oracle) as backup:  # the backup's schema, exactly
+        assert db.schema_catalog(live) == db.schema_catalog(backup)
     # the dropped table, its enum, key, unique index and foreign key: back, every row as the backup has it
     assert rows(billing.url, "SELECT id, t::text FROM coupons t") == rows(oracle, "SELECT id, t::text FROM coupons t")
     with psycopg.connect(billing.url) as conn:
@@ -48,6 +50,9 @@ def test_the_second_scenario_is_reversed_surgically_with_nothing_lost(billing):
         assert {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()} >= {
             "coupons_code_key", "invoices_customerId_idx"}
         assert db.column_info(conn, "customers", "country")["nullable"]  # the added NOT NULL dropped
+        # the re-created table's serial sequence: owned by its column again, past every id copied back
+        assert conn.execute("SELECT pg_get_serial_sequence('coupons', 'id')").fetchone()[0] == "public.coupons_id_seq"
+        assert conn.execute("SELECT nextval('coupons_id_seq') > max(id) FROM coupons").fetchone()[0]
         assert db.column_info(conn, "invoices", "amount")["data_type"] == "numeric"  # the type changed back
     # the changed type: every invoice written since is kept, cast back; the others equal the backup's
     invoices_after = rows(billing.url, 'SELECT id, "customerId", status::text, amount, "updatedAt" FROM invoices')

@@ -65,6 +65,7 @@ class Sequence:
     schema: str
     name: str
     owned_by: tuple[str, str, str] | None  # (schema, table, column) when a column owns it (serial)
+    type: str = "bigint"
 
 
 @dataclass
@@ -118,16 +119,16 @@ def read_schema(conn: psycopg.Connection) -> Schema:
             FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace JOIN pg_enum e ON e.enumtypid = t.oid
             WHERE {_USER} GROUP BY 1, 2 ORDER BY 1, 2""").fetchall():
         schema.enums[(nsp, name)] = list(labels)
-    for nsp, name, owner_nsp, owner_rel, owner_col in conn.execute(f"""
-            SELECT n.nspname, s.relname, tn.nspname, t.relname, a.attname
-            FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
+    for nsp, name, owner_nsp, owner_rel, owner_col, typ in conn.execute(f"""
+            SELECT n.nspname, s.relname, tn.nspname, t.relname, a.attname, format_type(q.seqtypid, NULL)
+            FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_sequence q ON q.seqrelid = s.oid
             LEFT JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
                                  AND d.refclassid = 'pg_class'::regclass
             LEFT JOIN pg_class t ON t.oid = d.refobjid LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
             LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
             WHERE s.relkind = 'S' AND {_USER} ORDER BY 1, 2""").fetchall():
         owner = (owner_nsp, owner_rel, owner_col) if owner_col else None
-        schema.sequences[(nsp, name)] = Sequence(nsp, name, owner)
+        schema.sequences[(nsp, name)] = Sequence(nsp, name, owner, typ)
     if not conn.autocommit:
         conn.commit()
     return schema

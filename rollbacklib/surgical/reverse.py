@@ -136,7 +136,7 @@ def _sequences(backup: Schema, live: Schema, recreated: list[Table], r: Reversal
         if key in live.sequences:
             continue
         if seq.owned_by and seq.owned_by[:2] in owners:
-            r.ddl.append(s(sql.SQL("CREATE SEQUENCE {}").format(_q(*key))))
+            r.ddl.append(s(sql.SQL("CREATE SEQUENCE {} AS {}").format(_q(*key), sql.SQL(seq.type))))
             nsp, rel, col = seq.owned_by
             r.after_data.append(s(sql.SQL("ALTER SEQUENCE {} OWNED BY {}").format(_q(*key), _q(nsp, rel, col))))
             r.after_data.append(s(sql.SQL("SELECT setval({}, greatest((SELECT max({}) FROM {}), 1))").format(

@@ -3,7 +3,7 @@
 --   customers     = users; every one has a country (so the NOT NULL migration succeeds)
 --   invoices      = 2 per customer, amounts with cents
 --   invoice_lines = 0..3 per invoice (composite key invoiceId, lineNo); two in three carry a note
---   coupons       = one per 3 customers, percent or fixed
+--   coupons       = one per 3 customers, percent or fixed (SERIAL ids)
 -- Timestamps are UTC, as Prisma writes TIMESTAMP(3) columns.
 
 INSERT INTO "customers" ("id", "email", "country", "createdAt", "updatedAt")
@@ -27,8 +27,8 @@ SELECT i.id, n, 'Item ' || n || ' of invoice ' || i.id, 1 + mod(i.id + n, 4),
        CASE WHEN mod(i.id + n, 3) = 0 THEN NULL ELSE 'note ' || md5(i.id::text || '/' || n::text) END
 FROM "invoices" i CROSS JOIN LATERAL generate_series(1, mod(i.id, 4)) AS n;
 
-INSERT INTO "coupons" ("id", "code", "kind", "value", "customerId", "createdAt")
-SELECT 'cpn_' || lpad(c::text, 8, '0'), 'CODE' || c,
+INSERT INTO "coupons" ("code", "kind", "value", "customerId", "createdAt")
+SELECT 'CODE' || c,
        (ARRAY['percent', 'fixed']::"CouponKind"[])[1 + mod(c, 2)], 5 + mod(c, 30),
        CASE WHEN mod(c, 4) = 0 THEN NULL ELSE 'cus_' || lpad(c::text, 8, '0') END,
        (now() AT TIME ZONE 'UTC') - make_interval(days => mod(c, 90))

@@ -40,7 +40,7 @@ CREATE TABLE "invoice_lines" (
 
 -- CreateTable
 CREATE TABLE "coupons" (
-    "id" TEXT NOT NULL,
+    "id" SERIAL NOT NULL,
     "code" TEXT NOT NULL,
     "kind" "CouponKind" NOT NULL DEFAULT 'percent',
     "value" INTEGER NOT NULL,
