@@ -109,6 +109,11 @@ def _stage_partly_applied(url: str, tmp_path, users: int) -> Incident:
 def test_a_partly_applied_migration_is_reversed_and_marked_rolled_back(fresh_db, tmp_path, monkeypatch):
     monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
     incident = _stage_partly_applied(fresh_db, tmp_path, 120)
+    with psycopg.connect(fresh_db, autocommit=True) as conn:  # and a CREATE INDEX CONCURRENTLY that failed: INVALID
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute('CREATE UNIQUE INDEX CONCURRENTLY "workflows_status_key" ON "workflows" ("status")')
+        assert not conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                                "'\"workflows_status_key\"'::regclass").fetchone()[0]
     with psycopg.connect(fresh_db, autocommit=True) as conn:  # the application goes on writing
         conn.execute("INSERT INTO users (id, email, \"authorizerId\", \"updatedAt\") VALUES "
                      "('user_post_1', 'p1@example.com', 'auth0|post-1', now())")
@@ -129,6 +134,8 @@ def test_a_partly_applied_migration_is_reversed_and_marked_rolled_back(fresh_db,
     assert values["user_post_1"] == (None, False) and "user_000000012" not in values
     with psycopg.connect(fresh_db) as conn:
         migrations = applied_migrations(conn)
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT to_regclass('\"workflows_status_key\"')").fetchone()[0] is None  # dropped
     assert migration_state(migrations, SEED) == "rolled-back"  # as `prisma migrate resolve --rolled-back` leaves it
     after = prisma_rows(fresh_db)
     assert set(after) == set(migrations_before)
