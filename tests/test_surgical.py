@@ -139,3 +139,28 @@ def test_services_drained_put_the_platforms_steps_around_the_changes(incident):
     names = [s.name for s in with_services(plan.steps, stop, start)]
     assert names.index("stop-services") == names.index("surgical-reverse-ddl") - 1
     assert names.index("start-services") == names.index("surgical-bookkeeping") + 1
+
+
+def test_the_backfill_goes_in_batches_and_journals_its_progress(incident, tmp_path):
+    import dataclasses
+    import math
+
+    from conftest import journal_events
+
+    config = tmp_path / "runbook.toml"
+    config.write_text(incident.config.read_text() + '\n[environments.drill.surgical]\nbatch_rows = 16\n'
+                      'services = "drain"\n')
+    incident = dataclasses.replace(incident, config=config)
+    with psycopg.connect(incident.url) as conn:
+        users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+    result = run_surgical(incident, "batches")
+
+    assert result["ok"], result
+    events = journal_events(incident)
+    filled = next(e["evidence"] for e in events if e["step"] == "surgical-backfill" and "batches" in e["evidence"])
+    backup_rows = filled["backup_rows"]
+    assert filled["batches"] == math.ceil(backup_rows / 16) and filled["updated"] == backup_rows
+    progress = [e["evidence"]["done"] for e in events if e["step"] == "surgical-backfill" and "done" in e["evidence"]]
+    assert progress == sorted(progress) and progress[-1] == backup_rows and len(progress) >= filled["batches"]
+    assert users == backup_rows + 5  # the scenario's five sign-ups since: not in the backup, not touched

@@ -198,7 +198,7 @@ def verify_plan(url: str, plan: sp.SurgicalPlan, before: dict, services: str = "
     with db.connect(url, autocommit=False) as live, \
             db.connect(with_database(url, plan.side), autocommit=False) as copy:
         for fill in plan.reversal.backfills:
-            result = verify.values_restored(fill, live, copy)
+            result = verify.values_restored(fill, plan.verify_sql[fill.qualified], live, copy)
             if result["values_differ"]:
                 problems.append(f"{fill.qualified}: {result['values_differ']} row(s) whose restored values differ "
                                 "from the backup's")

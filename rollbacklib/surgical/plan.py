@@ -28,7 +28,7 @@ from rollbacklib.files import atomic_write_json
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.client import ClientTools
 from rollbacklib.steps import Action, Phase, Step, StepName
-from rollbacklib.surgical import apply, backfill, bookkeeping, side
+from rollbacklib.surgical import apply, backfill, bookkeeping, side, verify
 from rollbacklib.surgical.catalog import read_schema
 from rollbacklib.surgical.reverse import Change, Reversal, reverse
 
@@ -45,6 +45,7 @@ class SurgicalPlan:
     bookkeeping: list[dict] = field(default_factory=list)
     side_commands: list[list[str]] = field(default_factory=list)
     backfill_sql: dict[str, dict[str, str]] = field(default_factory=dict)
+    verify_sql: dict[str, dict[str, str]] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)  # table -> query over key and kept columns
     backup_columns: dict[str, dict[str, str]] = field(default_factory=dict)  # affected table -> column -> type
     measured: dict = field(default_factory=dict)
@@ -89,6 +90,7 @@ def compare(url: str, admin_url: str, backup: Path, tools: ClientTools, run_id: 
         plan.bookkeeping = bookkeeping.plan(live, migration_id)
         plan.side_commands = side.side_commands(backup, plan.side, plan.tables, tools)
         plan.backfill_sql = {b.qualified: backfill.statements(b, live) for b in reversal.backfills}
+        plan.verify_sql = {b.qualified: verify.statements(b, live) for b in reversal.backfills}
         for s, t in [tuple(x) for x in reversal.altered]:
             old = backup_schema.tables[(s, t)]
             kept = reversal.kept_columns.get(old.qualified, {})
@@ -224,8 +226,9 @@ def plan_steps(plan: SurgicalPlan, *, live: str, lock_timeout_seconds: float, at
                       postcondition=f"{plan.migration_id} is not applied (absent or rolled back)"))
     steps.append(Step(StepName.SURGICAL_VERIFY, Phase.VALIDATE, live,
                       "each table: rows matched, values restored (hash against the side copy), nothing lost",
-                      (bound,) + tuple(Action("read", live, f"verify {t}") for t in
-                                       sorted(set(plan.backfill_sql) | set(plan.fingerprints))),
+                      (bound,) + tuple(Action("read", plan.side if name == "copy_out" else live, text)
+                                       for texts in plan.verify_sql.values() for name, text in texts.items())
+                      + tuple(Action("read", live, q) for q in plan.fingerprints.values()),
                       requires=(StepName.SURGICAL_BOOKKEEPING,)))
     steps.append(Step(StepName.SURGICAL_DROP_SIDE, Phase.CLOSE, plan.side,
                       f"drop the side database {plan.side} (a copy of backup rows; the backup stays)",

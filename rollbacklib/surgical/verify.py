@@ -30,28 +30,38 @@ def _row(alias: str, columns: list[str]) -> sql.Composable:
     return sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns))
 
 
-def values_restored(fill: Backfill, live, side) -> dict:
-    """Backup rows, matched keys, and matched rows whose restored columns differ from the side copy's."""
-    set_session(live)
-    set_session(side)
+def statements(fill: Backfill, conn) -> dict[str, str]:
+    """Every statement ``values_restored`` runs for ``fill``, rendered once (the plan shows them)."""
     table = sql.Identifier(fill.schema, fill.table)
     key = fill.key or fill.columns  # a whole table without a key is matched on every column
     temp = sql.Identifier(TEMP)
-    live.execute(sql.SQL("CREATE TEMP TABLE {} AS SELECT {}, ''::text AS h FROM {} WITH NO DATA").format(
-        temp, _ids(key), table))
-    out = sql.SQL("COPY (SELECT {}, {} FROM {} s) TO STDOUT").format(_ids(key), _row("s", fill.columns), table)
-    with side.cursor().copy(out) as source, live.cursor().copy(
-            sql.SQL("COPY {} ({}, h) FROM STDIN").format(temp, _ids(key))) as sink:
+    match = sql.SQL(" AND ").join(sql.SQL("l.{c} = f.{c}").format(c=sql.Identifier(k)) for k in key)
+    s = lambda c: c.as_string(conn)  # noqa: E731
+    return {
+        "temp": s(sql.SQL("CREATE TEMP TABLE {} AS SELECT {}, ''::text AS h FROM {} WITH NO DATA").format(
+            temp, _ids(key), table)),
+        "copy_out": s(sql.SQL("COPY (SELECT {}, {} FROM {} s) TO STDOUT").format(_ids(key), _row("s", fill.columns),
+                                                                              table)),
+        "copy_in": s(sql.SQL("COPY {} ({}, h) FROM STDIN").format(temp, _ids(key))),
+        "compare": s(sql.SQL(
+            "SELECT count(*), count(l.{k}), count(*) FILTER (WHERE l.{k} IS NOT NULL AND {h} IS DISTINCT FROM f.h), "
+            "(SELECT count(*) FROM {table}) FROM {t} f LEFT JOIN {table} l ON {match}").format(
+            k=sql.Identifier(key[0]), h=_row("l", fill.columns), t=temp, table=table, match=match)),
+        "drop": s(sql.SQL("DROP TABLE {}").format(temp)),
+    }
+
+
+def values_restored(fill: Backfill, texts: dict[str, str], live, side) -> dict:
+    """Backup rows, matched keys, and matched rows whose restored columns differ from the side copy's."""
+    set_session(live)
+    set_session(side)
+    live.execute(texts["temp"].encode())
+    with side.cursor().copy(texts["copy_out"].encode()) as source, live.cursor().copy(texts["copy_in"].encode()) as sink:
         for chunk in source:
             sink.write(chunk)
     side.commit()
-    match = sql.SQL(" AND ").join(sql.SQL("l.{c} = f.{c}").format(c=sql.Identifier(k)) for k in key)
-    backup_rows, matched, differ = live.execute(sql.SQL(
-        "SELECT count(*), count(l.{k}), count(*) FILTER (WHERE l.{k} IS NOT NULL AND {h} IS DISTINCT FROM f.h) "
-        "FROM {t} f LEFT JOIN {table} l ON {match}").format(
-        k=sql.Identifier(key[0]), h=_row("l", fill.columns), t=temp, table=table, match=match)).fetchone()
-    live_rows = live.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
-    live.execute(sql.SQL("DROP TABLE {}").format(temp))
+    backup_rows, matched, differ, live_rows = live.execute(texts["compare"].encode()).fetchone()
+    live.execute(texts["drop"].encode())
     live.commit()
     return {"table": fill.qualified, "columns": fill.columns, "backup_rows": backup_rows, "matched": matched,
             "deleted_since": backup_rows - matched, "written_since": live_rows - matched, "values_differ": differ,
