@@ -3,8 +3,6 @@ the seed's migration applied part way (Prisma's P3009), and the seed's own plain
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 
@@ -14,7 +12,9 @@ from rollbacklib.drill.scenario import generate_data, load_scenario, prepare_unt
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.backup import take_backup
 from rollbacklib.postgres.client import client_tools, database_name
-from rollbacklib.prisma import applied_migrations, migration_checksum, migration_state
+from rollbacklib.prisma import applied_migrations, migration_state
+from rollbacklib.drill.partial_migrate import apply_statement_by_statement, split_actions, split_statements
+from rollbacklib.errors import FailedError
 from rollbacklib.resources import scenarios_dir
 from surgical_helpers import prisma_rows, restored_oracle, rows, run_surgical
 
@@ -80,17 +80,12 @@ def test_the_second_scenario_is_reversed_surgically_with_nothing_lost(billing):
 def _partly_applied(url: str, migrations_dir) -> None:
     """Prisma's driver adapter ran the seed's migration statement by statement: the two DROP COLUMNs committed,
     the NOT NULL failed on users without an authorizerId; the row stays unfinished with the error in logs."""
-    script = migrations_dir / SEED / "migration.sql"
-    with psycopg.connect(url, autocommit=True) as conn:
-        row_id = str(uuid.uuid4())
-        conn.execute("INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name) VALUES "
-                     "(%s, %s, now(), %s)", (row_id, migration_checksum(script), SEED))
-        conn.execute('ALTER TABLE "users" DROP COLUMN "emailVerified"')
-        conn.execute('ALTER TABLE "users" DROP COLUMN "passwordHash"')
-        with pytest.raises(psycopg.errors.NotNullViolation) as failed:
-            conn.execute('ALTER TABLE "users" ALTER COLUMN "authorizerId" SET NOT NULL')
-        conn.execute("UPDATE _prisma_migrations SET logs = %s WHERE id = %s",
-                     (f"Database error code: 23502\n\nDatabase error:\n{failed.value}", row_id))
+    with pytest.raises(FailedError) as failed:
+        apply_statement_by_statement(url, migrations_dir, SEED, actions=True)
+    assert "failed at statement 3 of 3, 2 committed" in failed.value.message
+    with psycopg.connect(url) as conn:
+        assert migration_state(applied_migrations(conn), SEED) == "failed"
+        assert db.column_info(conn, "users", "passwordHash") is None
 
 
 def _stage_partly_applied(url: str, tmp_path, users: int) -> Incident:
@@ -169,3 +164,15 @@ def test_phase_01_shows_which_of_the_migrations_changes_the_live_database_has(fr
         ("column-dropped", "public.users.passwordHash", "applied"),
         ("not-null-added", "public.users.authorizerId", "not applied")]
     assert list(sp.intended_frame(plan)["live"]).count("applied") == 2
+
+
+def test_a_migration_splits_into_statements_and_an_alter_table_into_its_actions():
+    script = (scenarios_dir() / "auth-platform" / "prisma" / "migrations" / SEED / "migration.sql").read_text()
+    [statement] = split_statements(script)  # one ALTER TABLE, which PostgreSQL runs whole
+    assert split_actions(statement) == ['ALTER TABLE "users" DROP COLUMN "emailVerified";',
+                                        'ALTER TABLE "users" DROP COLUMN "passwordHash";',
+                                        'ALTER TABLE "users" ALTER COLUMN "authorizerId" SET NOT NULL;']
+    assert split_statements("SELECT 'a;b'; -- c;\n/* d; */ DO $$ BEGIN PERFORM 1; END $$; SELECT \"e;\"") == [
+        "SELECT 'a;b';", "-- c;\n/* d; */ DO $$ BEGIN PERFORM 1; END $$;", 'SELECT "e;"']
+    assert split_actions('ALTER TABLE "t" ADD CONSTRAINT k CHECK (a IN (1, 2)), ALTER COLUMN "b" SET DEFAULT \'x,y\';') \
+        == ['ALTER TABLE "t" ADD CONSTRAINT k CHECK (a IN (1, 2));', 'ALTER TABLE "t" ALTER COLUMN "b" SET DEFAULT \'x,y\';']
