@@ -75,6 +75,16 @@ def test_the_second_scenario_is_reversed_surgically_with_nothing_lost(billing):
     assert set(migrations_before) - set(after) and all(after[i] == migrations_before[i] for i in after)
     with psycopg.connect(billing.url) as conn:
         assert migration_state(applied_migrations(conn), BILLING) == "absent"
+    # a resume of phase 02 finds every change holding in the catalog: nothing runs twice
+    from rollbacklib.steps import Phase
+    from rollbacklib.surgical import execute as surgical
+    from surgical_helpers import ctx_for
+
+    again = ctx_for(billing, "billing1", Phase.EXECUTE)
+    assert surgical.reverse_ddl(again) is None and surgical.after_data_ddl(again) is None
+    assert surgical.fix_bookkeeping(again) is None
+    skipped = [e["step"] for e in again.journal.events() if e["status"] == "skipped" and e["phase"] == Phase.EXECUTE]
+    assert skipped[-3:] == ["surgical-reverse-ddl", "surgical-after-data-ddl", "surgical-bookkeeping"]
 
 
 def _partly_applied(url: str, migrations_dir) -> None:

@@ -175,6 +175,22 @@ def _after_data(ctx: RunContext, step: Step) -> dict:
     return _transaction(ctx, step)
 
 
+def _objects_back(ctx: RunContext, step: Step) -> Check:
+    """Every constraint and index the after-data step creates is in the live catalog."""
+    plan = sp.read(ctx.run_dir, step.name)
+    missing = []
+    with db.connect(ctx.url, step=step.name) as conn:
+        for obj in plan.reversal.restored_objects:
+            if len(obj) == 3:
+                found = conn.execute("SELECT 1 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN "
+                                     "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+                                     "c.relname = %s AND k.conname = %s", obj).fetchone()
+            else:
+                found = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", obj).fetchone()[0]
+            missing += [] if found else [".".join(obj)]
+    return Check("every constraint and index of the backup is back", not missing, expected=[], found=missing)
+
+
 def _bookkeeping(ctx: RunContext, step: Step) -> dict:
     plan = _load(ctx, step)
     planned = [b for b in plan.bookkeeping if b["sql"] in _statements(step)]
@@ -255,7 +271,7 @@ def backfill_values(ctx: RunContext):
 def after_data_ddl(ctx: RunContext):
     if StepName.SURGICAL_AFTER_DATA not in [s.name for s in ctx.plan().steps]:
         return None  # nothing needs the data first
-    return dispatch(ctx, StepName.SURGICAL_AFTER_DATA, _after_data)
+    return dispatch(ctx, StepName.SURGICAL_AFTER_DATA, _after_data, postcondition=_objects_back)
 
 
 def fix_bookkeeping(ctx: RunContext):

@@ -60,6 +60,7 @@ class Reversal:
     backfills: list[Backfill] = field(default_factory=list)
     altered: list[list[str]] = field(default_factory=list)  # [schema, table] of live tables the ddl alters
     kept_columns: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> column -> backup's type
+    restored_objects: list[list[str]] = field(default_factory=list)  # [schema, table, constraint] / [schema, index]
 
     @property
     def irreversible(self) -> list[Change]:
@@ -76,7 +77,8 @@ class Reversal:
     def from_dict(cls, data: dict) -> "Reversal":
         return cls(changes=[Change(**c) for c in data["changes"]], ddl=list(data["ddl"]),
                    after_data=list(data["after_data"]), backfills=[Backfill(**b) for b in data["backfills"]],
-                   altered=[list(t) for t in data["altered"]], kept_columns=dict(data["kept_columns"]))
+                   altered=[list(t) for t in data["altered"]], kept_columns=dict(data["kept_columns"]),
+                   restored_objects=[list(o) for o in data.get("restored_objects", [])])
 
 
 def _q(*parts: str) -> sql.Identifier:
@@ -273,6 +275,7 @@ def _restored_objects(backup: Schema, live: Schema, recreated: list[Table], r: R
             continue
         r.after_data.append(s(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(
             _q(con.schema, con.table), _q(con.name)) + sql.SQL(con.definition)))
+        r.restored_objects.append([con.schema, con.table, con.name])
         if now is None and (con.schema, con.table) not in fresh:
             r.changes.append(Change("constraint-dropped", f"{con.schema}.{con.table}.{con.name}", "reverse",
                                     "added back after the data", con.definition))
@@ -281,6 +284,7 @@ def _restored_objects(backup: Schema, live: Schema, recreated: list[Table], r: R
         if now is not None and now.definition == idx.definition and now.valid:
             continue
         r.after_data.append(idx.definition)
+        r.restored_objects.append([idx.schema, idx.name])
         if now is None and (idx.schema, idx.table) not in fresh:
             r.changes.append(Change("index-dropped", f"{idx.schema}.{idx.name}", "reverse",
                                     "created again after the data", idx.definition))
