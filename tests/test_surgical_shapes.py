@@ -186,3 +186,15 @@ def test_a_migration_splits_into_statements_and_an_alter_table_into_its_actions(
         "SELECT 'a;b';", "-- c;\n/* d; */ DO $$ BEGIN PERFORM 1; END $$;", 'SELECT "e;"']
     assert split_actions('ALTER TABLE "t" ADD CONSTRAINT k CHECK (a IN (1, 2)), ALTER COLUMN "b" SET DEFAULT \'x,y\';') \
         == ['ALTER TABLE "t" ADD CONSTRAINT k CHECK (a IN (1, 2));', 'ALTER TABLE "t" ALTER COLUMN "b" SET DEFAULT \'x,y\';']
+
+
+def test_what_changing_a_type_back_would_discard_is_counted_before_the_gate(billing):
+    from surgical_helpers import plan_and_approve
+    from rollbacklib.surgical import plan as sp
+
+    with psycopg.connect(billing.url, autocommit=True) as conn:  # more cents than DECIMAL(12,2) holds
+        conn.execute("INSERT INTO invoices (\"customerId\", amount, \"updatedAt\") VALUES ('cus_post_0001', 10.125, now())")
+    plan_and_approve(billing, "discards")
+    plan = sp.read(billing.reports / BILLING / "drill" / "discards")
+    assert [(d["column"], d["from"], d["to"], d["rows"]) for d in plan.discards] == [
+        ("public.invoices.amount", "double precision", "numeric(12,2)", 1)]

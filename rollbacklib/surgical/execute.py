@@ -73,7 +73,9 @@ def _compare(ctx: RunContext, step: Step, backup: Path, migration_sql: Path | No
     ctx.record(step.name, "info", f"{len(plan.reversal.changes)} schema change(s), "
                f"{len(plan.reversal.irreversible)} irreversible; affected tables: "
                f"{', '.join(f'{s}.{t}' for s, t in plan.tables) or 'none'}"
-               + (f"; the migration's changes applied: {len(applied)} of {len(meant)}" if meant is not None else ""),
+               + (f"; the migration's changes applied: {len(applied)} of {len(meant)}" if meant is not None else "")
+               + f"; it discards {sum(d['rows'] for d in plan.discards)} row(s) written since (values a type changed "
+               "back cannot hold), nothing else", discards=plan.discards,
                changes=plan.to_dict()["reversal"]["changes"], intended=plan.intended,
                measured=plan.measured, surgical_sha256=plan.digest)
     sp.refuse_irreversible(plan)

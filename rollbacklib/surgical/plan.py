@@ -50,6 +50,7 @@ class SurgicalPlan:
     backup_columns: dict[str, dict[str, str]] = field(default_factory=dict)  # affected table -> column -> type
     measured: dict = field(default_factory=dict)
     intended: list[dict] | str | None = None  # the migration's changes, each applied or not (``compare``)
+    discards: list[dict] = field(default_factory=list)  # what the reversal changes of what was written since
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,10 +84,12 @@ def compare(url: str, admin_url: str, backup: Path, tools: ClientTools, run_id: 
         live_schema = read_schema(live)
         reversal = reverse(backup_schema, live_schema, live)
         _nulls_that_block(live, reversal)
+        discards = _cast_losses(live, reversal)
         plan = SurgicalPlan(migration_id, database, str(backup), side.side_name(database, run_id), reversal,
                             measured={"backup_schema_read_seconds": round(seconds, 3),
                                       "backup_bytes": _size(backup)})
         plan.intended = _against_intended(reversal, intended, backup_schema, live)
+        plan.discards = discards
         plan.bookkeeping = bookkeeping.plan(live, migration_id)
         plan.side_commands = side.side_commands(backup, plan.side, plan.tables, tools)
         plan.backfill_sql = {b.qualified: backfill.statements(b, live) for b in reversal.backfills}
@@ -135,6 +138,22 @@ def _nulls_that_block(live, reversal: Reversal) -> None:
             change.action = "irreversible"
             change.detail = (f"{nulls} row(s) written since hold NULL in {change.object}, which the backup's schema "
                              "forbids: give them a value (or restore instead)")
+
+
+def _cast_losses(live, reversal: Reversal) -> list[dict]:
+    """What the reversal will discard, counted now: the rows whose value a type changed back cannot hold exactly
+    (cast to the backup's type and back, it is another value). Everything else written since is kept as is."""
+    out = []
+    for change in reversal.changes:
+        if change.kind != "type-changed":
+            continue
+        nsp, table, column = change.object.split(".", 2)
+        col = sql.Identifier(column)
+        query = sql.SQL("SELECT count(*) FROM {t} WHERE {c}::{old}::{new} IS DISTINCT FROM {c}").format(
+            t=sql.Identifier(nsp, table), c=col, old=sql.SQL(change.backup), new=sql.SQL(change.live))
+        out.append({"column": change.object, "from": change.live, "to": change.backup,
+                    "rows": live.execute(query).fetchone()[0], "sql": query.as_string(live)})
+    return out
 
 
 def refuse_irreversible(plan: SurgicalPlan) -> None:
