@@ -164,3 +164,13 @@ def test_the_backfill_goes_in_batches_and_journals_its_progress(incident, tmp_pa
     progress = [e["evidence"]["done"] for e in events if e["step"] == "surgical-backfill" and "done" in e["evidence"]]
     assert progress == sorted(progress) and progress[-1] == backup_rows and len(progress) >= filled["batches"]
     assert users == backup_rows + 5  # the scenario's five sign-ups since: not in the backup, not touched
+
+
+def test_a_side_restore_of_no_table_restores_nothing(tmp_path):
+    from rollbacklib.postgres.client import client_tools
+    from rollbacklib.surgical.side import side_commands
+
+    tools, backup = client_tools("embedded"), tmp_path / "backup.dump"
+    assert side_commands(backup, "x", [], tools) == []
+    [pre, data] = side_commands(backup, "x", [("public", "users")], tools)
+    assert "--section=pre-data" in pre and data[-6:-1] == ["--data-only", "-n", "public", "-t", "users"]

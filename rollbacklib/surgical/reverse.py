@@ -66,10 +66,6 @@ class Reversal:
     def irreversible(self) -> list[Change]:
         return [c for c in self.changes if c.action == "irreversible"]
 
-    @property
-    def empty(self) -> bool:
-        return not (self.ddl or self.after_data or self.backfills)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -74,7 +74,10 @@ def schema_commands(backup: Path, name: str, tools: ClientTools) -> list[list[st
 
 
 def side_commands(backup: Path, name: str, tables: list[tuple[str, str]], tools: ClientTools) -> list[list[str]]:
-    """What fills the empty database ``name`` with the backup's tables (no keys) and the rows of ``tables``."""
+    """What fills the empty database ``name`` with the backup's tables (no keys) and the rows of ``tables``
+    (nothing without tables: a data-only restore with no table named would restore every table)."""
+    if not tables:
+        return []
     if is_plain(backup):
         return [plain_dump.command(backup, data=tables) + [PIPE] + psql_command(name, tools)]
     restore = [tools.path("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={name}"]
