@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from psycopg import sql
 
 from rollbacklib.checks import Check
 from rollbacklib.dispatch import dispatch
@@ -117,7 +118,7 @@ def _side(ctx: RunContext, step: Step) -> dict:
             seconds += side.run_command(list(action.argv), with_database(ctx.url, plan.side), step.name)
             ctx.record(step.name, "ran", action.text, kind="command", target=plan.side)
     with db.connect(with_database(ctx.url, plan.side), step=step.name) as conn:
-        rows = {f"{s}.{t}": conn.execute(f'SELECT count(*) FROM "{s}"."{t}"'.encode()).fetchone()[0]
+        rows = {f"{s}.{t}": conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(s, t))).fetchone()[0]
                 for s, t in plan.tables}
     return {"side": plan.side, "seconds": round(seconds, 3), "rows": rows}
 
