@@ -17,6 +17,7 @@ import pandas as pd
 from psycopg import sql
 
 from rollbacklib.checks import Check
+from rollbacklib.config import SurgicalSettings
 from rollbacklib.dispatch import dispatch
 from rollbacklib.errors import RefusedError, ValidationFailed
 from rollbacklib.files import atomic_write_json
@@ -68,6 +69,7 @@ def compare_schemas(ctx: RunContext, backup: str | None = None, migrations_dir: 
 def _compare(ctx: RunContext, step: Step, backup: Path, migration_sql: Path | None) -> pd.DataFrame:
     plan = sp.compare(ctx.url, ctx.admin_url, backup, ctx.tools, ctx.run_id, ctx.migration_id,
                       migration_sql=migration_sql)
+    plan.settings = ctx.env.surgical.model_dump()
     sp.write(ctx.run_dir, plan)
     applied = [c for c in plan.intended if c["live"] == "applied"] if isinstance(plan.intended, list) else None
     meant = [c for c in plan.intended if c["live"] != "not in the migration"] if isinstance(plan.intended, list) else None
@@ -85,9 +87,7 @@ def _compare(ctx: RunContext, step: Step, backup: Path, migration_sql: Path | No
 
 def plan_steps(ctx: RunContext, admin=None) -> list[Step]:
     """The surgical steps of this run (for ``build_plan``), from the run's ``surgical.json``."""
-    s = ctx.env.surgical
-    return sp.plan_steps(sp.read(ctx.run_dir), live=ctx.database, lock_timeout_seconds=s.lock_timeout_seconds,
-                         attempts=s.attempts, batch_rows=s.batch_rows, admin_conn=admin)
+    return sp.plan_steps(sp.read(ctx.run_dir), live=ctx.database, admin_conn=admin)
 
 
 # --- the executors --------------------------------------------------------------------------------
@@ -123,8 +123,14 @@ def _side(ctx: RunContext, step: Step) -> dict:
     return {"side": plan.side, "seconds": round(seconds, 3), "rows": rows}
 
 
-def _transaction(ctx: RunContext, step: Step, fingerprints: dict[str, str] | None = None) -> dict:
-    s = ctx.env.surgical
+def _settings(plan: sp.SurgicalPlan) -> SurgicalSettings:
+    """The settings the approved plan was rendered with (not the config as it may be now)."""
+    return SurgicalSettings(**plan.settings)
+
+
+def _transaction(ctx: RunContext, step: Step, plan: sp.SurgicalPlan,
+                 fingerprints: dict[str, str] | None = None) -> dict:
+    s = _settings(plan)
     return apply.run_transaction(
         ctx.url, _statements(step), lock_timeout_seconds=s.lock_timeout_seconds, attempts=s.attempts,
         pause_seconds=s.retry_pause_seconds, step=step.name, fingerprints=fingerprints,
@@ -135,7 +141,7 @@ def _transaction(ctx: RunContext, step: Step, fingerprints: dict[str, str] | Non
 
 def _ddl(ctx: RunContext, step: Step) -> dict:
     plan = _load(ctx, step)
-    evidence = _transaction(ctx, step, plan.fingerprints)
+    evidence = _transaction(ctx, step, plan, plan.fingerprints)
     atomic_write_json(ctx.run_dir / BEFORE_FILE, evidence["fingerprints"])
     return evidence
 
@@ -155,7 +161,7 @@ def _columns_back(ctx: RunContext, step: Step) -> Check:
 
 def _backfill(ctx: RunContext, step: Step) -> list[dict]:
     plan = _load(ctx, step)
-    batch = ctx.env.surgical.batch_rows
+    batch = _settings(plan).batch_rows
     results = []
     for fill in plan.reversal.backfills:
         texts = plan.backfill_sql[fill.qualified]
@@ -174,8 +180,7 @@ def _backfill(ctx: RunContext, step: Step) -> list[dict]:
 
 
 def _after_data(ctx: RunContext, step: Step) -> dict:
-    _load(ctx, step)
-    return _transaction(ctx, step)
+    return _transaction(ctx, step, _load(ctx, step))
 
 
 def _objects_back(ctx: RunContext, step: Step) -> Check:
@@ -239,7 +244,7 @@ def verify_plan(url: str, plan: sp.SurgicalPlan, before: dict, services: str = "
 def _verify(ctx: RunContext, step: Step) -> dict:
     plan = _load(ctx, step)
     before = json.loads((ctx.run_dir / BEFORE_FILE).read_text())
-    result = verify_plan(ctx.url, plan, before, ctx.env.surgical.services)
+    result = verify_plan(ctx.url, plan, before, _settings(plan).services)
     atomic_write_json(ctx.run_dir / VERIFY_FILE, result)
     ctx.record(step.name, "info", "verified" if result["ok"] else "; ".join(result["problems"]), **result)
     if not result["ok"]:

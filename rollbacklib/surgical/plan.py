@@ -51,6 +51,7 @@ class SurgicalPlan:
     measured: dict = field(default_factory=dict)
     intended: list[dict] | str | None = None  # the migration's changes, each applied or not (``compare``)
     discards: list[dict] = field(default_factory=list)  # what the reversal changes of what was written since
+    settings: dict = field(default_factory=dict)  # the environment's surgical settings in phase 01: what runs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,9 +201,10 @@ def ddl_statements(plan: SurgicalPlan, statements: list[str], timeout: float, co
     return [apply.lock_timeout_statement(timeout), *([lock] if lock else []), *statements]
 
 
-def plan_steps(plan: SurgicalPlan, *, live: str, lock_timeout_seconds: float, attempts: int, batch_rows: int,
-               admin_conn=None) -> list[Step]:
-    """The surgical steps of phases 02, 03 and 05, every statement rendered from ``plan``."""
+def plan_steps(plan: SurgicalPlan, *, live: str, admin_conn=None) -> list[Step]:
+    """The surgical steps of phases 02, 03 and 05, every statement rendered from ``plan`` (and its ``settings``)."""
+    lock_timeout_seconds, attempts = plan.settings["lock_timeout_seconds"], plan.settings["attempts"]
+    batch_rows = plan.settings["batch_rows"]
     r, bound, gate = plan.reversal, _bound(plan), (StepName.GATE,)
     no_loss = "restore instead (swap strategy): the backup is untouched"
     steps = [Step(StepName.SURGICAL_SIDE, Phase.EXECUTE, plan.side,
