@@ -167,3 +167,63 @@ def finish(ctx: AssessContext) -> Assessment:
     a = ctx.assessment or evaluate(ctx)
     ctx.record("phase", "ok", f"{PHASE}: {a.recommendation}", recommendation=a.recommendation)
     return a
+
+
+@dataclass
+class AssessResult:
+    folder: Path
+    assessment: dict
+    lines: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return self.assessment["exit_code"]
+
+
+def run_assessment(*, migration_id: str, environment: str, config_path: str | None = None,
+                   reports_dir: str | None = None, run_id: str | None = None, window_seconds: float = 0,
+                   interval_seconds: float = 0) -> AssessResult:
+    """``rollback assess``: execute 00_assess.ipynb with papermill (the executed notebook is the evidence)."""
+    import json
+
+    import papermill as pm
+
+    from rollbacklib.pipeline import notebooks_dir
+    from rollbacklib.redaction import config_secrets, masked_output, refuse_credentials, scrub_file
+
+    refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
+                        "reports_dir": reports_dir, "run_id": run_id})
+    validate_migration_id(migration_id)
+    config = load_config(config_path)
+    env = config.environment(environment)
+    env.database_url()  # a missing secret: bad usage, before a kernel starts
+    if not triggers_for(config, environment).rules:
+        raise ConfigError(f"No triggers are configured for {environment!r} in {config.path}.", step="assess",
+                          next_action="add [[triggers.rules]] (the packaged runbook.toml has the seed plan's); "
+                          "README: Triggers: when to roll back.")
+    run_id = run_id or new_run_id()
+    reports = Path(reports_dir or default_reports_dir()).resolve()
+    folder = assessment_folder(reports, migration_id, environment, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    secrets = config_secrets(config)
+    output = folder / f"{PHASE}.ipynb"
+    try:
+        with masked_output(output, secrets) as masked:
+            pm.execute_notebook(str(notebooks_dir() / f"{PHASE}.ipynb"), masked, kernel_name="python3",
+                                progress_bar=False, log_output=False, cwd=str(folder), parameters={
+                                    "migration_id": migration_id, "environment": environment,
+                                    "config_path": str(config.path), "run_id": run_id, "reports_dir": str(reports),
+                                    "window_seconds": float(window_seconds or 0),
+                                    "interval_seconds": float(interval_seconds or 0)})
+    except pm.PapermillExecutionError as err:
+        raise ConfigError(f"00_assess stopped at cell {err.exec_count}: {err.ename}: {err.evalue}", step="assess",
+                          next_action=f"open {output} at cell {err.exec_count}: its message names what to fix.") from None
+    finally:
+        if output.exists():
+            scrub_file(output, secrets)
+    assessment = json.loads((folder / ASSESSMENT_NAME).read_text())
+    lines = [f"Recommendation: {assessment['recommendation'].upper()} ({assessment['samples']} samples over "
+             f"{assessment['seconds']:.0f} s)"]
+    lines += [f"  [{r['kind']}] {r['name']}: {r['status'].upper()} ({r['condition']} for {r['for_seconds']:g} s): "
+              f"{r['reason']}" for r in assessment["results"]]
+    return AssessResult(folder, assessment, lines)
