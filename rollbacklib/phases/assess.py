@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollbacklib.config import Config, ResolvedEnvironment, load_config
-from rollbacklib.errors import ConfigError
+from rollbacklib.errors import AbortedError, ConfigError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import JOURNAL_NAME, Journal
 from rollbacklib.prisma import validate_migration_id
@@ -117,7 +117,7 @@ def evaluate(ctx: AssessContext, series: list[dict] | None = None) -> Assessment
     atomic_write_json(ctx.folder / ASSESSMENT_NAME, {"migration_id": ctx.migration_id, "environment": ctx.env.name,
                                                      "run_id": ctx.run_id, **assessment.to_dict()})
     for r in assessment.results:
-        ctx.record(f"trigger:{r.name}", "info", f"{r.status}: {r.reason}", kind=r.kind, status=r.status,
+        ctx.record(f"trigger:{r.name}", "info", f"{r.status}: {r.reason}", kind=r.kind, outcome=r.status,
                    **r.evidence)
     ctx.record("recommendation", "info", assessment.recommendation, recommendation=assessment.recommendation,
                fired=[r.name for r in assessment.fired], exit_code=assessment.exit_code)
@@ -216,8 +216,9 @@ def run_assessment(*, migration_id: str, environment: str, config_path: str | No
                                     "window_seconds": float(window_seconds or 0),
                                     "interval_seconds": float(interval_seconds or 0)})
     except pm.PapermillExecutionError as err:
-        raise ConfigError(f"00_assess stopped at cell {err.exec_count}: {err.ename}: {err.evalue}", step="assess",
-                          next_action=f"open {output} at cell {err.exec_count}: its message names what to fix.") from None
+        error = ConfigError if err.ename == "ConfigError" else AbortedError  # assess reads only: nothing changed
+        raise error(f"00_assess stopped at cell {err.exec_count}: {err.ename}: {err.evalue}", step="assess",
+                    next_action=f"open {output} at cell {err.exec_count}: its message names what to fix.") from None
     finally:
         if output.exists():
             scrub_file(output, secrets)

@@ -41,11 +41,16 @@ def scrape(url: str, metrics: Metrics, timeout: float, client: httpx.Client | No
     buckets: dict[str, float] = {}
     memory = None
     found = set()
+    counter = metrics.requests[:-len("_total")] if metrics.requests.endswith("_total") else metrics.requests
     for family in families:
+        if family.name in (counter, metrics.requests):
+            found.add("requests")  # declared: zero requests so far is a count too
+        elif family.name == metrics.latency:
+            found.add("latency")
         for s in family.samples:
             if any(s.labels.get(label) in values for label, values in metrics.exclude.items()):
                 continue
-            if s.name == metrics.requests or (s.name == f"{metrics.requests}_total" and family.type == "counter"):
+            if s.name == metrics.requests or (family.name == counter and s.name == f"{counter}_total"):
                 found.add("requests")
                 total += s.value
                 if _is_error(s.labels.get(metrics.status_label), metrics.error_status_min):
@@ -57,7 +62,7 @@ def scrape(url: str, metrics: Metrics, timeout: float, client: httpx.Client | No
                 memory = (memory or 0.0) + s.value
     return {"up": True, "error": None, "ms": round((time.perf_counter() - started) * 1000, 2),
             "requests": total if "requests" in found else None, "errors": errors if "requests" in found else None,
-            "buckets": buckets or None, "memory_bytes": memory}
+            "buckets": buckets if "latency" in found else None, "memory_bytes": memory}
 
 
 def _is_error(status: str | None, minimum: int) -> bool:
@@ -124,7 +129,7 @@ def derive(previous: dict | None, current: dict) -> dict:
         errors = min(_delta(a["errors"], b["errors"]), requests)
         out.update(requests=requests, errors=errors,
                    error_rate_percent=round(100 * errors / requests, 3) if requests else None)
-    if a.get("buckets") and b.get("buckets"):
+    if a.get("buckets") is not None and b.get("buckets"):
         reset = b["buckets"].get("+Inf", 0) < a["buckets"].get("+Inf", 0)
         deltas = {le: b["buckets"][le] - (0 if reset else a["buckets"].get(le, 0)) for le in b["buckets"]}
         out["p95_latency_seconds"] = quantile(0.95, deltas)
