@@ -33,6 +33,7 @@ from rollbacklib.config import Config, Service, load_config
 from rollbacklib.platform_settings import ProcessSettings
 from rollbacklib.platforms import platform_for
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.triggers.settings import EnvironmentTriggers
 
 SCRIPTS = {"api-gateway": "api_gateway.py", "reports-client": "reports_client.py",
            "static-report-server": "static_report_server.py"}
@@ -67,6 +68,7 @@ def services_config(config: Config, environment: str, scenario_root: Path, folde
                     "--database-url-env", env.database_url_env],
         "pid_file": folder / f"{name}.pid", "health_url": f"http://127.0.0.1:{ports[name]}/health",
     } for name, script in SCRIPTS.items()})
+    env.triggers = EnvironmentTriggers(metrics_url=f"{gateway}/metrics", run_interval_seconds=1)  # the service plot
     env.health = HealthCheck(url=f"{gateway}/health", pause_seconds=1, expect_json={"database": "connected"})
     env.smoke_tests = [SmokeTest.model_validate(t) for t in (
         {"name": "login", "method": "POST", "url": f"{gateway}/auth/login", "password_env": PASSWORD_ENV,

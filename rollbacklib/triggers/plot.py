@@ -21,10 +21,10 @@ def _thresholds(ax, triggers: ResolvedTriggers, signal: str) -> None:
         if rule.signal != signal:
             continue
         color = AUTOMATIC if rule.kind == "automatic" else MANUAL
-        for value in (rule.above, rule.below):
-            if value is not None:
-                ax.axhline(value, color=color, linestyle="--", linewidth=1,
-                           label=f"{rule.name} ({rule.kind}, {rule.condition()} for {rule.for_seconds:g} s)")
+        label = f"{rule.name} ({rule.kind}, {rule.condition()} for {rule.for_seconds:g} s)"
+        for value in (v for v in (rule.above, rule.below) if v is not None):
+            ax.axhline(value, color=color, linestyle="--", linewidth=1, label=label)
+            label = "_nolegend_"  # a band's second line
 
 
 def series_figure(series: list[dict], triggers: ResolvedTriggers, assessment=None) -> Figure:
