@@ -30,6 +30,8 @@ MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration
 BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
                          "a relative path is relative to the working directory.")
 RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
+IntervalOpt = typer.Option(None, "--interval", help="Seconds between samples (default: the environment's or "
+                           "[triggers] interval_seconds).")
 
 
 def _fail(error: RollbackError) -> None:
@@ -532,8 +534,7 @@ def assess(
     reports_dir: Optional[Path] = ReportsOpt,
     window: Optional[float] = typer.Option(None, "--window", help="Seconds to sample (default: [triggers] "
                                            "window_seconds)."),
-    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between samples (default: the "
-                                             "environment's or [triggers] interval_seconds)."),
+    interval: Optional[float] = IntervalOpt,
     run_id: Optional[str] = RunIdOpt,
 ):
     """Should we roll back? Sample the metrics and the database, evaluate the triggers (notebook 00_assess).
@@ -561,8 +562,7 @@ def watch(
     migration: str = MigrationOpt,
     config: Optional[Path] = ConfigOpt,
     reports_dir: Optional[Path] = ReportsOpt,
-    interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between samples (default: the "
-                                             "environment's or [triggers] interval_seconds)."),
+    interval: Optional[float] = IntervalOpt,
     yes: bool = typer.Option(False, "--yes", help="Approve, now, the rollback an automatic trigger would start: "
                              "only with auto_rollback = true in the environment's triggers."),
     run_id: Optional[str] = RunIdOpt,
@@ -572,7 +572,7 @@ def watch(
     Stops cleanly on Ctrl-C or SIGTERM (exit 0). After a rollback it started: that run's exit code.
     """
     from rollbacklib.phases.assess import open_assessment
-    from rollbacklib.triggers.watch import watch as do_watch
+    from rollbacklib.watch import watch as do_watch
 
     try:
         ctx = open_assessment(migration_id=migration, environment=env, config_path=str(config) if config else "",

@@ -19,7 +19,7 @@ from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
-from rollbacklib.triggers.settings import EnvironmentTriggers, TriggerSettings
+from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
 
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
@@ -84,7 +84,7 @@ class Environment(_Strict):
     smoke_tests: list[SmokeTest] = []
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
-    triggers: EnvironmentTriggers | None = None  # rollbacklib/triggers/settings.py
+    triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
 
     _check_env = field_validator("database_url_env")(_env_var_name)
 
@@ -205,7 +205,7 @@ class Config(_Strict):
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
-    triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/triggers/settings.py
+    triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/trigger_settings.py
 
     def environment(self, name: str) -> "ResolvedEnvironment":
         if name not in self.environments:

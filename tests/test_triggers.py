@@ -17,7 +17,7 @@ from rollbacklib.drill.services import _key, _toml
 from rollbacklib.triggers.evaluate import (BREACHING, FIRED, NO_ROLLBACK, NOT_EVALUATED, NOT_FIRED, ROLL_BACK_NOW,
                                            TEAM_DECISION, evaluate)
 from rollbacklib.triggers.sampler import Sampler, read_series
-from rollbacklib.triggers.settings import Check, EnvironmentTriggers, ResolvedTriggers, Rule, TriggerSettings
+from rollbacklib.trigger_settings import Check, EnvironmentTriggers, ResolvedTriggers, Rule, TriggerSettings
 
 MIGRATION = "20251202020032_update_user_schema_final"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

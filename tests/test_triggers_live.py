@@ -18,8 +18,8 @@ from rollbacklib.drill.prisma_migrate import apply_migrations
 from rollbacklib.phases.assess import evaluate, open_assessment, sample
 from rollbacklib.triggers.evaluate import FIRED, ROLL_BACK_NOW
 from rollbacklib.triggers.sampler import read_series
-from rollbacklib.triggers.settings import EnvironmentTriggers
-from rollbacklib.triggers.watch import watch
+from rollbacklib.trigger_settings import EnvironmentTriggers
+from rollbacklib.watch import watch
 from rollbacklib.verify import verify_audit
 from test_gateway_process import GATEWAY, MIGRATION, PASSWORD_ENV, SERVICES, URL_ENV, EMAIL, gateway, scenario_db  # noqa: F401
 from test_triggers import App, scaled, write_config

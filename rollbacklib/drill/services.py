@@ -33,7 +33,7 @@ from rollbacklib.config import Config, Service, load_config
 from rollbacklib.platform_settings import ProcessSettings
 from rollbacklib.platforms import platform_for
 from rollbacklib.probes import HealthCheck, SmokeTest
-from rollbacklib.triggers.settings import EnvironmentTriggers
+from rollbacklib.trigger_settings import EnvironmentTriggers
 
 SCRIPTS = {"api-gateway": "api_gateway.py", "reports-client": "reports_client.py",
            "static-report-server": "static_report_server.py"}

@@ -22,7 +22,7 @@ from rollbacklib.prisma import validate_migration_id
 from rollbacklib.run import default_reports_dir, new_run_id, run_folder
 from rollbacklib.triggers.evaluate import Assessment, evaluate as evaluate_series
 from rollbacklib.triggers.sampler import SERIES_NAME, Sampler
-from rollbacklib.triggers.settings import ResolvedTriggers, triggers_for
+from rollbacklib.trigger_settings import ResolvedTriggers, triggers_for
 
 PHASE = "00_assess"
 ASSESSMENT_NAME = "assessment.json"

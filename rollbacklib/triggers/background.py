@@ -43,7 +43,7 @@ class RunSampler(threading.Thread):
 
 def start_service_sampling(config, environment: str, run_dir: Path, *, dry_run: bool = False) -> RunSampler | None:
     """Start sampling the service's metrics into the run folder; None when not configured (or a dry run)."""
-    from rollbacklib.triggers.settings import triggers_for
+    from rollbacklib.trigger_settings import triggers_for
 
     triggers = triggers_for(config, environment)
     if dry_run or not triggers.metrics_url or not triggers.sample_during_run:
@@ -72,7 +72,7 @@ def stop_service_sampling(thread: RunSampler | None, run_dir: Path, secrets=()) 
 def _run_triggers(run_dir: Path, events: list[dict]):
     """The run's environment's triggers, from the config its phases recorded (None if it cannot be read now)."""
     from rollbacklib.config import load_config
-    from rollbacklib.triggers.settings import triggers_for
+    from rollbacklib.trigger_settings import triggers_for
 
     config = next((e["evidence"].get("config") for e in events if e["step"] == "phase" and e["status"] == "started"),
                   None)

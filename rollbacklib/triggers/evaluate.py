@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from rollbacklib.triggers.settings import METRIC_SIGNALS, ResolvedTriggers, Rule
+from rollbacklib.trigger_settings import METRIC_SIGNALS, ResolvedTriggers, Rule
 
 FIRED, BREACHING, NOT_FIRED, NOT_EVALUATED = "fired", "breaching", "not fired", "not evaluated"
 ROLL_BACK_NOW, TEAM_DECISION, NO_ROLLBACK = "roll back now", "team decision", "no rollback"

@@ -9,7 +9,7 @@ from datetime import datetime
 from matplotlib.figure import Figure
 
 from rollbacklib.triggers.evaluate import signal_value
-from rollbacklib.triggers.settings import ResolvedTriggers
+from rollbacklib.trigger_settings import ResolvedTriggers
 
 AUTOMATIC, MANUAL, LINE = "#c62828", "#ef6c00", "#1f4e79"
 PANELS = (("error_rate_percent", "error rate (%)"), ("p95_latency_seconds", "p95 latency (s)"),

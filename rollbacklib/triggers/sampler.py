@@ -22,7 +22,7 @@ import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from rollbacklib.triggers.settings import Check, Metrics, ResolvedTriggers
+from rollbacklib.trigger_settings import Check, Metrics, ResolvedTriggers
 
 SERIES_NAME = "series.jsonl"
 
