@@ -35,6 +35,19 @@ def test_drill_with_services_stops_and_starts_them_and_measures_login(tmp_path, 
     for s in stopped:  # the process the runbook stopped is gone, not merely unhealthy
         assert not psutil.pid_exists(s["pid"]) or psutil.Process(s["pid"]).status() == psutil.STATUS_ZOMBIE
 
+    # the gateway's own /metrics, sampled beside the run: failing logins before the window, none failing after it
+    from rollbacklib.triggers.sampler import read_series
+
+    metrics = read_series(result.run.run_dir / "service_metrics.jsonl")
+    blocked = next(e["ts"] for e in events if e["step"] == "block-connections" and e["status"] == "started")
+    started = next(e["ts"] for e in events if e["step"] == "start-services" and e["status"] == "changed")
+    rated = [s for s in metrics if s["derived"]["requests"]]
+    before = [s for s in rated if s["ts"] < blocked]
+    after = [s for s in rated if s["ts"] > started]
+    assert before and all(s["derived"]["error_rate_percent"] == 100.0 for s in before)
+    assert after and after[-1]["derived"]["error_rate_percent"] == 0.0
+    assert "The service across the run" in (result.run.run_dir / "report.html").read_text()
+
     for folder, _, files in os.walk(result.run.run_dir):
         for name in files:
             assert password.encode() not in open(os.path.join(folder, name), "rb").read(), name
