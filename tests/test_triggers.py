@@ -239,3 +239,18 @@ def test_rollback_assess_runs_00_assess_and_exits_with_the_recommendation(httpse
 
 def app_command():
     return app
+
+
+def test_a_run_without_metrics_says_in_one_line_why_it_has_no_service_plot(tmp_path):
+    from rollbacklib.resources import default_config
+    from rollbacklib.triggers.background import absent_reason, run_service_figure
+
+    run_dir = tmp_path / "reports" / MIGRATION / "drill" / "r1"
+    run_dir.mkdir(parents=True)
+    events = [{"step": "phase", "status": "started", "phase": "01_prepare", "ts": "2025-12-02T02:00:00+00:00",
+               "evidence": {"config": str(default_config())}}]
+    assert absent_reason(run_dir, events) == ("no metrics configured: environment 'drill' has no triggers.metrics_url, "
+                                              "so the service's error rate and latency were not sampled during this run")
+    assert run_service_figure(run_dir, events) is None
+    (run_dir / "service_metrics.jsonl").write_text(json.dumps({"t": 1.0, "ts": "x", "metrics": {"up": True}}) + "\n")
+    assert "fewer than two samples" in absent_reason(run_dir, events)

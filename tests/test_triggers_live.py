@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import psycopg
 from werkzeug import Request, Response
 
@@ -39,8 +40,11 @@ def test_the_broken_login_makes_the_error_rate_trigger_fire_on_the_real_gateway(
                                 "--password-env", PASSWORD_ENV, "--rate", "10", "--seconds", "30"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 30  # the generator is running (a loaded machine starts Python slowly)
+        while 'route="/auth/login"' not in httpx.get(f"{base}/metrics").text and time.monotonic() < deadline:
+            time.sleep(0.2)
         ctx = open_assessment(migration_id=MIGRATION, environment="drill", config_path=config,
-                              reports_dir=str(tmp_path / "reports"), window_seconds=3.5, interval_seconds=0.5)
+                              reports_dir=str(tmp_path / "reports"), window_seconds=4, interval_seconds=0.5)
         series = sample(ctx)
     finally:
         traffic.send_signal(signal.SIGTERM)
@@ -124,6 +128,8 @@ def test_watch_with_auto_rollback_starts_the_runbook_which_samples_the_service_a
     blocked = next(e for e in run_events if e["step"] == "block-connections" and e["status"] == "started")
     from datetime import datetime
     assert first < datetime.fromisoformat(blocked["ts"]).timestamp() < last
+    drawn = json.loads((run_dir / "service_triggers.json").read_text())  # the thresholds the plot draws
+    assert "critical error rate" in {r["name"] for r in drawn["rules"]}
     report = (run_dir / "report.html").read_text()
     assert "The service across the run" in report and "No service plot" not in report
     assert verify_audit(run_dir).intact

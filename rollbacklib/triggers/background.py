@@ -14,9 +14,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from rollbacklib.files import atomic_write_json
 from rollbacklib.triggers.sampler import Sampler, read_series
 
 SERVICE_SERIES = "service_metrics.jsonl"
+SERVICE_TRIGGERS = "service_triggers.json"
 
 
 class RunSampler(threading.Thread):
@@ -49,6 +51,8 @@ def start_service_sampling(config, environment: str, run_dir: Path, *, dry_run: 
     if dry_run or not triggers.metrics_url or not triggers.sample_during_run:
         return None
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(run_dir) / SERVICE_TRIGGERS, {  # the thresholds the plot draws, as the run had them
+        "metrics_url": triggers.metrics_url, "rules": [r.model_dump() for r in triggers.rules]})
     sampler = Sampler(triggers, Path(run_dir) / SERVICE_SERIES, database=False, checks=False)
     thread = RunSampler(sampler, triggers.run_interval_seconds)
     thread.start()
@@ -70,9 +74,16 @@ def stop_service_sampling(thread: RunSampler | None, run_dir: Path, secrets=()) 
 
 
 def _run_triggers(run_dir: Path, events: list[dict]):
-    """The run's environment's triggers, from the config its phases recorded (None if it cannot be read now)."""
+    """The run's triggers: as the sampler wrote them at the start, else from the config its phases recorded."""
+    import json
+
     from rollbacklib.config import load_config
-    from rollbacklib.trigger_settings import triggers_for
+    from rollbacklib.trigger_settings import EnvironmentTriggers, ResolvedTriggers, TriggerSettings, triggers_for
+
+    written = Path(run_dir) / SERVICE_TRIGGERS
+    if written.exists():
+        data = json.loads(written.read_text())
+        return ResolvedTriggers(TriggerSettings(rules=data["rules"]), EnvironmentTriggers(metrics_url=data["metrics_url"]))
 
     config = next((e["evidence"].get("config") for e in events if e["step"] == "phase" and e["status"] == "started"),
                   None)
