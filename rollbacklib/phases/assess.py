@@ -206,10 +206,13 @@ def run_assessment(*, migration_id: str, environment: str, config_path: str | No
     folder = assessment_folder(reports, migration_id, environment, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     secrets = config_secrets(config)
-    output = folder / f"{PHASE}.ipynb"
+    output, source = folder / f"{PHASE}.ipynb", notebooks_dir() / f"{PHASE}.ipynb"
+    if not source.exists():
+        raise ConfigError(f"{source} does not exist.", step="assess", next_action="point ROLLBACK_NOTEBOOKS at a folder "
+                          f"holding {PHASE}.ipynb too (the package ships it), or unset it.")
     try:
         with masked_output(output, secrets) as masked:
-            pm.execute_notebook(str(notebooks_dir() / f"{PHASE}.ipynb"), masked, kernel_name="python3",
+            pm.execute_notebook(str(source), masked, kernel_name="python3",
                                 progress_bar=False, log_output=False, cwd=str(folder), parameters={
                                     "migration_id": migration_id, "environment": environment,
                                     "config_path": str(config.path), "run_id": run_id, "reports_dir": str(reports),
