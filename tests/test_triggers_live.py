@@ -133,3 +133,19 @@ def test_watch_with_auto_rollback_starts_the_runbook_which_samples_the_service_a
     report = (run_dir / "report.html").read_text()
     assert "The service across the run" in report and "No service plot" not in report
     assert verify_audit(run_dir).intact
+
+
+def test_watch_stops_cleanly_on_sigint_and_gives_the_handler_back(httpserver, fresh_db, tmp_path, monkeypatch):
+    import threading
+
+    _failing_service(httpserver)
+    monkeypatch.setenv("ROLLBACK_DRILL_DATABASE_URL", fresh_db)
+    config = write_config(tmp_path, lambda c: scaled(c, 1 / 180, httpserver.url_for("/metrics")))
+    ctx = open_assessment(migration_id=MIGRATION, environment="drill", config_path=config,
+                          reports_dir=str(tmp_path / "reports"), interval_seconds=0.2)
+    before = signal.getsignal(signal.SIGINT)
+    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    result = watch(ctx, say=lambda line: None, max_seconds=30)
+    assert result.stopped_by == "SIGINT" and result.samples >= 2 and result.run is None
+    assert signal.getsignal(signal.SIGINT) is before
+    assert len(read_series(ctx.series_path)) == result.samples
