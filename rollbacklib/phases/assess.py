@@ -68,7 +68,7 @@ def open_assessment(*, migration_id: str, environment: str, config_path: str = "
     env = config.environment(environment)
     env.database_url()  # a missing secret is bad usage, found before sampling
     triggers = triggers_for(config, environment)
-    if interval_seconds and interval_seconds < 0 or window_seconds and window_seconds < 0:
+    if (interval_seconds or 0) < 0 or (window_seconds or 0) < 0:
         raise ConfigError("The window and the interval are seconds, above 0.", step="assess",
                           next_action="pass --window and --interval as positive numbers (or leave them out).")
     if interval_seconds:
