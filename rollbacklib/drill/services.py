@@ -33,6 +33,7 @@ from rollbacklib.config import Config, Service, load_config
 from rollbacklib.platform_settings import ProcessSettings
 from rollbacklib.platforms import platform_for
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.service_config import ServiceSnapshot
 
 SCRIPTS = {"api-gateway": "api_gateway.py", "reports-client": "reports_client.py",
            "static-report-server": "static_report_server.py"}
@@ -68,6 +69,7 @@ def services_config(config: Config, environment: str, scenario_root: Path, folde
         "pid_file": folder / f"{name}.pid", "health_url": f"http://127.0.0.1:{ports[name]}/health",
     } for name, script in SCRIPTS.items()})
     env.health = HealthCheck(url=f"{gateway}/health", pause_seconds=1, expect_json={"database": "connected"})
+    env.snapshot = ServiceSnapshot(metrics_url=f"{gateway}/metrics")  # phase 01 keeps it, with each service's logs
     env.smoke_tests = [SmokeTest.model_validate(t) for t in (
         {"name": "login", "method": "POST", "url": f"{gateway}/auth/login", "password_env": PASSWORD_ENV,
          "json": {"email": TEST_EMAIL, "password": "{password}"}, "extract": {"access_token": "access_token"}},
