@@ -147,7 +147,7 @@ def test_a_gateway_whose_health_never_passes_fails_the_step_and_starts_nothing_e
     assert failure and failure[0]["evidence"]["escalate"] == "L1" and len(failure[0]["evidence"]["found"]) == 3
 
 
-def test_the_dry_run_shows_each_request_and_runs_none(services_env, tmp_path, monkeypatch):
+def test_the_dry_run_shows_each_request_and_runs_none(services_env, tmp_path, monkeypatch, capsys):
     password = secrets.token_urlsafe(16)
     monkeypatch.setenv(PASSWORD_ENV, password)
     smoke = textwrap.dedent(f"""
@@ -182,6 +182,12 @@ def test_the_dry_run_shows_each_request_and_runs_none(services_env, tmp_path, mo
     assert not (tmp_path / "api-gateway.pid").exists()  # nothing started
     assert password not in (ctx.run_dir / "journal.jsonl").read_text()
     assert password not in (ctx.run_dir / "plan.json").read_text()
+    from rollbacklib.cli import print_plan  # what `rollback run --dry-run` prints of the plan
+
+    print_plan(plan)
+    printed = capsys.readouterr().out
+    for step in (StepName.SERVICE_HEALTH, StepName.SMOKE_TESTS):
+        assert all(f"http     {text}" in printed for text in texts[step]), printed
 
 
 def test_a_failing_smoke_test_escalates_and_says_what_to_do(services_env, tmp_path, httpserver, monkeypatch):

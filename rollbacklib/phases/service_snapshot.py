@@ -58,8 +58,10 @@ def _snapshot(ctx: RunContext, step: Step) -> pd.DataFrame:
     rows.append(_metrics(ctx, step, folder))
     atomic_write_json(folder / INDEX_FILE, rows)
     saved = [r for r in rows if r["saved"]]
-    ctx.record(step.name, "info", f"service snapshot: {len(saved)} of {len(rows)} saved", saved=saved,
-               not_saved=[r for r in rows if not r["saved"]])
+    nothing = not ctx.env.services and not ctx.env.snapshot.metrics_url
+    ctx.record(step.name, "info", f"nothing to keep: environment {ctx.env.name!r} lists no services and no "
+               "snapshot.metrics_url" if nothing else f"service snapshot: {len(saved)} of {len(rows)} saved",
+               saved=saved, not_saved=[r for r in rows if not r["saved"]])
     return pd.DataFrame(rows)
 
 
