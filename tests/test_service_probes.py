@@ -73,6 +73,24 @@ def write_config(folder: Path, *, health: str = "", smoke: str = "", platform: b
     return path
 
 
+def login_then_protected(base: str) -> str:
+    """The seed's smoke tests as config: login (the password by env var name), then the protected endpoint."""
+    return textwrap.dedent(f"""
+        [[environments.svc.smoke_tests]]
+        name = "login"
+        method = "POST"
+        url = "{base}/auth/login"
+        json = {{ email = "smoke@example.com", password = "{{password}}" }}
+        password_env = "{PASSWORD_ENV}"
+        extract = {{ access_token = "access_token" }}
+
+        [[environments.svc.smoke_tests]]
+        name = "protected"
+        url = "{base}/protected/endpoint"
+        bearer = "access_token"
+        """)
+
+
 @pytest.fixture
 def services_env(fresh_db, tmp_path, monkeypatch):
     """The config and, afterwards, every service of it stopped (whatever the test left running)."""
@@ -150,20 +168,7 @@ def test_a_gateway_whose_health_never_passes_fails_the_step_and_starts_nothing_e
 def test_the_dry_run_shows_each_request_and_runs_none(services_env, tmp_path, monkeypatch, capsys):
     password = secrets.token_urlsafe(16)
     monkeypatch.setenv(PASSWORD_ENV, password)
-    smoke = textwrap.dedent(f"""
-        [[environments.svc.smoke_tests]]
-        name = "login"
-        method = "POST"
-        url = "http://127.0.0.1:9/auth/login"
-        json = {{ email = "smoke@example.com", password = "{{password}}" }}
-        password_env = "{PASSWORD_ENV}"
-        extract = {{ access_token = "access_token" }}
-
-        [[environments.svc.smoke_tests]]
-        name = "protected"
-        url = "http://127.0.0.1:9/protected/endpoint"
-        bearer = "access_token"
-        """)
+    smoke = login_then_protected("http://127.0.0.1:9")
     ctx, plan = phase_04(services_env(smoke=smoke), tmp_path / "reports", dry_run=True)
     service_probes.start_services(ctx)
     service_probes.service_health(ctx)
@@ -208,20 +213,7 @@ def test_a_failing_smoke_test_escalates_and_says_what_to_do(services_env, tmp_pa
         url = "{httpserver.url_for('/health')}"
         expect_json = {{ status = "ok", database = "connected" }}
         """)
-    smoke = textwrap.dedent(f"""
-        [[environments.svc.smoke_tests]]
-        name = "login"
-        method = "POST"
-        url = "{httpserver.url_for('/auth/login')}"
-        json = {{ email = "smoke@example.com", password = "{{password}}" }}
-        password_env = "{PASSWORD_ENV}"
-        extract = {{ access_token = "access_token" }}
-
-        [[environments.svc.smoke_tests]]
-        name = "protected"
-        url = "{httpserver.url_for('/protected/endpoint')}"
-        bearer = "access_token"
-        """)
+    smoke = login_then_protected(httpserver.url_for("").rstrip("/"))
     ctx, _ = phase_04(services_env(health=health, smoke=smoke, platform=False), tmp_path / "reports")
     service_probes.start_services(ctx)  # no platform: a person starts them, in the order the journal says
     service_probes.service_health(ctx)
