@@ -164,6 +164,15 @@ def test_a_gateway_whose_health_never_passes_fails_the_step_and_starts_nothing_e
     failure = [e for e in read_events(ctx.run_dir) if e["step"] == StepName.START_SERVICES and e["status"] == "failed"]
     assert failure and failure[0]["evidence"]["escalate"] == "L1" and len(failure[0]["evidence"]["found"]) == 3
 
+    # what the message says to do: fix its configuration, restart it, run the step again (as a resume does)
+    monkeypatch.setenv(GATEWAY_URL_ENV, fresh_db)
+    platform.scale(env.services[0], 0)
+    service_probes.start_services(ctx)
+    assert [platform.replicas(s) for s in env.services] == [1, 1]
+    events = read_events(ctx.run_dir)
+    assert [e["status"] for e in events if e["step"] == StepName.START_SERVICES and e["status"] in
+            ("failed", "ok")] == ["failed", "ok"]
+
 
 def test_the_dry_run_shows_each_request_and_runs_none(services_env, tmp_path, monkeypatch, capsys):
     password = secrets.token_urlsafe(16)

@@ -135,8 +135,9 @@ def _wait_healthy(ctx: RunContext, step: Step, name: str, rest: list[str], platf
         err.message = (f"{name} is up on the {platform} platform but its health check never passed"
                        + (f"; {', '.join(rest)} not started" if rest else "") + f". {err.message}")
         err.next_action = (f"read {name}'s logs (on the platform; capture/logs/ has those from before the rollback), "
-                           f"fix what keeps it unhealthy, then resume the run: start-services starts the rest in "
-                           f"order. Escalate to the on-call engineer (L1) if it does not come up.")
+                           f"fix what keeps it unhealthy (its configuration; then restart it on the platform), then "
+                           f"resume the run: start-services starts the rest in order. Escalate to the on-call "
+                           f"engineer (L1) if it does not come up.")
         err.step, err.escalate = step.name, TECHNICAL
         raise
     ctx.record(step.name, "info", f"{name} healthy after {len(tries)} attempt(s): the next service may start",
