@@ -10,7 +10,7 @@ import pandas as pd
 from rollbacklib.phases import service_probes
 from rollbacklib.platforms import platform_for
 from rollbacklib.run import RunContext
-from rollbacklib.steps import Action, Phase, Step, StepName
+from rollbacklib.steps import Action, Phase, Step
 
 PHASE = Phase.RESTORE_SERVICE
 
