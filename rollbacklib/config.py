@@ -17,6 +17,7 @@ from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa
 from rollbacklib.errors import ConfigError
 from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.service_config import ServiceSnapshot, StartOrder
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
@@ -82,6 +83,8 @@ class Environment(_Strict):
     platform: PlatformSettings | None = None
     health: HealthCheck | None = None
     smoke_tests: list[SmokeTest] = []
+    start: StartOrder = StartOrder()  # the order services come back in, and whose health is waited for
+    snapshot: ServiceSnapshot = ServiceSnapshot()  # phase 01: last log lines and a metrics snapshot
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
     triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
@@ -96,6 +99,11 @@ class Environment(_Strict):
             raise ValueError(f"service_platform = {self.service_platform!r} but platform.kind = "
                              f"{self.platform.kind!r}: give one, or the same in both")
         self.platform.check_services([s.name for s in self.services])
+        return self
+
+    @model_validator(mode="after")
+    def _start_matches(self) -> "Environment":
+        self.start.check_services([s.name for s in self.services])
         return self
 
     def database_url(self) -> str:
@@ -246,6 +254,7 @@ class ResolvedEnvironment:
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform
         self.health, self.smoke_tests = env.health, env.smoke_tests
+        self.start, self.snapshot = env.start, env.snapshot
         self.services = env.services
         self.release = env.release
         merged = config.defaults.thresholds.model_dump()
