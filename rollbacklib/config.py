@@ -17,8 +17,10 @@ from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa
 from rollbacklib.errors import ConfigError
 from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.service_config import ServiceSnapshot, StartOrder
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
+from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
 
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
@@ -91,8 +93,11 @@ class Environment(_Strict):
     platform: PlatformSettings | None = None
     health: HealthCheck | None = None
     smoke_tests: list[SmokeTest] = []
+    start: StartOrder = StartOrder()  # the order services come back in, and whose health is waited for
+    snapshot: ServiceSnapshot = ServiceSnapshot()  # phase 01: last log lines and a metrics snapshot
     release: Release | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
+    triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
     surgical: SurgicalSettings | None = None  # the surgical strategy's settings (README "Strategy: surgical")
 
     _check_env = field_validator("database_url_env")(_env_var_name)
@@ -105,6 +110,11 @@ class Environment(_Strict):
             raise ValueError(f"service_platform = {self.service_platform!r} but platform.kind = "
                              f"{self.platform.kind!r}: give one, or the same in both")
         self.platform.check_services([s.name for s in self.services])
+        return self
+
+    @model_validator(mode="after")
+    def _start_matches(self) -> "Environment":
+        self.start.check_services([s.name for s in self.services])
         return self
 
     def database_url(self) -> str:
@@ -215,6 +225,7 @@ class Config(_Strict):
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
+    triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/trigger_settings.py
 
     def environment(self, name: str) -> "ResolvedEnvironment":
         if name not in self.environments:
@@ -255,6 +266,7 @@ class ResolvedEnvironment:
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform
         self.health, self.smoke_tests = env.health, env.smoke_tests
+        self.start, self.snapshot = env.start, env.snapshot
         self.services = env.services
         self.release = env.release
         self.surgical = env.surgical or config.defaults.surgical

@@ -45,6 +45,7 @@ class StepName(StrEnum):
     VERIFY_BACKUP = "verify-backup"
     MIGRATION_STATE = "migration-state"
     CAPTURE = "capture"
+    SERVICE_SNAPSHOT = "service-snapshot"
     PLAN = "plan"
     CREATE_COPY = "create-copy"
     RESTORE = "restore"
@@ -65,6 +66,8 @@ class StepName(StrEnum):
     REOPEN = "reopen-connections"
     HEALTH = "health"
     START_SERVICES = "start-services"
+    SERVICE_HEALTH = "service-health"
+    SMOKE_TESTS = "smoke-tests"
     CLOSE = "close"
     # the surgical strategy (rollbacklib/surgical/)
     SURGICAL_SCHEMA = "surgical-compare-schema"
