@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa: F401  (re-exported)
 from rollbacklib.errors import ConfigError
+from rollbacklib.notify.settings import Escalation, NotifySettings
 from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
@@ -82,6 +83,7 @@ class Environment(_Strict):
     health: HealthCheck | None = None
     smoke_tests: list[SmokeTest] = []
     release: Release | None = None
+    notify: NotifySettings | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
 
     _check_env = field_validator("database_url_env")(_env_var_name)
@@ -200,6 +202,7 @@ class Config(_Strict):
     path: Path = Path(DEFAULT_CONFIG_NAME)
     defaults: Defaults = Defaults()
     audit: Audit = Audit()
+    escalation: Escalation = Escalation()
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None

@@ -66,6 +66,9 @@ class StepName(StrEnum):
     HEALTH = "health"
     START_SERVICES = "start-services"
     CLOSE = "close"
+    NOTIFY_INITIATED = "notify-initiated"
+    NOTIFY_COMPLETED = "notify-completed"
+    CHECKLISTS = "checklists"
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <h2>&#10008; {e(err['phase'])} / step <code>{e(err['step'])}</code>: {e(err.get('error') or run.summary['status'])}</h2>
   <pre>{e(err['message'])}</pre>
   <p><strong>Next action:</strong> {e(err.get('next_action') or '-')}</p>
-  <p><strong>Escalation:</strong> {e(level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
+  <p><strong>Escalation:</strong> {e(err.get('contact') or level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
   <p><strong>Where:</strong> {where}</p>
 </div>"""
 

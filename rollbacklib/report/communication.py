@@ -1,0 +1,59 @@
+"""The report's communication groups: each notification (delivered, or "notification X failed: ..."), each
+escalation (level, who, when, why, next action) and each acknowledgement of the pre-rollback checklists (who,
+when), all read from the journal.
+"""
+
+from __future__ import annotations
+
+from rollbacklib.notify.delivery import outcomes
+
+PROVED, FAILED, PEOPLE = "proved", "failed", "for people"
+
+
+def _item(item: str, state: str, evidence: str) -> dict:
+    return {"item": item, "state": state, "evidence": evidence}
+
+
+def notifications(events: list[dict]) -> list[dict]:
+    rows = []
+    for n in outcomes(events):
+        what = f"Notification {n['channel']} ({n['kind']}): {n['event']}"
+        if n["delivered"]:
+            rows.append(_item(what, PROVED, f"delivered at {n['at'][11:19]} UTC after {n['attempts']} attempt(s): "
+                                            f"{n['request']}"))
+        else:
+            rows.append(_item(what, FAILED, f"notification {n['channel']} failed: {n['error']} (after "
+                                            f"{n['attempts']} attempt(s), {n['seconds']} s; the run went on)"))
+    return rows
+
+
+def escalations(events: list[dict]) -> list[dict]:
+    rows = []
+    for e in events:
+        found = e.get("evidence", {}).get("escalation") if isinstance(e.get("evidence"), dict) else None
+        if not found:
+            continue
+        who = found["who"] + (f", {found['reach']}" if found.get("reach") else "")
+        rows.append(_item(f"Escalated to {found['level']} ({found['role']}): {who}", PEOPLE,
+                          f"at {e['ts'][11:19]} UTC, step {found['step']}: {found['reason']}. Next: "
+                          f"{found['next_action']}"))
+    return rows
+
+
+def acknowledgements(events: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The pre-rollback checklists as phase 01 journaled them: each item proved, acknowledged (who, when) or open."""
+    latest = next((e["evidence"]["checklists"] for e in reversed(events)
+                   if isinstance(e.get("evidence"), dict) and "checklists" in e["evidence"]), None)
+    if not latest:
+        return []
+    return [(f"Before the rollback: {group}", [_item(i["item"], i["state"], i["evidence"]) for i in items])
+            for group, items in latest.items()]
+
+
+def groups(events: list[dict]) -> list[tuple[str, list[dict]]]:
+    found = acknowledgements(events)
+    if (rows := notifications(events)):
+        found.append(("Notifications", rows))
+    if (rows := escalations(events)):
+        found.append(("Escalations", rows))
+    return found
