@@ -13,7 +13,7 @@ import re
 from typing import Callable
 
 from rollbacklib.report import POSTMORTEM_NAME
-from rollbacklib.report import communication
+from rollbacklib.report import communication as communication_groups
 from rollbacklib.report.evidence import Evidence
 from rollbacklib.metrics import FAIL, PASS, first_event, metric
 from rollbacklib.steps import StepName
@@ -105,7 +105,7 @@ def checklist(run: Evidence) -> list[tuple[str, list[dict]]]:
               POSTMORTEM_NAME if written else "written at the end of the run")]
     groups = [("Schema & Data", data), ("Application", application), ("Infrastructure", infrastructure),
               ("Communication", communication)]
-    groups += communication.groups(run.events)  # notifications, escalations, the pre-rollback acknowledgements
+    groups += communication_groups.groups(run.events)  # notifications, escalations, the pre-rollback acknowledgements
     failing = [_item(f"{c['step']}: {c['name']}", FAILED, expected_found(c))
                for c in run.summary.get("failing_checks", [])]
     return ([("Failing checks", failing)] if failing else []) + groups
