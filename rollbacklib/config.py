@@ -198,11 +198,19 @@ class Audit(_Strict):
         return None if value is None else _env_var_name(value)
 
 
+class Checklists(_Strict):
+    """Phase 01's checklists: where headless acknowledgements are read, and whether an open item stops the run."""
+
+    acknowledgements_file: Path | None = None  # JSON {"checklist:team:lead-engineer-available": {"by", "at"}}
+    require_acknowledgements: bool = False
+
+
 class Config(_Strict):
     path: Path = Path(DEFAULT_CONFIG_NAME)
     defaults: Defaults = Defaults()
     audit: Audit = Audit()
     escalation: Escalation = Escalation()
+    checklists: Checklists = Checklists()
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
@@ -287,6 +295,7 @@ def _resolve_paths(config: Config, base: Path, data_base: Path) -> None:
         config.defaults.client_binaries = str(resolve(Path(config.defaults.client_binaries)))
     if config.drill:
         config.drill.scenario = resolve(config.drill.scenario)
+    config.checklists.acknowledgements_file = resolve(config.checklists.acknowledgements_file)
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

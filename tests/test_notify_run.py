@@ -110,7 +110,11 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     httpserver.expect_request("/v1/pages/pg1/incidents/inc7", method="PATCH",
                               headers={"Authorization": f"OAuth {API_KEY}"}).respond_with_json(
         {"id": "inc7", "status": "resolved"})
-    config = _config(tmp_path, _channels(httpserver.url_for("/api"), 0, httpserver.url_for("/"), silent_port))
+    acks = tmp_path / "acks.json"
+    acks.write_text(json.dumps({"checklist:team:lead-engineer-available": {"by": "Marta", "at": "2025-12-02T03:01:00Z"},
+                                "checklist:communication:support-team-notified": {"by": "Joan"}}))
+    config = _config(tmp_path, _channels(httpserver.url_for("/api"), 0, httpserver.url_for("/"), silent_port)
+                     + f'\n[checklists]\nacknowledgements_file = "{acks}"\n')
 
     result = run_phases(migration_id=MIGRATION, environment="drill", config_path=config,
                         reports_dir=str(incident.reports), run_id="notified", approve=MIGRATION,
@@ -146,6 +150,19 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     assert head in {line_hash(line) for line in lines}
     report = (result.run_dir / "report.html").read_text()
     assert "notification down failed: HTTP 500" in report and "notification silent failed: timed out" in report
+
+    # the checklists of 01: proved from the evidence, acknowledged from the file (who, when), the rest open
+    acked = {e["evidence"]["acknowledgement"]["key"]: e["evidence"]["acknowledgement"] for e in events
+             if "acknowledgement" in e["evidence"]}
+    assert acked["checklist:team:lead-engineer-available"]["acknowledged_by"] == "Marta"
+    assert acked["checklist:communication:support-team-notified"]["acknowledged_by"] == "Joan"
+    [lists] = [e["evidence"]["checklists"] for e in events if "checklists" in e["evidence"]]
+    state = {row["item"]: row["state"] for rows in lists.values() for row in rows}
+    assert state["Stakeholders notified of the critical problem"] == "proved"
+    assert state["Status page updated"] == "proved"
+    assert state["Production backup created and verified (taken < 1 h before the migration)"] == "proved"
+    assert state["Lead Engineer available"] == "acknowledged" and state["DevOps Lead available"] == "for people"
+    assert "acknowledged by Marta at 2025-12-02T03:01:00Z" in report
     _no_marker_in(result.run_dir)
 
 
@@ -191,3 +208,14 @@ def test_the_run_past_its_time_escalates_to_l2_once(fresh_db, tmp_path, monkeypa
     assert len(found) == 1, found
     assert found[0]["level"] == "L2" and found[0]["who"] == "Luis, lead" and found[0]["why"] == "timer"
     assert found[0]["step"] == "a long step" and "has not finished" in found[0]["reason"]
+
+
+def test_required_acknowledgements_missing_abort_before_any_change(incident, tmp_path):
+    config = _config(tmp_path, "\n[checklists]\nrequire_acknowledgements = true\n")
+    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=config,
+                        reports_dir=str(incident.reports), run_id="unacked", approve=MIGRATION,
+                        backup=str(incident.backup))
+    assert result.exit_code == 3, result.summary.get("error")
+    error = result.summary["error"]
+    assert error["step"] == "checklists" and "checklist:team:lead-engineer-available" in error["message"]
+    assert result.summary["changes_made"] is False

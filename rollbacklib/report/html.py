@@ -31,7 +31,8 @@ from rollbacklib.steps import PHASES
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "rollbacklib_report"
 MARK = {"pass": "&#10004;", "fail": "&#10008;", "info": "&#8505;", "not measured": "&#8211;", "for people": "&#9744;",
-        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;"}
+        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;",
+        "acknowledged": "&#9745;"}
 
 
 def e(value) -> str:
