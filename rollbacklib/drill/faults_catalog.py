@@ -16,6 +16,7 @@ import psycopg
 from rollbacklib.drill.injection import (Pool, PromptingKernel, Trigger, exclusive_lock, frozen, kill_kernel,
                                          refused_by_hba, restart_server, run_way_back, stop_server_now, swap_plan,
                                          tiny_volume, wait_gone)
+from rollbacklib.drill import notify_down
 from rollbacklib.errors import ConfigError
 from rollbacklib.steps import Phase, StepName
 
@@ -409,6 +410,11 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "The app cannot connect: fix its access (pg_hba, role, password); the attempts are in the journal.",
           _health_never_passes,
           outcome="swapped-not-serving", judge=_judge_health),
+    Fault("notify-down", 0, "Every notification endpoint down on 127.0.0.1: the Slack webhook (also the escalation "
+          "channel) answers HTTP 500, the status page accepts the connection and never answers.",
+          "Each send is retried a bounded few seconds, journaled, then reported; the rollback completes as usual.",
+          "Nothing for the rollback: tell people by hand (the report and the terminal name each failed notification).",
+          notify_down.inject, judge=notify_down.judge),
 ]}
 
 
