@@ -121,7 +121,11 @@ def run_started(run_dir: Path) -> datetime | None:
 
 
 def _finished(events: list[dict]) -> bool:
-    return any(e["step"] == "phase" and e["status"] == "ok" and e["phase"] == "05_close" for e in events)
+    """Has the run ended: 05 finished, or the run concluded (its end's chain head) since its last phase started?"""
+    last_start = max((i for i, e in enumerate(events) if e["step"] == "phase" and e["status"] == "started"), default=-1)
+    return any(e["step"] == "phase" and e["status"] == "ok" and e["phase"] == "05_close" for e in events) or any(
+        i > last_start and e["step"] == "head" and (e.get("evidence") or {}).get("reason") == "end of the run"
+        for i, e in enumerate(events))
 
 
 def check_overdue(ctx, step: str = "") -> dict | None:

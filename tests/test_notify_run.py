@@ -138,6 +138,8 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     assert by[("silent", "completed")]["error"].startswith("timed out")
     assert by[("team", "completed")]["delivered"] and by[("status", "completed")]["delivered"]
     assert all(n["seconds"] <= 2.0 for n in run["notifications"])  # bounded by max_seconds (and one timeout)
+    milestones = {m["milestone"]: m for m in run["milestones"]}  # measured from the deliveries, not for people
+    assert milestones["team notified"]["status"] == "pass" and milestones["status page updated"]["status"] == "pass"
 
     # the head the message carries is one the chain holds, before the run's own end
     events = read_events(result.run_dir)
@@ -163,6 +165,7 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     assert state["Production backup created and verified (taken < 1 h before the migration)"] == "proved"
     assert state["Lead Engineer available"] == "acknowledged" and state["DevOps Lead available"] == "for people"
     assert "acknowledged by Marta at 2025-12-02T03:01:00Z" in report
+    assert "Team notified via Slack" in report and "notification team delivered at" in report
     _no_marker_in(result.run_dir)
 
 

@@ -13,7 +13,7 @@ import socket
 from rollbacklib.notify.base import Message
 
 PUBLIC_INITIATED = "We are investigating issues with the service. A rollback is in progress."
-PUBLIC_WINDOW = "A rollback is in progress: the service is briefly unavailable while it completes."
+PUBLIC_NOT_RESOLVED = "The rollback completed, but some checks did not pass: we are still working on it."
 PUBLIC_RESOLVED = "Rollback completed successfully. All systems operational. We apologize for the inconvenience."
 
 
@@ -35,13 +35,6 @@ def initiated(migration_id: str, environment: str, reason: str, run_id: str, by:
                    public=PUBLIC_INITIATED, status="investigating")
 
 
-def window(migration_id: str, environment: str, run_id: str) -> Message:
-    text = (f"⏳ ROLLBACK: outage window opening - Migration {migration_id} ({environment}, run {run_id}): "
-            "connections to the database are blocked until the restored copy serves.")
-    return Message("window", f"Production rollback: outage window - {migration_id}", text, public=PUBLIC_WINDOW,
-                   status="identified")
-
-
 def completed(migration_id: str, environment: str, *, duration: str, status: str, next_steps: str, head: str,
               verify: str, succeeded: bool = True) -> Message:
     title = "✅ ROLLBACK COMPLETED SUCCESSFULLY" if succeeded else "⚠️ ROLLBACK ENDED: NOT ALL CHECKS PASSED"
@@ -49,7 +42,7 @@ def completed(migration_id: str, environment: str, *, duration: str, status: str
             f"Current Status: {status}\nNext Steps: {next_steps}\nAudit chain head: {head}\nVerify: {verify}")
     subject = ("Production Rollback Completed - Systems Operational" if succeeded
                else "Production Rollback Ended - Checks Failing")
-    return Message("completed", subject, text, public=PUBLIC_RESOLVED if succeeded else PUBLIC_WINDOW,
+    return Message("completed", subject, text, public=PUBLIC_RESOLVED if succeeded else PUBLIC_NOT_RESOLVED,
                    status="resolved" if succeeded else "monitoring")
 
 

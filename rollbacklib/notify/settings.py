@@ -14,8 +14,8 @@ from pydantic import Field, field_validator
 
 from rollbacklib.config_base import _env_var_name, _Strict
 
-EVENTS = ("initiated", "window", "completed", "escalation")
-Event = Literal["initiated", "window", "completed", "escalation"]
+EVENTS = ("initiated", "completed", "escalation")
+Event = Literal["initiated", "completed", "escalation"]
 
 
 def _env(value: str | None) -> str | None:
@@ -36,7 +36,7 @@ class SlackWebhookChannel(_Strict):
 
     kind: Literal["slack-webhook"]
     webhook_url_env: str
-    events: list[Event] = ["initiated", "window", "completed", "escalation"]
+    events: list[Event] = ["initiated", "completed", "escalation"]
 
     _check = field_validator("webhook_url_env")(_env_var_name)
 
@@ -48,7 +48,7 @@ class SlackBotChannel(_Strict):
     token_env: str
     channel: str  # "#production-incidents" or a channel ID
     base_url: str = "https://slack.com/api"
-    events: list[Event] = ["initiated", "window", "completed", "escalation"]
+    events: list[Event] = ["initiated", "completed", "escalation"]
 
     _check = field_validator("token_env")(_env_var_name)
 
@@ -65,7 +65,7 @@ class StatuspageChannel(_Strict):
                               "major_outage"] = "major_outage"
     impact: Literal["none", "minor", "major", "critical"] = "major"
     incident_name: str = "Database Maintenance - Authentication System"
-    events: list[Event] = ["initiated", "window", "completed"]
+    events: list[Event] = ["initiated", "completed"]
 
     _check = field_validator("api_key_env")(_env_var_name)
 

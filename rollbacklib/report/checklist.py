@@ -100,7 +100,7 @@ def checklist(run: Evidence) -> list[tuple[str, list[dict]]]:
                       pods] + _people(INFRASTRUCTURE_FOR_PEOPLE)
 
     written = (run.run_dir / POSTMORTEM_NAME).exists()
-    communication = _people(COMMUNICATION_FOR_PEOPLE) + [
+    communication = communication_groups.post_rollback(run.events, COMMUNICATION_FOR_PEOPLE) + [
         _item("Post-mortem draft written", PROVED if written else NOT_REACHED,
               POSTMORTEM_NAME if written else "written at the end of the run")]
     groups = [("Schema & Data", data), ("Application", application), ("Infrastructure", infrastructure),

@@ -27,6 +27,22 @@ def notifications(events: list[dict]) -> list[dict]:
     return rows
 
 
+# The post-rollback checklist's communication items a delivered "completed" notification proves (its kinds).
+COMPLETED_BY = {'Status page set to "Resolved"': ("statuspage",), "Team notified via Slack": ("slack", "slack-webhook"),
+                "Stakeholders notified by email": ("email",)}
+
+
+def post_rollback(events: list[dict], items) -> list[dict]:
+    """The seed's post-rollback communication items: proved by a delivered completion notification, else for people."""
+    done = [n for n in outcomes(events) if n["event"] == "completed" and n["delivered"]]
+    rows = []
+    for item in items:
+        sent = next((n for n in done if n["kind"] in COMPLETED_BY.get(item, ())), None)
+        rows.append(_item(item, PROVED, f"notification {sent['channel']} delivered at {sent['at'][11:19]} UTC") if sent
+                    else _item(item, PEOPLE, "for people: the run cannot see it"))
+    return rows
+
+
 def escalations(events: list[dict]) -> list[dict]:
     rows = []
     for e in events:
