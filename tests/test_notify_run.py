@@ -18,6 +18,7 @@ from rollbacklib.cli import app
 from rollbacklib.journal import read_events
 from rollbacklib.pipeline import run_phases
 from rollbacklib.run import open_run
+from rollbacklib.steps import read_plan
 
 from conftest import CONFIG, DRILL_URL_ENV, MIGRATION, plain_gz
 
@@ -222,3 +223,23 @@ def test_required_acknowledgements_missing_abort_before_any_change(incident, tmp
     error = result.summary["error"]
     assert error["step"] == "checklists" and "checklist:team:lead-engineer-available" in error["message"]
     assert result.summary["changes_made"] is False
+
+
+def test_the_dry_run_shows_each_request_and_sends_nothing(incident, tmp_path, httpserver, silent_port, monkeypatch):
+    _secrets(monkeypatch, httpserver)
+    config = _config(tmp_path, _channels(httpserver.url_for("/api"), 0, httpserver.url_for("/"), silent_port))
+    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=config, dry_run=True,
+                        reports_dir=str(incident.reports), run_id="dry", backup=str(incident.backup),
+                        phases=("01_prepare",))  # 01 plans every later step: notify-completed's requests are in it
+    assert result.summary["error"] is None and result.summary["phases"][0]["status"] == "succeeded", result.summary
+    assert not httpserver.log  # nothing sent
+    planned = [e["message"] for e in read_events(result.run_dir) if e["status"] == "planned"
+               and e["step"] == "notify-initiated"]
+    assert any(t.startswith(f"POST {httpserver.url_for('/api/chat.postMessage')}\n") and "ROLLBACK INITIATED" in t
+               for t in planned)
+    assert any(t.startswith("POST $ROLLBACK_TEST_WEBHOOK (a Slack incoming webhook)") for t in planned)
+    completed = [a.text for a in read_plan(result.run_dir).step("notify-completed").actions]
+    assert any(t.startswith(f"PATCH {httpserver.url_for('/v1/pages/pg1/incidents/')}") and '"resolved"' in t
+               for t in completed)
+    assert all("<the measured RTO>" in t for t in completed if "ROLLBACK COMPLETED" in t)
+    _no_marker_in(result.run_dir)
