@@ -85,6 +85,7 @@ def escalate(ctx, level: str, step: str, reason: str, next_action: str, *, why: 
         entry = {"level": level, "role": ESCALATION.get(level, "?"), "who": who, "reach": reach, "step": step,
                  "reason": reason, "next_action": next_action, "why": why, "channel": channel}
         ctx.record(STEP, "info", f"escalated to {describe(ctx.config, level)}: {reason}", escalation=entry)
+        print(f"ESCALATION {describe(ctx.config, level)}: {reason}\nNext: {next_action}", flush=True)  # the cell
         if channel is None:
             ctx.record(STEP, "info", "no escalation channel configured ([escalation] channel): reach them by hand")
             return entry

@@ -243,3 +243,14 @@ def test_the_dry_run_shows_each_request_and_sends_nothing(incident, tmp_path, ht
                for t in completed)
     assert all("<the measured RTO>" in t for t in completed if "ROLLBACK COMPLETED" in t)
     _no_marker_in(result.run_dir)
+
+
+def test_the_l2_timer_leaves_a_run_that_has_ended_alone(fresh_db, tmp_path, monkeypatch):
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    config = _config(tmp_path, "\n[escalation]\nafter_seconds = 0.2\n")
+    ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=config, reports_dir=str(tmp_path / "r"),
+                   run_id="ended", phase="02_execute")
+    ctx.record("head", "info", "chain head (end of the run)", reason="end of the run")  # as conclude() journals it
+    time.sleep(0.4)
+    assert escalation.check_overdue(ctx, "late") is None
+    assert not [e for e in read_events(ctx.run_dir) if "escalation" in e["evidence"]]
