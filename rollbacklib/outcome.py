@@ -184,7 +184,8 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "kept_database": state.swap.kept if state.swap and first_event(events, StepName.SWAP_KEEP, "changed") else None,
         "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
-                  **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate", "contact")}} if error else None,
+                  **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate", "contact")}}
+                 if error else None,
         "way_back": (back := now.way_back(previous_settings(run_dir), even_if_serving=True) if now is not None and status == FAILED else []),
         "way_back_command": psql_command(back, now.admin_url) if back else None,
         "live": now.to_dict() if now is not None else None,

@@ -359,8 +359,8 @@ def build_plan(ctx: RunContext) -> Plan:
     from rollbacklib.phases import checklists, close, compare_rows, execute, notify, restore_service, validate
 
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
-             capture_step(ctx), checklists.checklists_step(ctx), plan_step(ctx)]
+    steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path),
+             migration_state_step(ctx), capture_step(ctx), checklists.checklists_step(ctx), plan_step(ctx)]
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
