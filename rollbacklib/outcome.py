@@ -24,7 +24,8 @@ from rollbacklib.way_back import previous_settings, run_view
 
 ARTIFACT = "artifact"  # a file sealed into the journal (rollbacklib.audit): no step of the run
 HEAD = "head"  # a chain head recorded (and signed) at a phase end (rollbacklib.signing): no step either
-NOT_STEPS = (ARTIFACT, HEAD)
+NOTIFIED = "notified"  # the completion notification, sent after the run's end head (rollbacklib.completion)
+NOT_STEPS = (ARTIFACT, HEAD, NOTIFIED)
 
 #: One word per outcome, everywhere (run.json, the badge, the terminal, the phase table), each with its exit code.
 SUCCEEDED, FAILED, ABORTED, REFUSED = "succeeded", "failed", "aborted", "refused"

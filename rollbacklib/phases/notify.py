@@ -5,20 +5,17 @@ text, with ``<placeholders>`` for what is measured later), so the dry run shows 
 run: every attempt and each channel's outcome is journaled (``rollbacklib.notify.delivery``), a channel that
 stays down is reported, and the step itself ends ``ok``. Under a dry run nothing is sent.
 
-``notify-completed`` carries the audit chain's head: it journals a ``head`` event first (``record_head``, signed
-when the run has a key, sent to syslog) and sends that head, so a copy of it lives outside the run folder.
+``notify-completed`` carries the audit chain's head the run ended at, so it is sent once the run has ended
+(``rollbacklib.completion``, from ``rollbacklib.conclude``): the step in 05 says so and shows its requests.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 import pandas as pd
 
 from rollbacklib.dispatch import dispatch
-from rollbacklib.journal import read_events
-from rollbacklib.metrics import duration
 from rollbacklib.notify import delivery, messages
 from rollbacklib.notify.base import Message
 from rollbacklib.run import RunContext
@@ -91,12 +88,12 @@ def notify_initiated(ctx: RunContext) -> pd.DataFrame:
                     postcondition=_notified)
 
 
-# --- rollback completed (phase 05, before the close) ----------------------------------------------
+# --- rollback completed (phase 05; sent at the run's end) --------------------------------------------
 
 def completed_placeholder(ctx: RunContext) -> Message:
     return messages.completed(ctx.migration_id, ctx.env.name, duration="<the measured RTO>",
                               status="<from the validation>", next_steps="<post-mortem within 48 h: its draft>",
-                              head="<the audit chain's head when it is sent>", verify="<rollback verify-audit ...>")
+                              head="<the chain head the run ends at>", verify="<rollback verify-audit ...>")
 
 
 def completed_step(ctx: RunContext) -> Step:
@@ -106,33 +103,17 @@ def completed_step(ctx: RunContext) -> Step:
                 postcondition="each channel's outcome journaled")
 
 
-def completed_message(ctx: RunContext, head: dict) -> Message:
-    """The completion, measured: the RTO from the journal and the state, the validation's verdict, the head."""
-    events = read_events(ctx.run_dir)
-    state = ctx.state()
-    health = state.steps.get(StepName.HEALTH)
-    rto = None
-    if events and health and health.status == "ok":
-        rto = (datetime.fromisoformat(health.at) - datetime.fromisoformat(events[0]["ts"])).total_seconds()
-    validation = next((e["evidence"] for e in reversed(events) if e["step"] == StepName.VALIDATION
-                       and e["status"] == "info" and "passed" in e["evidence"]), None)
-    passed = bool(validation and validation["passed"])
-    status = ("All systems operational: the restored database serves and passed every validation check" if passed
-              else "the restored database serves, but the validation did not pass: see the report")
-    return messages.completed(
-        ctx.migration_id, ctx.env.name, duration=f"{duration(rto)} (RTO, measured from the journal)",
-        status=status, next_steps=f"post-mortem within 48 h: draft postmortem.md in {ctx.run_dir}",
-        head=f"{head['head']} (event #{head['seq']})", verify=head["verify"], succeeded=passed)
-
-
 def notify_completed(ctx: RunContext) -> pd.DataFrame:
-    """Tell everyone the rollback is done, with the measured duration and the audit chain's head; resolve the status page."""
-    from rollbacklib.signing import record_head
+    """The completion's requests, as planned; it is sent once the run has ended, with the chain head it ended at.
 
+    The run's end (``rollbacklib.conclude``: ``rollback run``'s runner, 05's last cell, the lab stopping) journals the
+    final head, then sends this (``rollbacklib.completion``): its duration is the measured RTO and its head is the
+    one ``rollback verify-audit --head`` checks the whole run against.
+    """
     def execute(c: RunContext, step: Step) -> pd.DataFrame:
-        if c.dry_run:
-            return _send(c, step, completed_placeholder(c))
-        head = record_head(c.run_dir, step.name, phase=c.phase, secrets=c.secrets())
-        return _send(c, step, completed_message(c, head))
+        c.record(step.name, "info", "the completion is sent once the run has ended, with the chain head it ends at",
+                 channels=[a.target for a in step.actions])
+        return pd.DataFrame([{"channel": a.target, "request": a.text, "sent": "at the end of the run"}
+                             for a in step.actions])
 
     return dispatch(ctx, ctx.planned(StepName.NOTIFY_COMPLETED), execute, postcondition=_notified)

@@ -73,3 +73,21 @@ def groups(events: list[dict]) -> list[tuple[str, list[dict]]]:
     if (rows := escalations(events)):
         found.append(("Escalations", rows))
     return found
+
+
+def timeline_rows(events: list[dict]) -> list[tuple[str, str, str]]:
+    """(time, event, evidence) for the post-mortem's timeline: each notification delivered, each escalation."""
+    rows = [(n["at"], f"Notification {n['channel']} ({n['kind']}) delivered: {n['event']}", "journal, notification")
+            for n in outcomes(events) if n["delivered"]]
+    for e in events:
+        found = e.get("evidence", {}).get("escalation") if isinstance(e.get("evidence"), dict) else None
+        if found:
+            rows.append((e["ts"], f"Escalated to {found['level']} ({found['role']}: {found['who']})",
+                         f"journal, escalation ({found['why']})"))
+    return rows
+
+
+def failed_lines(events: list[dict]) -> list[str]:
+    """What went wrong on the communication side: each notification that was not delivered."""
+    return [f"Notification {n['channel']} ({n['kind']}, {n['event']}) failed: {n['error']} after {n['attempts']} "
+            f"attempt(s); people were told by other means, or not at all" for n in outcomes(events) if not n["delivered"]]
