@@ -43,7 +43,8 @@ def message(summary: dict, head: dict, run_dir: Path) -> messages.Message:
         summary["migration_id"], summary["environment"],
         duration=f"{duration(summary.get('rto_seconds'))} (RTO, measured from the journal)", status=status,
         next_steps=f"post-mortem within 48 h: draft {Path(run_dir) / 'postmortem.md'}",
-        head=f"{head['head']} (event #{head['seq']})", verify=head["verify"], succeeded=succeeded and bool(passed))
+        head=f"{head['head']} (event #{head['seq']})", verify=head["verify"],
+        outcome="succeeded" if succeeded and passed else summary["status"])
 
 
 def send(run_dir: Path, summary: dict, head: dict, secrets=()) -> list[dict]:

@@ -195,8 +195,9 @@ def test_a_failed_step_escalates_with_who_and_the_next_action(incident, tmp_path
     assert escalated["level"] == "L3" and escalated["who"] == "Dani" and escalated["step"] == "verify-backup"
     texts = [r.get_json()["text"] for r, _ in httpserver.log if r.path == "/api/chat.postMessage"]
     assert texts[0].startswith("🚨 PRODUCTION ROLLBACK INITIATED")
-    assert texts[-1].startswith("🆘 ESCALATION L3: Dani (+34 600 000 003)")
-    assert "step verify-backup" in texts[-1] and "Next: " in texts[-1]
+    assert texts[1].startswith("🆘 ESCALATION L3: Dani (+34 600 000 003)")
+    assert "step verify-backup" in texts[1] and "Next: " in texts[1]
+    assert texts[2].startswith("⚠️ ROLLBACK ABORTED") and len(texts) == 3  # and how the run ended
     run = json.loads((run_dir / "run.json").read_text())
     assert run["error"]["contact"] == "L3 (DevOps Lead): Dani, +34 600 000 003"
     report = (run_dir / "report.html").read_text()

@@ -13,7 +13,7 @@ import socket
 from rollbacklib.notify.base import Message
 
 PUBLIC_INITIATED = "We are investigating issues with the service. A rollback is in progress."
-PUBLIC_NOT_RESOLVED = "The rollback completed, but some checks did not pass: we are still working on it."
+PUBLIC_NOT_RESOLVED = "The rollback did not complete as planned: we are still working on it."
 PUBLIC_RESOLVED = "Rollback completed successfully. All systems operational. We apologize for the inconvenience."
 
 
@@ -36,14 +36,16 @@ def initiated(migration_id: str, environment: str, reason: str, run_id: str, by:
 
 
 def completed(migration_id: str, environment: str, *, duration: str, status: str, next_steps: str, head: str,
-              verify: str, succeeded: bool = True) -> Message:
-    title = "✅ ROLLBACK COMPLETED SUCCESSFULLY" if succeeded else "⚠️ ROLLBACK ENDED: NOT ALL CHECKS PASSED"
+              verify: str, outcome: str = "succeeded") -> Message:
+    """The seed's completion (step 5.2), or, for a run that did not succeed, how it ended (``outcome``)."""
+    succeeded = outcome == "succeeded"
+    title = "✅ ROLLBACK COMPLETED SUCCESSFULLY" if succeeded else f"⚠️ ROLLBACK {outcome.upper()}"
     text = (f"{title}\nMigration: {migration_id}\nEnvironment: {environment}\nDuration: {duration}\n"
             f"Current Status: {status}\nNext Steps: {next_steps}\nAudit chain head: {head}\nVerify: {verify}")
     subject = ("Production Rollback Completed - Systems Operational" if succeeded
-               else "Production Rollback Ended - Checks Failing")
+               else f"Production Rollback {outcome.title()} - {migration_id} ({environment})")
     return Message("completed", subject, text, public=PUBLIC_RESOLVED if succeeded else PUBLIC_NOT_RESOLVED,
-                   status="resolved" if succeeded else "monitoring")
+                   status="resolved" if succeeded else "identified")
 
 
 def escalation(level: str, who: str, reach: str, migration_id: str, environment: str, run_id: str, step: str,
