@@ -124,6 +124,15 @@ def test_a_500_is_retried_with_backoff_and_reported_without_raising(httpserver, 
     assert journal.events[-1]["message"].startswith("notification team failed: HTTP 500")
 
 
+def test_a_refusal_another_attempt_cannot_change_is_reported_at_once(httpserver, monkeypatch):
+    monkeypatch.setenv("ROLLBACK_TEST_WEBHOOK", httpserver.url_for(WEBHOOK_PATH))
+    httpserver.expect_request(WEBHOOK_PATH, method="POST").respond_with_data("no_service", status=404)
+    channel = make_channel("team", SlackWebhookChannel(kind="slack-webhook", webhook_url_env="ROLLBACK_TEST_WEBHOOK"))
+    outcome = delivery.send(channel, MESSAGE, Retry(attempts=3), Journal(), "notify-initiated")
+    assert not outcome["delivered"] and outcome["attempts"] == 1 and outcome["error"] == "HTTP 404: no_service"
+    assert len(httpserver.log) == 1
+
+
 def test_an_endpoint_that_never_answers_is_bounded_by_max_seconds(monkeypatch):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

@@ -35,10 +35,16 @@ class Request:
 
 
 class SendError(Exception):
-    """The channel did not accept the message: ``status`` is the HTTP status (or SMTP code) when there was one."""
+    """The channel did not accept the message: ``status`` is the HTTP status (or SMTP code) when there was one.
 
-    def __init__(self, error: str, status: int | None = None):
+    ``retry`` is False when another attempt cannot help (a secret not set, a request refused as malformed or
+    unauthorized, nothing to update): the message is reported at once.
+    """
+
+    def __init__(self, error: str, status: int | None = None, *, retry: bool | None = None):
         self.error, self.status = error, status
+        self.retry = retry if retry is not None else not (status is not None and 400 <= status < 500 and status
+                                                          not in (408, 429))
         super().__init__(error)
 
 
@@ -67,7 +73,7 @@ def secret(env_name: str, what: str) -> str:
     """The value of the env var a channel names for a secret, read at the moment of sending."""
     value = os.environ.get(env_name)
     if not value:
-        raise SendError(f"environment variable {env_name} ({what}) is not set")
+        raise SendError(f"environment variable {env_name} ({what}) is not set", retry=False)
     return value
 
 

@@ -35,7 +35,7 @@ def send(channel: Channel, message: Message, retry: Retry, record: Record, step:
     """Send ``message`` on ``channel`` until it is accepted or ``retry`` runs out; journal each attempt. Never raises."""
     started = time.monotonic()
     request = channel.request(message)
-    error, status, answer = "", None, {}
+    error, status, answer, again = "", None, {}, True
     for attempt in range(1, retry.attempts + 1):
         left = retry.max_seconds - (time.monotonic() - started)
         if left <= 0:
@@ -45,7 +45,7 @@ def send(channel: Channel, message: Message, retry: Retry, record: Record, step:
         try:
             answer = channel.send(message)
         except SendError as err:
-            error, status = err.error, err.status
+            error, status, again = err.error, err.status, err.retry
         except Exception as err:  # noqa: BLE001 - a notification never stops the rollback
             error, status = f"{type(err).__name__}: {err}", None
         else:
@@ -55,7 +55,7 @@ def send(channel: Channel, message: Message, retry: Retry, record: Record, step:
                **{ATTEMPT: {"channel": channel.name, "kind": channel.kind, "event": message.event,
                             "attempt": attempt, "http_status": status, "error": error or None,
                             "request": request.describe()}})
-        if not error:
+        if not error or not again:  # accepted, or another attempt cannot help
             break
         pause = retry.backoff_seconds * (2 ** (attempt - 1))
         if attempt < retry.attempts and time.monotonic() - started + pause < retry.max_seconds:

@@ -53,5 +53,5 @@ class SlackBot(Channel):
         except ValueError:
             raise SendError("HTTP 200 but the answer is not JSON", 200) from None
         if body.get("ok") is not True:
-            raise SendError(f"Slack answered ok=false: {body.get('error', 'no error given')}", 200)
+            raise SendError(f"Slack answered ok=false: {body.get('error', 'no error given')}", 200, retry=False)
         return {"http_status": 200, "channel": body.get("channel"), "ts": body.get("ts")}

@@ -35,7 +35,8 @@ class Email(Channel):
                 smtp.ehlo()
                 if s.starttls:
                     if not smtp.has_extn("starttls"):
-                        raise SendError(f"{s.host}:{s.port} does not offer STARTTLS: not sent in the clear")
+                        raise SendError(f"{s.host}:{s.port} does not offer STARTTLS: not sent in the clear",
+                                        retry=False)
                     context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
                     smtp.starttls(context=context)
                     smtp.ehlo()
@@ -46,7 +47,8 @@ class Email(Channel):
         except SendError:
             raise
         except smtplib.SMTPResponseException as err:
-            raise SendError(f"SMTP {err.smtp_code}: {_text(err.smtp_error)}", err.smtp_code) from None
+            raise SendError(f"SMTP {err.smtp_code}: {_text(err.smtp_error)}", err.smtp_code,
+                            retry=err.smtp_code < 500) from None  # 4xx is transient, 5xx is not
         except (smtplib.SMTPException, OSError, ssl.SSLError) as err:
             raise SendError(f"{type(err).__name__}: {err}") from None
         if refused:

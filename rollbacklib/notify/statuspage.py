@@ -45,7 +45,8 @@ class Statuspage(Channel):
     def send(self, message: Message) -> dict:
         request = self.request(message)
         if request.method == "PATCH" and INCIDENT_ID not in self.store:
-            raise SendError("no Statuspage incident was opened by this run (its creation failed): nothing to update")
+            raise SendError("no Statuspage incident was opened by this run (its creation failed): nothing to update",
+                            retry=False)
         key = secret(self.settings.api_key_env, "the Statuspage API key")
         try:
             answer = httpx.request(request.method, request.url, json=request.body, timeout=self.timeout,
