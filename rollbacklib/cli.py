@@ -180,11 +180,16 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
         if e.get("next_action"):
             err.print(f"Next: {e['next_action']}", markup=False, highlight=False)
+        if e.get("escalate"):
+            err.print(f"Escalate to {e.get('contact') or e['escalate']}.", markup=False, highlight=False)
         from rollbacklib.pipeline import failed_cell
 
         cell = failed_cell(run_dir)
         if cell:
             err.print(f"Failed cell: {cell}", markup=False)
+    for n in summary.get("notifications") or []:
+        if not n["delivered"]:
+            err.print(f"notification {n['channel']} failed ({n['event']}): {n['error']}", markup=False, highlight=False)
     audit = summary.get("audit")
     if audit:
         out.print(f"Audit chain head: {audit['head']} ({audit['events']} events); keep it with the incident and "

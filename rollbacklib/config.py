@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa: F401  (re-exported)
 from rollbacklib.errors import ConfigError
+from rollbacklib.notify.settings import Escalation, NotifySettings
 from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.service_config import ServiceSnapshot, StartOrder
@@ -96,6 +97,7 @@ class Environment(_Strict):
     start: StartOrder = StartOrder()  # the order services come back in, and whose health is waited for
     snapshot: ServiceSnapshot = ServiceSnapshot()  # phase 01: last log lines and a metrics snapshot
     release: Release | None = None
+    notify: NotifySettings | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
     triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
     surgical: SurgicalSettings | None = None  # the surgical strategy's settings (README "Strategy: surgical")
@@ -218,10 +220,19 @@ class Audit(_Strict):
         return None if value is None else _env_var_name(value)
 
 
+class Checklists(_Strict):
+    """Phase 01's checklists: where headless acknowledgements are read, and whether an open item stops the run."""
+
+    acknowledgements_file: Path | None = None  # JSON {"checklist:team:lead-engineer-available": {"by", "at"}}
+    require_acknowledgements: bool = False
+
+
 class Config(_Strict):
     path: Path = Path(DEFAULT_CONFIG_NAME)
     defaults: Defaults = Defaults()
     audit: Audit = Audit()
+    escalation: Escalation = Escalation()
+    checklists: Checklists = Checklists()
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
@@ -309,6 +320,7 @@ def _resolve_paths(config: Config, base: Path, data_base: Path) -> None:
         config.defaults.client_binaries = str(resolve(Path(config.defaults.client_binaries)))
     if config.drill:
         config.drill.scenario = resolve(config.drill.scenario)
+    config.checklists.acknowledgements_file = resolve(config.checklists.acknowledgements_file)
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

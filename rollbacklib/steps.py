@@ -78,6 +78,9 @@ class StepName(StrEnum):
     SURGICAL_BOOKKEEPING = "surgical-bookkeeping"
     SURGICAL_VERIFY = "surgical-verify"
     SURGICAL_DROP_SIDE = "surgical-drop-side"
+    NOTIFY_INITIATED = "notify-initiated"
+    NOTIFY_COMPLETED = "notify-completed"
+    CHECKLISTS = "checklists"
 
 
 @dataclass(frozen=True)

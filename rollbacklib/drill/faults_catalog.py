@@ -17,6 +17,7 @@ from rollbacklib.drill.injection import (Pool, PromptingKernel, Trigger, exclusi
                                          refused_by_hba, restart_server, run_way_back, stop_server_now, swap_plan,
                                          tiny_volume, wait_gone)
 from rollbacklib.drill import service_faults
+from rollbacklib.drill import notify_down
 from rollbacklib.errors import ConfigError
 from rollbacklib.steps import Phase, StepName
 
@@ -418,6 +419,11 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "Read the gateway's logs, fix its configuration (its database URL), then `rollback resume <run folder>`: "
           "start-services starts the rest in order.",
           service_faults.health_never_passes, judge=service_faults.judge_health_never_passes),
+    Fault("notify-down", 0, "Every notification endpoint down on 127.0.0.1: the Slack webhook (also the escalation "
+          "channel) answers HTTP 500, the status page accepts the connection and never answers.",
+          "Each send is retried a bounded few seconds, journaled, then reported; the rollback completes as usual.",
+          "Nothing for the rollback: tell people by hand (the report and the terminal name each failed notification).",
+          notify_down.inject, judge=notify_down.judge),
 ]}
 
 

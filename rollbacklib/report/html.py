@@ -31,7 +31,8 @@ from rollbacklib.steps import PHASES
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "rollbacklib_report"
 MARK = {"pass": "&#10004;", "fail": "&#10008;", "info": "&#8505;", "not measured": "&#8211;", "for people": "&#9744;",
-        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;"}
+        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;",
+        "acknowledged": "&#9745;"}
 
 
 def e(value) -> str:
@@ -110,7 +111,7 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <h2>&#10008; {e(err['phase'])} / step <code>{e(err['step'])}</code>: {e(err.get('error') or run.summary['status'])}</h2>
   <pre>{e(err['message'])}</pre>
   <p><strong>Next action:</strong> {e(err.get('next_action') or '-')}</p>
-  <p><strong>Escalation:</strong> {e(level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
+  <p><strong>Escalation:</strong> {e(err.get('contact') or level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
   <p><strong>Where:</strong> {where}</p>
 </div>"""
 
