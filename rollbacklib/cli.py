@@ -29,6 +29,8 @@ MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration
 BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
                          "a relative path is relative to the working directory.")
 RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
+StrategyOpt = typer.Option(None, "--strategy", help="swap, resolve-only, ... (default: the environment's strategy key; "
+                           "auto: the one phase 01 recommends).")
 
 
 def _fail(error: RollbackError) -> None:
@@ -99,21 +101,23 @@ def _print_progress(step: str, progress: dict) -> None:
         out.file.write("\n")
 
 
-def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False):
+def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False,
+                       approve: str = "", protected: bool = False):
     """Run (or resume) with the terminal's progress lines, plan and prompt; our errors become exit codes."""
     confirm = None
-    if not yes and not dry_run and sys.stdin.isatty():
+    if not yes and not approve and not dry_run and sys.stdin.isatty():
         def confirm(plan) -> str:
             from rollbacklib.gate import ask_at_terminal
 
             return ask_at_terminal(plan, environment, lambda line: out.print(line, markup=False, highlight=False),
-                                   typer.prompt)
+                                   typer.prompt, protected=protected)
 
     def progress(phase, status, seconds):
         out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
 
     try:
-        return execute(dry_run=dry_run, approve=migration_id if yes else "", progress=progress, on_event=print_event,
+        return execute(dry_run=dry_run, approve=approve or (migration_id if yes else ""), progress=progress,
+                       on_event=print_event,
                        confirm=confirm, on_plan=print_plan)
     except RollbackError as error:
         _fail(error)
@@ -131,6 +135,8 @@ def print_plan(plan) -> None:
         out.print(f"  {step.phase:<19} {mark} [bold]{step.name}[/]: {step.summary}", highlight=False)
         for action in step.actions:
             out.print(f"      {action.kind:<8} {action.text}", markup=False, highlight=False)
+    for line in (plan.strategy or {}).get("lines") or []:  # each strategy: what it discards, its time, the choice
+        out.print(line, markup=False, highlight=False)
     out.print("")
 
 
@@ -202,24 +208,44 @@ def run(
     reports_dir: Optional[Path] = ReportsOpt,
     backup: Optional[Path] = BackupOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
-    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
+    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID "
+                             "(refused in a protected environment)."),
     run_id: Optional[str] = RunIdOpt,
+    strategy: Optional[str] = StrategyOpt,
+    approve: Optional[str] = typer.Option(None, "--approve", metavar="DIGEST", help="Approve the plan whose sha256 "
+                                          "is DIGEST (printed by --dry-run); refused if the plan as it stands now "
+                                          "differs. How a protected environment is approved without a terminal."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
     from functools import partial
 
     from rollbacklib.pipeline import run_phases
 
+    if yes and approve:
+        _fail(ConfigError("--yes and --approve are two ways to approve: give one.",
+                          next_action="use --approve DIGEST (a protected environment accepts only that)."))
     execute = partial(run_phases, migration_id=migration, environment=env, config_path=str(config) if config else None,
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
-                      backup=str(backup) if backup else None)
-    result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
+                      backup=str(backup) if backup else None, strategy=strategy or "")
+    result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run,
+                                approve=approve or "", protected=_protected(config, env))
     print_run(result.summary, result.run_dir, result.report, result.report_error)
     if dry_run:
         out.print("Phase 01 only read; every later step was printed above and not executed.")
         out.print("[bold]DRY RUN: nothing was changed[/]" + ("" if result.exit_code == 0 else
                   f" (it stopped at the error above: exit {result.exit_code})"))
     raise typer.Exit(result.exit_code)
+
+
+def _protected(config: Optional[Path], env: str) -> bool:
+    """Is the environment protected (the terminal's gate then asks for the digest)? False when the config is bad:
+    the run itself says what is wrong with it."""
+    from rollbacklib.config import load_config
+
+    try:
+        return load_config(config).environment(env).protected
+    except RollbackError:
+        return False
 
 
 def _run_dir(path: Path) -> Path:

@@ -66,6 +66,10 @@ class StepName(StrEnum):
     HEALTH = "health"
     START_SERVICES = "start-services"
     CLOSE = "close"
+    # strategies (rollbacklib/strategies/)
+    STRATEGY = "strategy"
+    RESOLVE = "resolve-rolled-back"
+    RESOLVE_CHECK = "validate-resolved"
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ def canonical(steps: list[Step]) -> bytes:
 class Plan:
     steps: list[Step]
     digest: str = field(init=False)
+    # Phase 01's strategy choice, shown with the plan (not part of the digest: the steps are what is approved)
+    strategy: dict | None = None
 
     def __post_init__(self):
         names = [s.name for s in self.steps]
@@ -150,7 +156,8 @@ class Plan:
         return [a.text for s in self.steps for a in s.actions if a.executes]
 
     def to_dict(self) -> dict:
-        return {"digest": self.digest, "steps": [s.to_dict() for s in self.steps]}
+        return {"digest": self.digest, "steps": [s.to_dict() for s in self.steps],
+                **({"strategy": self.strategy} if self.strategy else {})}
 
 
 def write_plan(run_dir: Path, plan: Plan) -> Path:
@@ -163,7 +170,7 @@ def read_plan(run_dir: Path) -> Plan | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    plan = Plan([Step.from_dict(s) for s in data["steps"]])
+    plan = Plan([Step.from_dict(s) for s in data["steps"]], strategy=data.get("strategy"))
     if plan.digest != data.get("digest"):
         raise RefusedError(f"{path} was changed after it was written (its steps no longer match its digest).",
                            next_action="run 01_prepare again to write a new plan, then approve that one.",

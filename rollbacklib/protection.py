@@ -1,0 +1,55 @@
+"""Protected environments (``protected = true``, production in the packaged config): approval bound to the digest.
+
+In a protected environment a plan is approved only by its digest: ``rollback run --approve
+DIGEST`` with the sha256 of the plan as it stands now (phase 01 renders it again, so a plan
+that changed since it was read is refused, exit 4), or the digest's first 12 characters typed
+at the gate (the terminal's or the notebook's). ``--yes`` (the migration ID as the answer) is
+refused there before anything runs. Elsewhere the migration ID approves, as it always did, and
+so does the digest.
+"""
+
+from __future__ import annotations
+
+from rollbacklib.errors import RefusedError
+
+SHORT = 12
+
+
+def expected_answer(env, migration_id: str, digest: str) -> str:
+    """What must be typed at the gate."""
+    return digest[:SHORT] if env.protected else migration_id
+
+
+def answer_name(env) -> str:
+    return f"the plan digest's first {SHORT} characters" if env.protected else "the migration ID"
+
+
+def question(env, migration_id: str, digest: str) -> str:
+    if env.protected:
+        return (f"Protected environment {env.name}: type the plan digest's first {SHORT} characters "
+                f"({digest[:SHORT]}) to approve it, anything else to stop")
+    return f"Type the migration ID ({migration_id}) to go on, anything else to stop"
+
+
+def approves(env, approve: str, migration_id: str, digest: str) -> bool:
+    """Does the ``approve`` given (parameter, ``--approve``, ``--yes``) approve the plan with ``digest``?"""
+    if not approve:
+        return False
+    if env.protected:
+        return approve == digest
+    return approve in (migration_id, digest)
+
+
+def refuse_unbound_approval(env, approve: str, migration_id: str) -> None:
+    """Before anything runs: in a protected environment only a digest approves (``--yes`` is refused, exit 4)."""
+    if not env.protected or not approve:
+        return
+    if approve == migration_id or len(approve) != 64 or any(c not in "0123456789abcdef" for c in approve):
+        what = "--yes (the migration ID)" if approve == migration_id else f"approve {approve!r}"
+        raise RefusedError(
+            f"Environment {env.name!r} is protected: {what} does not approve a plan there; only the plan's digest "
+            "does. Nothing was run.",
+            next_action=f"run `rollback run --env {env.name} -m {migration_id} --dry-run --run-id RUN`, read the plan "
+            "and its sha256, then `rollback run --env {env} -m {m} --run-id RUN --approve SHA256`; or run without "
+            f"--yes and type the digest's first {SHORT} characters at the gate.".replace("{env}", env.name)
+            .replace("{m}", migration_id), step="gate", expected="the plan's sha256", found=what)
