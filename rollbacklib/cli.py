@@ -66,7 +66,8 @@ def print_event(event: dict) -> None:
     step, status = event["step"], event["status"]
     if status == "started":
         _step_started[step] = event["ts"]
-    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]):
+    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]) \
+            or event["evidence"].get("not_in_plan"):
         return
     if status == "info" and isinstance(event["evidence"].get("progress"), dict):
         _print_progress(step, event["evidence"]["progress"])
@@ -363,6 +364,11 @@ def drill(
     services: bool = typer.Option(False, "--services", help="Run the scenario's api-gateway, reports-client and "
                                   "static-report-server for real (process platform) with traffic: the runbook stops "
                                   "and starts them; login and error rate are measured before, during and after."),
+    strategy: Optional[str] = StrategyOpt,
+    migration_fails: bool = typer.Option(False, "--migration-fails", help="Stage the bad migration failing (the "
+                                         "scenario's failing_data_sql: Prisma's P3009, the schema unchanged)."),
+    partly: bool = typer.Option(False, "--partly", help="With --migration-fails: it fails part way, its statements "
+                                "before the failing one applied (statement by statement, as Prisma's driver adapter)."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
     from rollbacklib.drill import run_drill, stage_drill, stop_drill
@@ -394,9 +400,13 @@ def drill(
             out.print("")
             out.print(staged.instructions(reports_dir), markup=False, highlight=False)
             return
+        if partly and not migration_fails:
+            raise ConfigError("--partly goes with --migration-fails.",
+                              next_action="run: rollback drill --migration-fails --partly", step="drill")
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
-                           on_event=print_event, services=services)
+                           on_event=print_event, services=services, strategy=strategy or "",
+                           failing=("partly" if partly else "whole") if migration_fails else None)
     except RollbackError as error:
         _fail(error)
     print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)

@@ -101,7 +101,8 @@ def not_in_plan(ctx: RunContext, name: str) -> bool:
     plan, choice = ctx.plan(), ctx.state().strategy
     if plan is None or not choice or any(s.name == name for s in plan.steps):
         return False
-    ctx.record(name, "info", f"{name}: not in this plan (strategy {choice.get('chosen')})", strategy=choice.get("chosen"))
+    ctx.record(name, "info", f"{name}: not in this plan (strategy {choice.get('chosen')})", strategy=choice.get("chosen"),
+               not_in_plan=True)
     return True
 
 

@@ -201,12 +201,14 @@ def _validate(ctx, step: Step) -> pd.DataFrame:
     changed = [e for e in read_events(ctx.run_dir) if e["status"] == "changed"]
     only_resolve = all(e["step"] == StepName.RESOLVE for e in changed)
     passed = all(c.passed for c in checks)
-    rows_lost = {"total": 0, "inserted": 0, "updated": 0, "deleted": 0, "not_compared": [],
-                 "basis": f"nothing restored: the live database (oid {oid}) was never replaced and the run's only "
-                 f"change was {len(changed)} UPDATE(s) of _prisma_migrations.rolled_back_at",
-                 "tables": {t: {"key": [], "inserted": 0, "updated": 0, "deleted": 0, "lost": 0, "rows": n,
-                                "note": "not replaced"} for t, n in counts.items() if t != MIGRATIONS_TABLE}} \
-        if passed and only_resolve else None
+    rows_lost = None
+    if passed and only_resolve:
+        from rollbacklib.postgres.rowdiff import TableDiff, totals
+
+        rows_lost = totals([TableDiff(t, kept_rows=n, restored_rows=n, note="not replaced: nothing was restored")
+                            for t, n in counts.items() if t != MIGRATIONS_TABLE], [])
+        rows_lost["basis"] = (f"nothing restored: the live database (oid {oid}) was never replaced and the run's only "
+                              f"change was {len(changed)} UPDATE(s) of _prisma_migrations.rolled_back_at")
     ctx.record(step.name, "info", "resolve-only: " + ("every check passed" if passed else "checks failed"),
                checks=[c.to_dict() for c in checks], passed=passed, rows_lost=rows_lost, blockers=blockers)
     for blocker in blockers:
