@@ -149,6 +149,11 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         style = "bold red" if production.get("state") in ("down", "blocked") else "bold"
         out.print(f"[{style}]{production['line']}[/]", highlight=False)
     out.print(_summary_table(summary))
+    choice = summary.get("strategies") or {}
+    if choice.get("chosen"):
+        chosen = next((a for a in choice.get("assessments", []) if a["name"] == choice["chosen"]), {})
+        out.print(f"Strategy {choice['chosen']} (recommended: {choice.get('recommended')}): {choice.get('reason')}; "
+                  f"it discards {chosen.get('discards')}", markup=False, highlight=False)
     if summary.get("outcome") and not summary.get("dry_run"):
         out.print(f"{summary['status'].upper()} (exit {summary['exit_code']}): {summary['outcome']}", highlight=False)
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]

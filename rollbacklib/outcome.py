@@ -168,7 +168,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "environment": _from_path(run_dir, 1),
         "run_id": run_dir.name,
         "strategy": (state.strategy or {}).get("chosen") or first.get("strategy"),
-        "strategies": {k: v for k, v in (state.strategy or {}).items() if k != "situation"} or None,
+        "strategies": state.strategy,  # phase 01's choice: each strategy's assessment and the situation judged
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_seconds": _seconds(started_at, finished_at),
