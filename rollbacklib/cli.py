@@ -400,18 +400,20 @@ def drill(
                       + ("; stopped the app session" if stopped.app_session_was_running else
                          "; the app session had already ended") + f"; removed {stopped.folder}.", highlight=False)
             return
-        if stage_only:
-            staged = stage_drill(config_path=str(config) if config else None, users=users, say=out.print)
-            out.print("")
-            out.print(staged.instructions(reports_dir), markup=False, highlight=False)
-            return
         if partly and not migration_fails:
             raise ConfigError("--partly goes with --migration-fails.",
                               next_action="run: rollback drill --migration-fails --partly", step="drill")
+        failing = ("partly" if partly else "whole") if migration_fails else None
+        if stage_only:
+            staged = stage_drill(config_path=str(config) if config else None, users=users, say=out.print,
+                                 failing=failing)
+            out.print("")
+            out.print(staged.instructions(reports_dir), markup=False, highlight=False)
+            return
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
                            on_event=print_event, services=services, strategy=strategy or "",
-                           failing=("partly" if partly else "whole") if migration_fails else None)
+                           failing=failing)
     except RollbackError as error:
         _fail(error)
     print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)
