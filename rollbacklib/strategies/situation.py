@@ -68,11 +68,12 @@ def migration_script(ctx) -> Path | None:
 def schema_diff(live: dict, backup: dict) -> list[dict]:
     """Every column, constraint and index that differs between the backup's catalog and the live one."""
     diff = []
-    for kind, key, compared in (("column", ("schema", "table", "column"), ("type", "nullable", "default")),
-                                ("constraint", ("schema", "table", "name"), ("definition",)),
-                                ("index", ("schema", "table", "name"), ("definition",))):
-        before = {tuple(o[k] for k in key): o for o in backup.get(kind + "s", [])}
-        now = {tuple(o[k] for k in key): o for o in live.get(kind + "s", [])}
+    for kind, plural, key, compared in (
+            ("column", "columns", ("schema", "table", "column"), ("type", "nullable", "default")),
+            ("constraint", "constraints", ("schema", "table", "name"), ("definition",)),
+            ("index", "indexes", ("schema", "table", "name"), ("definition",))):
+        before = {tuple(o[k] for k in key): o for o in backup.get(plural, [])}
+        now = {tuple(o[k] for k in key): o for o in live.get(plural, [])}
         for ident in sorted(before.keys() | now.keys()):
             name = ".".join(ident[1:])
             if ident not in now:
