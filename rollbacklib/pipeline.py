@@ -146,8 +146,10 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     before anything runs. Each executed notebook is written with every secret masked and,
     once papermill is done with it, sealed into the journal's hash chain (``rollbacklib.audit``).
     """
+    from rollbacklib.protection import unless_digest
+
     refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
-                        "reports_dir": reports_dir, "run_id": run_id, "approve": approve, "backup": backup})
+                        "reports_dir": reports_dir, "run_id": run_id, "approve": unless_digest(approve), "backup": backup})
     validate_migration_id(migration_id)
     backup = str(Path(backup).expanduser().resolve()) if backup else None
     config = load_config(config_path)

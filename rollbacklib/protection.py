@@ -10,9 +10,17 @@ so does the digest.
 
 from __future__ import annotations
 
+import re
+
 from rollbacklib.errors import RefusedError
 
 SHORT = 12
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def unless_digest(approve: str) -> str:
+    """``approve`` for the credential check: a plan's sha256 is what it takes (no secret), so it is not checked."""
+    return "" if isinstance(approve, str) and _DIGEST.fullmatch(approve) else approve
 
 
 def expected_answer(env, migration_id: str, digest: str) -> str:
@@ -44,7 +52,7 @@ def refuse_unbound_approval(env, approve: str, migration_id: str) -> None:
     """Before anything runs: in a protected environment only a digest approves (``--yes`` is refused, exit 4)."""
     if not env.protected or not approve:
         return
-    if approve == migration_id or len(approve) != 64 or any(c not in "0123456789abcdef" for c in approve):
+    if not _DIGEST.fullmatch(approve):
         what = "--yes (the migration ID)" if approve == migration_id else f"approve {approve!r}"
         raise RefusedError(
             f"Environment {env.name!r} is protected: {what} does not approve a plan there; only the plan's digest "

@@ -108,7 +108,7 @@ def test_resolve_only_does_what_prisma_migrate_resolve_rolled_back_does(fresh_db
             {k: v for k, v in prismas.items() if k != "rolled_back_at"}
         assert (mine["rolled_back_at"] is None) == (prismas["rolled_back_at"] is None)
     assert migration_state(ours, MIGRATION) == "rolled-back"
-    status = prisma.run(fresh_db, "migrate", "status")  # Prisma reads ours as resolved (it read the twin as failed)
+    status = prisma.run(fresh_db, "migrate", "status")  # Prisma reads ours as resolved (its resolve of the twin found it failed)
     assert status.returncode == 0 and "have failed" not in status.stdout + status.stderr, status
 
 
@@ -146,7 +146,8 @@ def test_drill_migration_fails_ends_rolled_back_losing_nothing(tmp_path, monkeyp
 
 
 def test_a_partly_applied_migration_is_compared_and_restored_saying_why(fresh_db, tmp_path, monkeypatch):
-    """Two DROP COLUMNs committed, the NOT NULL failed: the dry run shows the difference and why swap restores."""
+    """Two DROP COLUMNs committed, the NOT NULL failed: the dry run shows the difference and why swap restores; the
+    plan's digest approves the run (until surgical is connected, swap restores, losing what it projected)."""
     monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
     backup = stage_incident(fresh_db, load_scenario(SCENARIO), MIGRATION, users=50, backup_dir=tmp_path / "backups",
                             tools=client_tools("embedded"), probes=load_config(CONFIG).all_queries(),
@@ -169,3 +170,15 @@ def test_a_partly_applied_migration_is_compared_and_restored_saying_why(fresh_db
     swap = next(a for a in choice["assessments"] if a["name"] == "swap")
     assert swap["rows_lost"] == 9 and swap["updates_lost"] == 0  # 5 users and 4 workflows written after the backup
     assert "live vs backup: column users.passwordHash: missing live" in result.output
+
+    # approved by the digest of the plan as it stands now: swap restores, and compare-rows counts what it projected
+    done = runner.invoke(app, incident.run_args("--backup", str(backup), "--run-id", "partly", "--approve",
+                                                plan["digest"]))
+    assert done.exit_code == 0, done.output
+    run = json.loads(next(incident.reports.rglob("run.json")).read_text())
+    assert run["approval"]["how"] == "--approve DIGEST given to the runner"
+    assert run["approval"]["plan_digest"] == plan["digest"] and run["strategy"] == "swap"
+    assert (run["rows_lost"]["inserted"], run["rows_lost"]["updated"], run["rows_lost"]["deleted"]) == (9, 0, 0)
+    with psycopg.connect(fresh_db) as conn:  # the dropped columns are back, the NULL authorizerIds too
+        assert db.column_info(conn, "users", "passwordHash") is not None
+        assert migration_state(applied_migrations(conn), MIGRATION) == "absent"
