@@ -1,7 +1,9 @@
 """Phase 01, prepare: know the migration, trust the backup, capture the state, write the plan. Reads only.
 
-Any failure here aborts the run with nothing changed (exit 3). Its last step renders the
-plan of every later phase into ``plan.json``: what the gate approves and what runs.
+Any failure here aborts the run with nothing changed (exit 3). Its step ``strategy`` chooses how
+the migration is undone (``rollbacklib.strategies.choice``); its last step renders the plan of
+every later phase into ``plan.json`` (``rollbacklib.strategies.plan``): what the gate approves
+and what runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_s
 from rollbacklib.run import RunContext
 from rollbacklib.state import BackupRef, Captured
 from rollbacklib.dispatch import dispatch
-from rollbacklib.steps import Action, Phase, Plan, Step, StepName, plan_frame, write_plan
+from rollbacklib.steps import Action, Phase, Step, StepName
 
 PHASE = Phase.PREPARE
 
@@ -349,43 +351,6 @@ def plan_step(ctx: RunContext) -> Step:
     return Step(StepName.PLAN, PHASE, str(ctx.run_dir), "render every later step into plan.json, with its digest",
                 (Action("file", str(ctx.run_dir / "plan.json"), "write plan.json"),),
                 requires=(StepName.VERIFY_BACKUP,), postcondition="plan.json matches its digest")
-
-
-def build_plan(ctx: RunContext) -> Plan:
-    """Every step of the run, rendered once: phase 01 as it ran, then what the chosen strategy does in 02-05."""
-    from rollbacklib import strategies
-    from rollbacklib.phases import execute
-    from rollbacklib.strategies.choice import strategy_step
-
-    path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    name = strategies.chosen(ctx) or ctx.state().need("strategy", "choose_strategy (01_prepare)")["chosen"]
-    steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
-             strategy_step(ctx), capture_step(ctx), plan_step(ctx)]
-    with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
-        facts = execute.read_live_facts(ctx, admin)
-        steps += strategies.get(name).plan_steps(ctx, admin, facts)
-    ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
-    return Plan(steps)
-
-
-def write_run_plan(ctx: RunContext) -> pd.DataFrame:
-    """The last step of phase 01: the plan the gate approves and the later phases execute."""
-    return dispatch(ctx, plan_step(ctx), _write_plan)
-
-
-def _write_plan(ctx: RunContext, step: Step) -> pd.DataFrame:
-    from rollbacklib.strategies.choice import terminal_lines
-
-    plan = build_plan(ctx)
-    choice = ctx.state().strategy or {}
-    plan.strategy = {k: choice.get(k) for k in ("requested", "chosen", "recommended", "reason")} | {
-        "lines": terminal_lines(choice)}
-    write_plan(ctx.run_dir, plan)
-    ctx.update(plan_digest=plan.digest)
-    ctx.record(step.name, "info", f"plan {plan.digest[:12]}: {len(plan.steps)} steps, "
-               f"{sum(s.destructive for s in plan.steps)} destructive", digest=plan.digest,
-               statements=plan.statements())
-    return plan_frame(plan.steps)
 
 
 def plan_summary(ctx: RunContext) -> str:
