@@ -57,7 +57,8 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     services = tuple(service_actions(ctx, stop=True))
     return [
         Step(StepName.CREATE_COPY, PHASE, restored,
-             f"create the empty copy beside the live database (needs free disk for about {facts['size']} and its WAL)",
+             "create the empty copy beside the live database (it needs free disk for about the live database's size "
+             "and its WAL: measured when it runs; a size in the plan would change its digest as the database grows)",
              sql_actions(admin, restored, [dbp.create_statement(restored, props)]),
              postcondition=f"{restored} exists (found by its oid)", undo=(drop_restored,)),
         Step(StepName.RESTORE, PHASE, restored, restore_summary(ctx, backup), restore_actions(ctx, backup, restored),
