@@ -182,3 +182,25 @@ def test_a_partly_applied_migration_is_compared_and_restored_saying_why(fresh_db
     with psycopg.connect(fresh_db) as conn:  # the dropped columns are back, the NULL authorizerIds too
         assert db.column_info(conn, "users", "passwordHash") is not None
         assert migration_state(applied_migrations(conn), MIGRATION) == "absent"
+
+
+def test_what_a_restore_would_discard_is_projected_from_the_live_database_and_the_manifest(incident):
+    """Inserted by createdAt, updated by updatedAt after the backup's time, deleted by the manifest's row count."""
+    from datetime import datetime
+
+    from rollbacklib.strategies.situation import projected_swap_loss
+
+    manifest = load_manifest(incident.backup)
+    with psycopg.connect(incident.url, autocommit=True) as conn:
+        conn.execute("""UPDATE users SET name = 'changed', "updatedAt" = now() AT TIME ZONE 'UTC'
+                        WHERE id IN ('user_000000001', 'user_000000002')""")
+        conn.execute("DELETE FROM workflows WHERE id = (SELECT min(id) FROM workflows WHERE id NOT LIKE 'wf_post%')")
+        conn.execute("CREATE TABLE audit_log (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO audit_log VALUES (1), (2)")
+        loss = projected_swap_loss(conn, manifest, datetime.fromisoformat(manifest["taken_at"]))
+    users, workflows, audit = loss["tables"]["users"], loss["tables"]["workflows"], loss["tables"]["audit_log"]
+    assert (users["inserted"], users["updated"], users["deleted"]) == (5, 2, 0)  # after_migration.sql's 5 sign-ups
+    assert (workflows["inserted"], workflows["updated"], workflows["deleted"]) == (4, 0, 1)
+    assert (audit["inserted"], audit["basis"]) == (2, "table not in the backup: every row")
+    assert (loss["inserted"], loss["updated"], loss["deleted"], loss["total"]) == (11, 2, 1, 14)
+    assert loss["tables"]["clients"]["lost"] == 0 and "_prisma_migrations" not in loss["tables"]
