@@ -39,6 +39,17 @@ def question(env, migration_id: str, digest: str) -> str:
     return f"Type the migration ID ({migration_id}) to go on, anything else to stop"
 
 
+def advice(env, migration_id: str, digest: str) -> str:
+    """How to approve in the tool in use; in a protected environment, with the plan's digest."""
+    from rollbacklib import frontends
+
+    if not env.protected:
+        return frontends.approve_advice(migration_id)
+    return (f"environment {env.name} is protected: set approve to the plan's digest {digest} (the parameters cell, "
+            f"papermill's -p approve, rollback run --approve), or type its first {SHORT} characters ({digest[:SHORT]}) "
+            "when the gate asks")
+
+
 def approves(env, approve: str, migration_id: str, digest: str) -> bool:
     """Does the ``approve`` given (parameter, ``--approve``, ``--yes``) approve the plan with ``digest``?"""
     if not approve:

@@ -31,7 +31,6 @@ from rollbacklib.phases.restored_copy import analyze_actions, drop_copy, restore
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
-from rollbacklib import frontends
 from rollbacklib.steps import Action, Phase, Step, StepName, plan_frame, sql_actions
 
 PHASE = Phase.EXECUTE
@@ -171,7 +170,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
         raise RefusedError(f"The approval given ({ctx.approve!r}) is not {protection.answer_name(ctx.env)}"
                            + (" nor the plan's whole digest" if ctx.env.protected else "") + ": refused. "
                            + _what_changed(ctx, dropped),
-                           next_action=f"{frontends.approve_advice(ctx.migration_id)}, to allow: {action}")
+                           next_action=f"{protection.advice(ctx.env, ctx.migration_id, digest)}, to allow: {action}")
     try:
         typed = input(f"{action}\n{protection.question(ctx.env, ctx.migration_id, digest)}: ")
     except Exception:  # papermill and other headless kernels have no stdin
@@ -180,7 +179,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
         dropped = drop_copy(ctx, StepName.GATE, "the gate refused")
         raise RefusedError(
             f"Refused: {action} needs confirmation and this run has no one to ask. " + _what_changed(ctx, dropped),
-            next_action=f"{frontends.approve_advice(ctx.migration_id)}.")
+            next_action=f"{protection.advice(ctx.env, ctx.migration_id, digest)}.")
     if typed.strip() != expected:
         copy = restored_name(ctx.database, ctx.run_id)
         raise RefusedError(
