@@ -91,3 +91,25 @@ def test_a_dry_run_changes_nothing_and_a_changed_plan_invalidates_its_digest(inc
                             (MIGRATION,)).fetchone()[0] == 1
     assert json.loads((run_dir / "plan.json").read_text())["digest"] != digest  # phase 01 rendered it again
     # the plan's digest as it stands now approves it: tests/test_strategies.py (partly applied, then --approve)
+
+
+def test_a_protected_gate_in_the_notebook_takes_the_digest(monkeypatch):
+    """Typed: the digest's first 12 characters, not the migration ID; given as approve: the whole digest."""
+    import pytest
+
+    from rollbacklib.errors import RefusedError
+    from rollbacklib.phases import execute
+
+    digest = "cd" * 32
+    ctx = SimpleNamespace(migration_id=MIGRATION, approve="", database="automation_platform", run_id="r1",
+                          env=SimpleNamespace(protected=True, name="production"), plan=lambda: None)
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or digest[:12])
+    assert execute._ask(ctx, digest) == "typed at the notebook's prompt"
+    assert f"type the plan digest's first 12 characters ({digest[:12]})" in asked[0]
+    monkeypatch.setattr("builtins.input", lambda prompt: MIGRATION)
+    with pytest.raises(RefusedError, match="not the plan digest's first 12 characters") as refused:
+        execute._ask(ctx, digest)
+    assert digest[:12] in refused.value.next_action  # type it again: the copy stays closed and ready
+    ctx.approve = digest
+    assert execute._ask(ctx, digest) == "approve parameter"

@@ -160,7 +160,7 @@ def _ask(ctx: RunContext, digest: str) -> str:
     kept = kept_name(ctx.database, ctx.run_id)
     plan = ctx.plan()
     action = (f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept}); "
-              f"plan {digest[:12]}." if StepName.CLOSE_COPY in {s.name for s in plan.steps} else
+              f"plan {digest[:12]}." if plan is None or StepName.CLOSE_COPY in {s.name for s in plan.steps} else
               f"{plan.step(StepName.GATE).summary}; plan {digest[:12]}.")
     expected = protection.expected_answer(ctx.env, ctx.migration_id, digest)
     if protection.approves(ctx.env, ctx.approve, ctx.migration_id, digest):
