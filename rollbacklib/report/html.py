@@ -173,6 +173,13 @@ def _checklist(run: Evidence) -> str:
     return "".join(out)
 
 
+def _service_plot(run: Evidence, figures: dict[str, bytes]) -> str:
+    """The service's error rate and p95 latency across the whole run, or one line saying why there is none."""
+    if "service" in figures:
+        return f"<h3 id='service'>The service across the run</h3>{_img(figures['service'], plots.ALT['service'])}"
+    return f"<p class='rb-note' id='service'>No service plot: {e(plots.service_absent(run))}.</p>"
+
+
 def _timeline(run: Evidence, figures: dict[str, bytes]) -> str:
     rows = "".join(f"<tr><td>{e(m['milestone'])}</td><td>&lt; {duration(m['target_seconds'])}</td>"
                    f"<td>{e(duration(m['seconds']))}</td><td>{_status(m['status'])}</td></tr>"
@@ -259,6 +266,7 @@ def render(run_dir: Path) -> str:
 {_cards(run)}
 <h2 id="timeline">Timeline</h2>
 {_timeline(run, figures)}
+{_service_plot(run, figures)}
 <h2 id="metrics">Success metrics</h2>
 {_metrics_table(run)}
 {_rows_lost_table(run)}
