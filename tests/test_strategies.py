@@ -71,7 +71,7 @@ def _failed_whole(url: str, users: int = 50) -> None:
         prepare_until(conn, scenario, MIGRATION)
         generate_data(conn, scenario, users)
         add_failing_data(conn, scenario)
-        apply_failing(conn, scenario, MIGRATION, partly=False)
+        apply_failing(conn, url, scenario, MIGRATION, partly=False)
 
 
 def _prisma(tmp_path) -> PrismaCli:

@@ -99,7 +99,7 @@ def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: in
         if failing:
             from rollbacklib.drill.failing import apply_failing
 
-            say("  " + apply_failing(conn, scenario, migration_id, partly=failing == "partly"))
+            say("  " + apply_failing(conn, url, scenario, migration_id, partly=failing == "partly"))
         else:
             apply_migration(conn, scenario.migrations_dir, migration_id)
         written = write_after_migration(conn, scenario)

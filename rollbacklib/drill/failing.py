@@ -4,19 +4,19 @@
 rejects; ``prisma migrate deploy`` runs the script as one statement, which fails: the schema is
 unchanged and ``_prisma_migrations`` holds the row with ``finished_at`` empty (Prisma's P3009).
 ``partly``: the same data, with the script run as Prisma's PostgreSQL driver adapter runs it,
-statement by statement, each committed on its own (an ``ALTER TABLE`` with several subcommands
-written as one statement per subcommand, as a migration written that way would be): the
-statements before the failing one stay applied.
+statement by statement, each committed on its own, each action of an ``ALTER TABLE`` as its own
+statement (``rollbacklib.drill.partial_migrate``): the statements before the failing one stay
+applied.
 """
 
 from __future__ import annotations
 
 import psycopg
 
-from rollbacklib.drill.prisma_migrate import _find_migration, apply_migration
+from rollbacklib.drill.partial_migrate import apply_statement_by_statement
+from rollbacklib.drill.prisma_migrate import apply_migration
 from rollbacklib.drill.scenario import Scenario, table_counts
 from rollbacklib.errors import ConfigError, FailedError
-from rollbacklib.strategies.migration_sql import intended_effects
 
 
 def add_failing_data(conn: psycopg.Connection, scenario: Scenario) -> str:
@@ -30,12 +30,17 @@ def add_failing_data(conn: psycopg.Connection, scenario: Scenario) -> str:
     return f"{cursor.rowcount} row(s) changed by {scenario.failing_data_sql.name}"
 
 
-def apply_failing(conn: psycopg.Connection, scenario: Scenario, migration_id: str, *, partly: bool) -> str:
-    """Apply the bad migration so that it fails; FailedError is expected and said, success is a config error."""
-    migration = _find_migration(scenario.migrations_dir, migration_id)
-    statements = [e.statement for e in intended_effects(migration.path.read_text(encoding="utf-8"))] if partly else None
+def apply_failing(conn: psycopg.Connection, url: str, scenario: Scenario, migration_id: str, *, partly: bool) -> str:
+    """Apply the bad migration so that it fails; FailedError is expected and said, success is a config error.
+
+    Whole: ``prisma migrate deploy``'s way (``prisma_migrate.apply_migration``, all or nothing). Partly: statement
+    by statement, each ``ALTER TABLE`` action on its own (``partial_migrate.apply_statement_by_statement``).
+    """
     try:
-        apply_migration(conn, scenario.migrations_dir, migration_id, per_statement=partly, statements=statements)
+        if partly:
+            apply_statement_by_statement(url, scenario.migrations_dir, migration_id, actions=True)
+        else:
+            apply_migration(conn, scenario.migrations_dir, migration_id)
     except FailedError as err:
         return (f"prisma migrate deploy failed as staged ({'part way' if partly else 'as a whole'}): "
                 f"{err.message.splitlines()[0]}; tables: {table_counts(conn)}")

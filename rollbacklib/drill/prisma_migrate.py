@@ -56,8 +56,7 @@ def _row_by_id(conn: psycopg.Connection, row_id: str) -> dict:
     return _serializable(conn.execute(f"{_SELECT_ROW} WHERE id = %s", (row_id,)).fetchone())
 
 
-def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: str,
-                    per_statement: bool = False, statements: list[str] | None = None) -> dict:
+def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: str) -> dict:
     """Apply one migration the way ``prisma migrate deploy`` does, and return its row.
 
     Like the schema engine: record the start (own commit), run the script (on its own, so it
@@ -76,19 +75,10 @@ def apply_migration(conn: psycopg.Connection, migrations_dir: str | Path, name: 
     )
     _commit(conn)
     try:
-        if per_statement:
-            # As Prisma's PostgreSQL driver adapter runs a migration: statement by statement, each committed on its
-            # own, so a failure leaves the statements before it applied.
-            from rollbacklib.strategies.migration_sql import split_statements
-
-            for statement in statements or split_statements(script):
-                conn.execute(statement)
-                _commit(conn)
-        else:
-            # No parameters: psycopg sends the text as one simple query, so the script may hold
-            # several statements and its % signs are left alone.
-            conn.execute(script)
-            _commit(conn)
+        # No parameters: psycopg sends the text as one simple query, so the script may hold
+        # several statements and its % signs are left alone.
+        conn.execute(script)
+        _commit(conn)
     except psycopg.Error as err:
         if not conn.autocommit:
             conn.rollback()
