@@ -30,6 +30,8 @@ MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration
 BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
                          "a relative path is relative to the working directory.")
 RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
+StrategyOpt = typer.Option(None, "--strategy", help="swap, resolve-only, ... (default: the environment's strategy key; "
+                           "auto: the one phase 01 recommends).")
 IntervalOpt = typer.Option(None, "--interval", help="Seconds between samples (default: the environment's or "
                            "[triggers] interval_seconds).")
 
@@ -67,7 +69,8 @@ def print_event(event: dict) -> None:
     step, status = event["step"], event["status"]
     if status == "started":
         _step_started[step] = event["ts"]
-    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]):
+    if step in ("phase", "plan", "artifact") or status not in _MARKS or (status == "info" and not event["message"]) \
+            or event["evidence"].get("not_in_plan"):
         return
     if status == "info" and isinstance(event["evidence"].get("progress"), dict):
         _print_progress(step, event["evidence"]["progress"])
@@ -102,21 +105,23 @@ def _print_progress(step: str, progress: dict) -> None:
         out.file.write("\n")
 
 
-def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False):
+def _run_with_terminal(execute, *, migration_id: str, environment: str, yes: bool, dry_run: bool = False,
+                       approve: str = "", protected: bool = False):
     """Run (or resume) with the terminal's progress lines, plan and prompt; our errors become exit codes."""
     confirm = None
-    if not yes and not dry_run and sys.stdin.isatty():
+    if not yes and not approve and not dry_run and sys.stdin.isatty():
         def confirm(plan) -> str:
             from rollbacklib.gate import ask_at_terminal
 
             return ask_at_terminal(plan, environment, lambda line: out.print(line, markup=False, highlight=False),
-                                   typer.prompt)
+                                   typer.prompt, protected=protected)
 
     def progress(phase, status, seconds):
         out.print(f"  {phase:<20} {status}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
 
     try:
-        return execute(dry_run=dry_run, approve=migration_id if yes else "", progress=progress, on_event=print_event,
+        return execute(dry_run=dry_run, approve=approve or (migration_id if yes else ""), progress=progress,
+                       on_event=print_event,
                        confirm=confirm, on_plan=print_plan)
     except RollbackError as error:
         _fail(error)
@@ -134,6 +139,8 @@ def print_plan(plan) -> None:
         out.print(f"  {step.phase:<19} {mark} [bold]{step.name}[/]: {step.summary}", highlight=False)
         for action in step.actions:
             out.print(f"      {action.kind:<8} {action.text}", markup=False, highlight=False)
+    for line in (plan.strategy or {}).get("lines") or []:  # each strategy: what it discards, its time, the choice
+        out.print(line, markup=False, highlight=False)
     out.print("")
 
 
@@ -145,6 +152,11 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         style = "bold red" if production.get("state") in ("down", "blocked") else "bold"
         out.print(f"[{style}]{production['line']}[/]", highlight=False)
     out.print(_summary_table(summary))
+    choice = summary.get("strategies") or {}
+    if choice.get("chosen"):
+        chosen = next((a for a in choice.get("assessments", []) if a["name"] == choice["chosen"]), {})
+        out.print(f"Strategy {choice['chosen']} (recommended: {choice.get('recommended')}): {choice.get('reason')}; "
+                  f"it discards {chosen.get('discards')}", markup=False, highlight=False)
     if summary.get("outcome") and not summary.get("dry_run"):
         out.print(f"{summary['status'].upper()} (exit {summary['exit_code']}): {summary['outcome']}", highlight=False)
     rto, budget = summary["rto_seconds"], summary["rto_budget_seconds"]
@@ -210,24 +222,44 @@ def run(
     reports_dir: Optional[Path] = ReportsOpt,
     backup: Optional[Path] = BackupOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
-    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
+    yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID "
+                             "(refused in a protected environment)."),
     run_id: Optional[str] = RunIdOpt,
+    strategy: Optional[str] = StrategyOpt,
+    approve: Optional[str] = typer.Option(None, "--approve", metavar="DIGEST", help="Approve the plan whose sha256 "
+                                          "is DIGEST (printed by --dry-run); refused if the plan as it stands now "
+                                          "differs. How a protected environment is approved without a terminal."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
     from functools import partial
 
     from rollbacklib.pipeline import run_phases
 
+    if yes and approve:
+        _fail(ConfigError("--yes and --approve are two ways to approve: give one.",
+                          next_action="use --approve DIGEST (a protected environment accepts only that)."))
     execute = partial(run_phases, migration_id=migration, environment=env, config_path=str(config) if config else None,
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
-                      backup=str(backup) if backup else None)
-    result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run)
+                      backup=str(backup) if backup else None, strategy=strategy or "")
+    result = _run_with_terminal(execute, migration_id=migration, environment=env, yes=yes, dry_run=dry_run,
+                                approve=approve or "", protected=_protected(config, env))
     print_run(result.summary, result.run_dir, result.report, result.report_error)
     if dry_run:
         out.print("Phase 01 only read; every later step was printed above and not executed.")
         out.print("[bold]DRY RUN: nothing was changed[/]" + ("" if result.exit_code == 0 else
                   f" (it stopped at the error above: exit {result.exit_code})"))
     raise typer.Exit(result.exit_code)
+
+
+def _protected(config: Optional[Path], env: str) -> bool:
+    """Is the environment protected (the terminal's gate then asks for the digest)? False when the config is bad:
+    the run itself says what is wrong with it."""
+    from rollbacklib.config import load_config
+
+    try:
+        return load_config(config).environment(env).protected
+    except RollbackError:
+        return False
 
 
 def _run_dir(path: Path) -> Path:
@@ -345,6 +377,11 @@ def drill(
     services: bool = typer.Option(False, "--services", help="Run the scenario's api-gateway, reports-client and "
                                   "static-report-server for real (process platform) with traffic: the runbook stops "
                                   "and starts them; login and error rate are measured before, during and after."),
+    strategy: Optional[str] = StrategyOpt,
+    migration_fails: bool = typer.Option(False, "--migration-fails", help="Stage the bad migration failing (the "
+                                         "scenario's failing_data_sql: Prisma's P3009, the schema unchanged)."),
+    partly: bool = typer.Option(False, "--partly", help="With --migration-fails: it fails part way, its statements "
+                                "before the failing one applied (statement by statement, as Prisma's driver adapter)."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
     from rollbacklib.drill import run_drill, stage_drill, stop_drill
@@ -371,14 +408,20 @@ def drill(
                       + ("; stopped the app session" if stopped.app_session_was_running else
                          "; the app session had already ended") + f"; removed {stopped.folder}.", highlight=False)
             return
+        if partly and not migration_fails:
+            raise ConfigError("--partly goes with --migration-fails.",
+                              next_action="run: rollback drill --migration-fails --partly", step="drill")
+        failing = ("partly" if partly else "whole") if migration_fails else None
         if stage_only:
-            staged = stage_drill(config_path=str(config) if config else None, users=users, say=out.print)
+            staged = stage_drill(config_path=str(config) if config else None, users=users, say=out.print,
+                                 failing=failing)
             out.print("")
             out.print(staged.instructions(reports_dir), markup=False, highlight=False)
             return
         result = run_drill(config_path=str(config) if config else None, users=users,
                            reports_dir=str(reports_dir) if reports_dir else None, keep=keep, say=out.print,
-                           on_event=print_event, services=services)
+                           on_event=print_event, services=services, strategy=strategy or "",
+                           failing=failing)
     except RollbackError as error:
         _fail(error)
     print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)

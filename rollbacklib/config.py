@@ -27,6 +27,10 @@ DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
 
 
+# "auto": the strategy phase 01 recommends; the others name one (rollbacklib/strategies/).
+StrategyName = Literal["auto", "swap", "resolve-only", "surgical", "in-place"]
+
+
 class Thresholds(_Strict):
     rto_budget_seconds: float = 900
     rpo_budget_seconds: float = 60
@@ -88,7 +92,8 @@ class Environment(_Strict):
     maintenance_database: str | None = None
     client_binaries: str | None = None
     restore_keep_owners: bool | None = None
-    strategy: Literal["swap"] | None = None
+    strategy: StrategyName | None = None
+    protected: bool = False  # rollback run acts only with --approve DIGEST or the digest typed at the gate
     service_platform: str | None = None
     services: list[Service] = []
     platform: PlatformSettings | None = None
@@ -196,7 +201,7 @@ class Defaults(_Strict):
     maintenance_database: str = "postgres"
     client_binaries: str = "embedded"
     restore_keep_owners: bool = True
-    strategy: Literal["swap"] = "swap"
+    strategy: StrategyName = "auto"
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
     surgical: SurgicalSettings = SurgicalSettings()
@@ -273,6 +278,7 @@ class ResolvedEnvironment:
         self.restore_keep_owners = (config.defaults.restore_keep_owners if env.restore_keep_owners is None
                                     else env.restore_keep_owners)
         self.strategy = env.strategy or config.defaults.strategy
+        self.protected = env.protected
         self.service_platform = (env.platform.kind if env.platform
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform

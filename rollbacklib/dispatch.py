@@ -39,6 +39,8 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
     name = step if isinstance(step, str) else step.name
     try:
         if isinstance(step, str):
+            if not_in_plan(ctx, step):
+                return None
             step = ctx.planned(step)
     except RollbackError as err:
         ctx.record(name, "started", f"{name}: read from plan.json")
@@ -94,6 +96,16 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
     ctx.mark_step(step.name, "ok")
     ctx.record(step.name, "ok")
     return result
+
+
+def not_in_plan(ctx: RunContext, name: str) -> bool:
+    """A cell whose step the chosen strategy's plan does not hold is a no-op, journaled as such."""
+    plan, choice = ctx.plan(), ctx.state().strategy
+    if plan is None or not choice or any(s.name == name for s in plan.steps):
+        return False
+    ctx.record(name, "info", f"{name}: not in this plan (strategy {choice.get('chosen')})", strategy=choice.get("chosen"),
+               not_in_plan=True)
+    return True
 
 
 def checked_before(ctx: RunContext, step: Step) -> Check:

@@ -29,6 +29,9 @@ def what_changes(plan: Plan) -> str:
                for action in step.actions for a, b in _RENAME.findall(action.text)]
     if renames:
         parts.append("renamed " + ", then ".join(renames))
+    known = {StepName.BLOCK, StepName.TERMINATE, StepName.SWAP_KEEP, StepName.SWAP_PROMOTE, StepName.STOP_SERVICES,
+             StepName.START_SERVICES, StepName.REOPEN, StepName.COMPARE_ROWS}
+    parts += [step.summary for step in plan.steps if step.destructive and step.name not in known]  # other strategies'
     services = [a.text for a in names[StepName.STOP_SERVICES].actions] if StepName.STOP_SERVICES in names else []
     parts.append(f"{len(services)} service(s) stopped" if services else "no service stopped (none configured)")
     return "; ".join(parts) + "."
@@ -49,10 +52,19 @@ def flush_typed_ahead(stream: TextIO | None = None) -> bool:
 
 
 def ask_at_terminal(plan: Plan, environment: str, say: Callable[[str], None],
-                    prompt: Callable[[str], str]) -> str:
-    """Show what the approval is for, drop input typed ahead, then ask for the migration ID."""
-    say(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {environment} to the backup "
-        f"by plan {plan.digest[:12]} (above; the live database is kept, never dropped).")
+                    prompt: Callable[[str], str], protected: bool = False) -> str:
+    """Show what the approval is for, drop input typed ahead, then ask for the migration ID (protected: the digest's
+    first 12 characters)."""
+    chosen = (plan.strategy or {}).get("chosen") or "swap"
+    if chosen == "swap":
+        say(f"Phase 01 checked the backup and captured the state. Next, phase 02 restores {environment} to the backup "
+            f"by plan {plan.digest[:12]} (above; the live database is kept, never dropped).")
+    else:
+        say(f"Phase 01 checked the backup and captured the state. Next, strategy {chosen} acts on {environment} by "
+            f"plan {plan.digest[:12]} (above).")
     say(f"It changes: {what_changes(plan)}")
     flush_typed_ahead()
+    if protected:
+        return prompt(f"Protected environment: type the first 12 characters of plan {plan.digest} to approve it, "
+                      "anything else to stop")
     return prompt(f"Type the migration ID to approve plan {plan.digest[:12]}, anything else to stop")

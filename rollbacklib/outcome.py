@@ -91,6 +91,10 @@ def attempts(events: list[dict]) -> list[list[dict]]:
     return [events[a:b] for a, b in zip(cuts, cuts[1:] + [len(events)])]
 
 
+# The steps whose checks are the run's validation: swap's (phase 03) and resolve-only's.
+VALIDATION_STEPS = (StepName.VALIDATION, StepName.RESOLVE_CHECK)
+
+
 def finished_phases(events: list[dict]) -> set[str]:
     """Phases whose latest run ended "phase ok" in a real run (a dry run finishes nothing)."""
     done, dry = set(), {}
@@ -153,7 +157,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
     healthy = state.steps.get(StepName.HEALTH)
     restored_at = healthy.at if healthy and healthy.status == "ok" else None
     blocked_at = state.blocked.at if state.blocked else None
-    validation_event = next((e for e in reversed(events) if e["step"] == StepName.VALIDATION and e["status"] == "info"
+    validation_event = next((e for e in reversed(events) if e["step"] in VALIDATION_STEPS and e["status"] == "info"
                              and "checks" in e["evidence"]), None)
     backup_taken = state.backup.taken_at if state.backup else None
     first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
@@ -165,7 +169,8 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "migration_id": _from_path(run_dir, 2),
         "environment": _from_path(run_dir, 1),
         "run_id": run_dir.name,
-        "strategy": first.get("strategy"),
+        "strategy": (state.strategy or {}).get("chosen") or first.get("strategy"),
+        "strategies": state.strategy,  # phase 01's choice: each strategy's assessment and the situation judged
         "started_at": started_at,
         "finished_at": finished_at,
         "duration_seconds": _seconds(started_at, finished_at),

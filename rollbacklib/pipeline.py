@@ -128,7 +128,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                run_id: str | None = None, dry_run: bool = False, approve: str = "", backup: str | None = None,
                phases: tuple[str, ...] = PHASES, progress: Callable[[str, str, float | None], None] | None = None,
                on_event: Callable[[dict], None] | None = None, confirm: Callable[[Plan], str] | None = None,
-               on_plan: Callable[[Plan], None] | None = None) -> RunResult:
+               on_plan: Callable[[Plan], None] | None = None, strategy: str = "") -> RunResult:
     """Execute the phase notebooks into ``reports/<migration>/<env>/<run_id>/``; stop at the first failure.
 
     On an existing run folder this is a resume: phases that finished in an earlier attempt are
@@ -147,13 +147,18 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
     before anything runs. Each executed notebook is written with every secret masked and,
     once papermill is done with it, sealed into the journal's hash chain (``rollbacklib.audit``).
     """
+    from rollbacklib.protection import unless_digest
+
     refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
-                        "reports_dir": reports_dir, "run_id": run_id, "approve": approve, "backup": backup})
+                        "reports_dir": reports_dir, "run_id": run_id, "approve": unless_digest(approve), "backup": backup})
     validate_migration_id(migration_id)
     backup = str(Path(backup).expanduser().resolve()) if backup else None
     config = load_config(config_path)
     env = config.environment(environment)
     env.database_url()  # fail on a missing secret before anything runs
+    from rollbacklib.protection import refuse_unbound_approval
+
+    refuse_unbound_approval(env, approve, migration_id)  # protected: only the plan's digest approves (exit 4)
     secrets = config_secrets(config)
     run_id = run_id or new_run_id()
     reports = Path(reports_dir or default_reports_dir()).resolve()
@@ -182,7 +187,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                         progress(phase, "done earlier", None)
                     continue
                 if phase == GATED_PHASE and not dry_run and \
-                        not _approve(run_dir, migration_id, approve, confirm, secrets):
+                        not _approve(run_dir, migration_id, approve, confirm, secrets, env):
                     break
                 if progress:
                     progress(phase, "started", None)
@@ -200,7 +205,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                     ok = _execute(folder / f"{phase}.ipynb", run_dir / f"{phase}.ipynb", {
                         "migration_id": migration_id, "environment": environment, "config_path": str(config.path),
                         "run_id": run_id, "reports_dir": str(reports), "dry_run": dry_run, "approve": approve,
-                        "backup": backup or "",
+                        "backup": backup or "", **({"strategy": strategy} if phase == PREPARE else {}),
                     }, run_dir, timeout=env.thresholds.cell_timeout_seconds, secrets=secrets, kernel=kernel)
                 finally:
                     kernels.retire(kernel)
@@ -258,7 +263,7 @@ def resume(run_dir: str | Path, **options) -> RunResult:
 
 
 def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[Plan], str] | None,
-             secrets: list[str] = ()) -> bool:
+             secrets: list[str] = (), env=None) -> bool:
     """Before phase 02: record the approval given on the command line (or typed), bound to the plan's digest."""
     journal = Journal(run_dir / JOURNAL_NAME, secrets=secrets)
     try:
@@ -266,7 +271,18 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
     except RollbackError as err:
         journal.record(GATED_PHASE, StepName.GATE, err.outcome, err.message, next_action=err.next_action)
         return False
-    if plan is None or (approve != migration_id and confirm is None):
+    from rollbacklib import protection
+
+    given = bool(approve) and env is not None and (env.protected or approve != migration_id)
+    if plan is not None and given and not protection.approves(env, approve, migration_id, plan.digest):
+        journal.record(GATED_PHASE, StepName.GATE, "refused",
+                       f"the approval given is for plan {approve[:12]}, the plan as it stands now is "
+                       f"{plan.digest[:12]}: the plan changed since it was read (or the digest is wrong); nothing was "
+                       "changed by this attempt.", expected=plan.digest, found=approve,
+                       next_action="read the plan printed above (its sha256) and approve that one: --approve SHA256, "
+                       "or type its first 12 characters at the gate.")
+        return False
+    if plan is None or (not given and approve != migration_id and confirm is None):
         return True  # the gate step in the notebook decides (and refuses without a plan or an approval)
     from rollbacklib.dispatch import approval_event
 
@@ -281,11 +297,13 @@ def _approve(run_dir: Path, migration_id: str, approve: str, confirm: Callable[[
         return False
     if earlier is not None:
         return True  # approved earlier in this run, for this very plan
-    how = "--yes / approve given to the runner"
-    if approve != migration_id:
+    how = "--approve DIGEST given to the runner" if given else "--yes / approve given to the runner"
+    if not given and approve != migration_id:
         typed = confirm(plan).strip()
-        if typed != migration_id:
-            journal.record(GATED_PHASE, StepName.GATE, "refused", f"typed {typed!r}, not the migration ID",
+        expected = protection.expected_answer(env, migration_id, plan.digest) if env is not None else migration_id
+        if typed != expected:
+            name = protection.answer_name(env) if env is not None else "the migration ID"
+            journal.record(GATED_PHASE, StepName.GATE, "refused", f"typed {typed!r}, not {name}",
                            next_action=f"this answer changed nothing; {frontends.approve_advice(migration_id, frontends.CLI)}.")
             return False
         how = "typed at the terminal"

@@ -158,10 +158,11 @@ def open_run(*, migration_id: str, environment: str, config_path: str = "", run_
 
     Inside a kernel it also masks the run's secrets in what the kernel shows (tracebacks included).
     """
+    from rollbacklib.protection import unless_digest
     from rollbacklib.redaction import config_secrets, mask_in_kernel, refuse_credentials
 
     refuse_credentials({"migration_id": migration_id, "environment": environment, "config_path": config_path,
-                        "run_id": run_id, "reports_dir": reports_dir, "approve": approve})
+                        "run_id": run_id, "reports_dir": reports_dir, "approve": unless_digest(approve)})
     validate_migration_id(migration_id)
     config = load_config(config_path or None)
     mask_in_kernel(config_secrets(config))

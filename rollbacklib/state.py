@@ -92,6 +92,7 @@ class RunState(_Model):
     restored: RestoredCopy | None = None
     blocked: Blocked | None = None
     swap: Swap | None = None
+    strategy: dict[str, Any] | None = None  # phase 01's choice: chosen, recommended, each assessment, the situation
     steps: dict[str, StepRecord] = {}
     notifications: dict[str, dict[str, Any]] = {}  # per channel, what a later send needs (Statuspage's incident id)
 

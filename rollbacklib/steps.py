@@ -69,6 +69,10 @@ class StepName(StrEnum):
     SERVICE_HEALTH = "service-health"
     SMOKE_TESTS = "smoke-tests"
     CLOSE = "close"
+    # strategies (rollbacklib/strategies/)
+    STRATEGY = "strategy"
+    RESOLVE = "resolve-rolled-back"
+    RESOLVE_CHECK = "validate-resolved"
     # the surgical strategy (rollbacklib/surgical/)
     SURGICAL_SCHEMA = "surgical-compare-schema"
     SURGICAL_SIDE = "surgical-side-restore"
@@ -143,6 +147,8 @@ def canonical(steps: list[Step]) -> bytes:
 class Plan:
     steps: list[Step]
     digest: str = field(init=False)
+    # Phase 01's strategy choice, shown with the plan (not part of the digest: the steps are what is approved)
+    strategy: dict | None = None
 
     def __post_init__(self):
         names = [s.name for s in self.steps]
@@ -165,7 +171,8 @@ class Plan:
         return [a.text for s in self.steps for a in s.actions if a.executes]
 
     def to_dict(self) -> dict:
-        return {"digest": self.digest, "steps": [s.to_dict() for s in self.steps]}
+        return {"digest": self.digest, "steps": [s.to_dict() for s in self.steps],
+                **({"strategy": self.strategy} if self.strategy else {})}
 
 
 def write_plan(run_dir: Path, plan: Plan) -> Path:
@@ -178,7 +185,7 @@ def read_plan(run_dir: Path) -> Plan | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    plan = Plan([Step.from_dict(s) for s in data["steps"]])
+    plan = Plan([Step.from_dict(s) for s in data["steps"]], strategy=data.get("strategy"))
     if plan.digest != data.get("digest"):
         raise RefusedError(f"{path} was changed after it was written (its steps no longer match its digest).",
                            next_action="run 01_prepare again to write a new plan, then approve that one.",

@@ -126,7 +126,8 @@ def test_no_session_reaches_the_restored_database_before_it_is_validated(inciden
 
 
 def test_a_migration_that_failed_without_changing_the_schema_is_not_restored(fresh_db, tmp_path, monkeypatch):
-    """Prisma's P3009 state: finished_at empty, the error in logs, the schema untouched. A restore would only lose writes."""
+    """Prisma's P3009 state: finished_at empty, the error in logs, the schema untouched. A restore would only lose
+    writes: swap, asked for, is refused; resolve-only applies instead (tests/test_strategies.py)."""
     from rollbacklib.drill.prisma_migrate import apply_migration
     from rollbacklib.drill.scenario import generate_data, load_scenario, prepare_until
     from rollbacklib.errors import FailedError
@@ -156,13 +157,13 @@ def test_a_migration_that_failed_without_changing_the_schema_is_not_restored(fre
     config.write_text(CONFIG.read_text().replace('"scenarios/', f'"{CONFIG.resolve().parent}/scenarios/'))
 
     result = runner.invoke(app, ["run", "--env", "drill", "-m", MIGRATION, "--config", str(config), "--reports-dir",
-                                 str(tmp_path / "reports"), "--backup", str(backup), "--yes"])
+                                 str(tmp_path / "reports"), "--backup", str(backup), "--yes", "--strategy", "swap"])
 
     assert result.exit_code == 3, result.output
-    assert "failed without changing the schema" in result.output and "--rolled-back" in result.output
+    assert "failed without changing the schema" in result.output and "--strategy resolve-only" in result.output
     run = json.loads(next((tmp_path / "reports").rglob("run.json")).read_text())
-    assert (run["error"]["phase"], run["error"]["step"]) == ("01_prepare", "migration-state")  # its own step
-    assert "✓ verify-backup" in result.output and "✗ migration-state" in result.output
+    assert (run["error"]["phase"], run["error"]["step"]) == ("01_prepare", "strategy")  # its own step
+    assert "✓ verify-backup" in result.output and "✓ migration-state" in result.output and "✗ strategy" in result.output
     with psycopg.connect(fresh_db) as conn:  # the write made after the backup is still there
         assert conn.execute("SELECT count(*) FROM users WHERE email = 'changed-after-the-backup@example.com'"
                             ).fetchone()[0] == 1

@@ -9,6 +9,7 @@ import sys
 import nbformat
 import psycopg
 import pytest
+from types import SimpleNamespace
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
@@ -65,6 +66,10 @@ class _Ctx:
     approve = ""
     database = "automation_platform"
     run_id = "r1"
+    env = SimpleNamespace(protected=False, name="drill")
+
+    def plan(self):
+        return None  # the gate's question does not depend on the plan's steps for swap
 
 
 @pytest.mark.parametrize("typed, allowed", [(MIGRATION, True), ("yes", False), ("", False)])

@@ -67,10 +67,14 @@ class _Timer:
 
 def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: int, backup_dir: Path,
                    tools: ClientTools, probes: list = (), say: Callable[[str], None] = print,
-                   timer: _Timer | None = None, after_generate: Callable | None = None) -> Path:
+                   timer: _Timer | None = None, after_generate: Callable | None = None,
+                   failing: str | None = None) -> Path:
     """Bring the empty database at ``url`` to the incident: data, backup, bad migration, later writes.
 
-    Returns the backup taken just before ``migration_id`` was applied.
+    ``failing``: ``"whole"`` stages the migration failing as one statement (Prisma's P3009, the
+    schema unchanged), ``"partly"`` failing part way, its statements run one by one as Prisma's
+    driver adapter runs them (``rollbacklib.drill.failing``). Returns the backup taken just before
+    ``migration_id`` was applied.
     """
     timer = timer or _Timer(say)
     with psycopg.connect(url) as conn:
@@ -81,14 +85,23 @@ def stage_incident(url: str, scenario: Scenario, migration_id: str, *, users: in
         counts = generate_data(conn, scenario, users)
         if after_generate is not None:  # before the backup: what the restored database must hold too
             after_generate(conn)
+        if failing:
+            from rollbacklib.drill.failing import add_failing_data
+
+            say(f"  rows the migration's new constraint rejects: {add_failing_data(conn, scenario)}")
         done()
         say(f"  rows: {counts}")
     done = timer.step("taking the pre-migration backup")
     backup = take_backup(url, backup_dir, tools, probes=probes)
     done()
     with psycopg.connect(url) as conn:
-        done = timer.step(f"applying the bad migration {migration_id}")
-        apply_migration(conn, scenario.migrations_dir, migration_id)
+        done = timer.step(f"applying the bad migration {migration_id}" + (f" (it fails: {failing})" if failing else ""))
+        if failing:
+            from rollbacklib.drill.failing import apply_failing
+
+            say("  " + apply_failing(conn, url, scenario, migration_id, partly=failing == "partly"))
+        else:
+            apply_migration(conn, scenario.migrations_dir, migration_id)
         written = write_after_migration(conn, scenario)
         done()
         say(f"  rows written after the migration (lost by a restore): {written}")
@@ -153,7 +166,7 @@ def _drill_config(config_path: str | None) -> Config:
 
 def stage_drill(*, config_path: str | None = None, users: int | None = None, backup_dir: Path | None = None,
                 keep: bool = True, say: Callable[[str], None] = print, timer: _Timer | None = None,
-                after_generate: Callable | None = None) -> StagedDrill:
+                after_generate: Callable | None = None, failing: str | None = None) -> StagedDrill:
     """Start an embedded server in a new folder and stage the configured incident on it, app session included.
 
     Nothing of the runbook runs. The app session is a detached process that outlives this one.
@@ -178,7 +191,7 @@ def stage_drill(*, config_path: str | None = None, users: int | None = None, bac
         staged.backup = stage_incident(staged.url, scenario, drill.migration, users=users or drill.users,
                                        backup_dir=backup_dir or staged.folder / "backups",
                                        tools=client_tools(env.client_binaries), probes=config.all_queries(), say=say,
-                                       timer=timer, after_generate=after_generate)
+                                       timer=timer, after_generate=after_generate, failing=failing)
         done = timer.step(f"connecting an app session ({APP_NAME})")
         staged.app_pid = start_app_session(staged.url, staged.folder)
         done()
@@ -214,7 +227,8 @@ def _end(staged: StagedDrill) -> StoppedDrill:
 
 def run_drill(*, config_path: str | None = None, users: int | None = None, reports_dir: str | None = None,
               keep: bool = False, say: Callable[[str], None] = print,
-              on_event: Callable[[dict], None] | None = None, services: bool = False) -> DrillResult:
+              on_event: Callable[[dict], None] | None = None, services: bool = False, strategy: str = "",
+              failing: str | None = None) -> DrillResult:
     """Stage the incident, then run the whole runbook on it with the gate approved, as an operator would.
 
     With ``services`` the scenario's apps run for real under the process platform, with traffic
@@ -226,7 +240,8 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
     run_dir = run_folder(reports_dir or default_reports_dir(), drill.migration, drill.environment, run_id)
     timer = _Timer(say)
     staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir / "backup", keep=keep,
-                         say=say, timer=timer, after_generate=give_test_user_password if services else None)
+                         say=say, timer=timer, after_generate=give_test_user_password if services else None,
+                         failing=failing)
     apps = None
     try:
         os.environ[staged.database_url_env] = staged.url
@@ -243,7 +258,7 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
         started = time.time()
         result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=run_config,
                             reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(staged.backup),
-                            progress=progress, on_event=on_event)
+                            progress=progress, on_event=on_event, strategy=strategy)
         measured = apps.finish(started, time.time(), say) if apps else None
         rolled_back = _rolled_back(staged.url, config.migration(drill.migration))
         return DrillResult(result, staged.folder, staged.url, staged.server if keep else None, timer.seconds,

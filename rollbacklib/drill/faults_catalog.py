@@ -305,7 +305,7 @@ def _migration_failed(drill: "FaultDrill") -> int:
         conn.execute(_WRITE_AFTER_THE_BACKUP)
     drill.restart_app_session()
     drill.take_reference()
-    return drill.run("--yes")
+    return drill.run("--yes", "--strategy", "swap")  # swap asked for: refused (resolve-only is what applies)
 
 
 # A write made after the backup, on the pre-migration schema, that a restore would lose.
@@ -397,9 +397,11 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "The backup fails, its partial files are removed, it says the disk is full.",
           "Free space or point backup_dir elsewhere, then take the backup again.", _disk_full_backup,
           outcome="unchanged"),
-    Fault("migration-failed", 3, "The bad migration fails half-way (P3009: finished_at empty, schema unchanged).",
-          "Aborts before any change: a restore would only lose writes.",
-          "Fix the migration, `prisma migrate resolve --rolled-back` it, deploy again.", _migration_failed,
+    Fault("migration-failed", 3, "The bad migration fails as a whole (P3009: finished_at empty, schema unchanged); "
+          "the run asks for --strategy swap.",
+          "Refuses swap before any change (step strategy): a restore would only lose writes; it names resolve-only.",
+          "Run again with --strategy resolve-only (or none: it is the recommended one); fix the data, deploy again.",
+          _migration_failed,
           outcome="unchanged"),
     Fault("plan-swapped", 4, f"{_K} after the approval; plan.json's swap-keep-live becomes DROP DATABASE, its digests "
           "in plan.json and state.json recomputed; then resume.",

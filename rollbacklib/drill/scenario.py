@@ -8,6 +8,8 @@ A scenario folder holds ``scenario.toml``::
     generate_sql = "data/generate.sql"          # fills the database; %(users)s = user count
     after_migration_sql = "data/after_migration.sql"  # what the app writes after the bad one
     database = "automation_platform"            # database the drill creates
+    failing_data_sql = "data/failing_data.sql"  # optional: rows the bad migration's new constraint rejects
+                                                # (rollback drill --migration-fails runs it before the backup)
 
 Paths are relative to the folder. Nothing here knows which migration is the bad one: the
 caller names it.
@@ -32,7 +34,7 @@ SCENARIO_FILE = "scenario.toml"
 DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 _REQUIRED = ("name", "migrations_dir", "generate_sql", "after_migration_sql", "database")
-_OPTIONAL = ("description",)
+_OPTIONAL = ("description", "failing_data_sql")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Scenario:
     generate_sql: Path
     after_migration_sql: Path
     database: str
+    failing_data_sql: Path | None = None
 
     def migrations(self) -> list[MigrationFile]:
         return list_migrations(self.migrations_dir)
@@ -105,6 +108,7 @@ def load_scenario(path: str | os.PathLike) -> Scenario:
         generate_sql=existing("generate_sql", want_dir=False),
         after_migration_sql=existing("after_migration_sql", want_dir=False),
         database=data["database"],
+        failing_data_sql=existing("failing_data_sql", want_dir=False) if "failing_data_sql" in data else None,
     )
     scenario.migrations()  # the folder must be a Prisma migrations folder
     return scenario

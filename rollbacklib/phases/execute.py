@@ -31,7 +31,6 @@ from rollbacklib.phases.restored_copy import analyze_actions, drop_copy, restore
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import properties as dbp
 from rollbacklib.run import RunContext, record_approval
-from rollbacklib import frontends
 from rollbacklib.steps import Action, Phase, Step, StepName, plan_frame, sql_actions
 
 PHASE = Phase.EXECUTE
@@ -57,7 +56,8 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     services = tuple(service_actions(ctx, stop=True))
     return [
         Step(StepName.CREATE_COPY, PHASE, restored,
-             f"create the empty copy beside the live database (needs free disk for about {facts['size']} and its WAL)",
+             "create the empty copy beside the live database (it needs free disk for about the live database's size "
+             "and its WAL: measured when it runs; a size in the plan would change its digest as the database grows)",
              sql_actions(admin, restored, [dbp.create_statement(restored, props)]),
              postcondition=f"{restored} exists (found by its oid)", undo=(drop_restored,)),
         Step(StepName.RESTORE, PHASE, restored, restore_summary(ctx, backup), restore_actions(ctx, backup, restored),
@@ -125,6 +125,9 @@ def _approved(ctx: RunContext, step: Step) -> Check:
 def approve_swap(ctx: RunContext) -> str:
     """The gate: journal an approval of this plan, or refuse, saying what the refusal changed."""
     def copy_ready(c: RunContext, s: Step) -> Check:
+        plan = c.plan()
+        if plan is not None and StepName.CLOSE_COPY not in {p.name for p in plan.steps}:
+            return Check("no restored copy in this plan (strategy without one)", True)
         now = c.live()
         return Check("the validated copy is there, closed, to approve", now.copy_ready, True, now.describe(),
                      detail="" if now.copy_ready else "the copy this plan swaps in is not there as its validation "
@@ -152,31 +155,37 @@ def _ask(ctx: RunContext, digest: str) -> str:
     answer again; a run that cannot ask, or an ``approve`` that is not the migration ID, ends
     here: the copy is dropped, and the refusal says so.
     """
+    from rollbacklib import protection
+
     kept = kept_name(ctx.database, ctx.run_id)
+    plan = ctx.plan()
     action = (f"Swap the restored copy in for {ctx.database} (the live database is kept as {kept}); "
-              f"plan {digest[:12]}.")
-    if ctx.approve == ctx.migration_id:
+              f"plan {digest[:12]}." if plan is None or StepName.CLOSE_COPY in {s.name for s in plan.steps} else
+              f"{plan.step(StepName.GATE).summary}; plan {digest[:12]}.")
+    expected = protection.expected_answer(ctx.env, ctx.migration_id, digest)
+    if protection.approves(ctx.env, ctx.approve, ctx.migration_id, digest):
         return "approve parameter"
     if ctx.approve:
         dropped = drop_copy(ctx, StepName.GATE, "the gate refused")
-        raise RefusedError(f"The approval given ({ctx.approve!r}) is not the migration ID: refused. "
+        raise RefusedError(f"The approval given ({ctx.approve!r}) is not {protection.answer_name(ctx.env)}"
+                           + (" nor the plan's whole digest" if ctx.env.protected else "") + ": refused. "
                            + _what_changed(ctx, dropped),
-                           next_action=f"{frontends.approve_advice(ctx.migration_id)}, to allow: {action}")
+                           next_action=f"{protection.advice(ctx.env, ctx.migration_id, digest)}, to allow: {action}")
     try:
-        typed = input(f"{action}\nType the migration ID ({ctx.migration_id}) to go on, anything else to stop: ")
+        typed = input(f"{action}\n{protection.question(ctx.env, ctx.migration_id, digest)}: ")
     except Exception:  # papermill and other headless kernels have no stdin
         typed = None
     if typed is None:
         dropped = drop_copy(ctx, StepName.GATE, "the gate refused")
         raise RefusedError(
             f"Refused: {action} needs confirmation and this run has no one to ask. " + _what_changed(ctx, dropped),
-            next_action=f"{frontends.approve_advice(ctx.migration_id)}.")
-    if typed.strip() != ctx.migration_id:
+            next_action=f"{protection.advice(ctx.env, ctx.migration_id, digest)}.")
+    if typed.strip() != expected:
         copy = restored_name(ctx.database, ctx.run_id)
         raise RefusedError(
-            f"Refused: typed {typed.strip()!r}, not the migration ID. This answer changed nothing: the live "
+            f"Refused: typed {typed.strip()!r}, not {protection.answer_name(ctx.env)}. This answer changed nothing: the live "
             f"database was not touched by it, and the validated copy {copy} stays closed and ready.",
-            next_action=f"run the gate cell again and type {ctx.migration_id} to go on; to stop the rollback "
+            next_action=f"run the gate cell again and type {expected} to go on; to stop the rollback "
             f"instead, drop the copy: {db.drop_database_statement(copy).as_string(None)};")
     return "typed at the notebook's prompt"
 

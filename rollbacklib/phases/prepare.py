@@ -1,7 +1,9 @@
 """Phase 01, prepare: know the migration, trust the backup, capture the state, write the plan. Reads only.
 
-Any failure here aborts the run with nothing changed (exit 3). Its last step renders the
-plan of every later phase into ``plan.json``: what the gate approves and what runs.
+Any failure here aborts the run with nothing changed (exit 3). Its step ``strategy`` chooses how
+the migration is undone (``rollbacklib.strategies.choice``); its last step renders the plan of
+every later phase into ``plan.json`` (``rollbacklib.strategies.plan``): what the gate approves
+and what runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rollbacklib.prisma import MIGRATIONS_TABLE, applied_migrations, migration_s
 from rollbacklib.run import RunContext
 from rollbacklib.state import BackupRef, Captured
 from rollbacklib.dispatch import dispatch
-from rollbacklib.steps import Action, Phase, Plan, Step, StepName, plan_frame, write_plan
+from rollbacklib.steps import Action, Phase, Step, StepName
 
 PHASE = Phase.PREPARE
 
@@ -249,11 +251,11 @@ def check_backup_identity(ctx: RunContext, step: Step, result: bk.BackupVerifica
 
 def migration_state_step(ctx: RunContext) -> Step:
     return Step(StepName.MIGRATION_STATE, PHASE, ctx.database, "a migration that failed without changing the schema "
-                "(Prisma P3009) is not restored",
+                "(Prisma P3009) needs no restore",
                 (_read(ctx, "the migration's state in _prisma_migrations; when it failed, the live schema's "
                        "fingerprint against the backup manifest's"),),
                 requires=(StepName.MIGRATION, StepName.VERIFY_BACKUP),
-                postcondition="the migration finished, or failed after changing the schema: a restore undoes it")
+                postcondition="the migration's state and whether it changed the schema are known")
 
 
 def check_migration_state(ctx: RunContext) -> str:
@@ -278,16 +280,13 @@ def refuse_a_restore_that_undoes_nothing(ctx: RunContext, step: Step) -> str:
     with db.connect(ctx.url, step=step.name) as conn:
         live = db.schema_fingerprint(db.schema_catalog(conn))
     if live == manifest["schema_fingerprint"]:
-        raise AbortedError(
-            f"{ctx.migration_id} failed without changing the schema (Prisma P3009: finished_at is empty, its error "
-            "is in _prisma_migrations.logs); the live schema equals the backup's, so a restore would undo nothing "
-            "but discard every write made since the backup.",
-            next_action=f"do not restore. Fix the migration, mark it with `prisma migrate resolve --rolled-back "
-            f"{ctx.migration_id}`, then deploy again. Nothing was changed.",
-            expected="a schema changed by the migration", found="the backup's schema", escalate="L2")
-    ctx.record(step.name, "info", f"{ctx.migration_id} failed part way: the live schema differs from the backup's, "
-               "so the restore goes on")
-    return f"{ctx.migration_id} failed part way: the restore undoes its changes"
+        ctx.record(step.name, "info", f"{ctx.migration_id} failed without changing the schema (Prisma P3009: "
+                   "finished_at is empty, its error is in _prisma_migrations.logs); the live schema equals the "
+                   "backup's: a restore would undo nothing, strategy resolve-only marks it rolled back instead")
+        return f"{ctx.migration_id} failed without changing the schema: nothing to restore"
+    ctx.record(step.name, "info", f"{ctx.migration_id} failed part way: the live schema differs from the backup's "
+               "(step strategy says what differs and how it is undone)")
+    return f"{ctx.migration_id} failed part way: its changes must be undone"
 
 
 # --- the state before the rollback ------------------------------------------------------------
@@ -354,47 +353,12 @@ def plan_step(ctx: RunContext) -> Step:
                 requires=(StepName.VERIFY_BACKUP,), postcondition="plan.json matches its digest")
 
 
-def build_plan(ctx: RunContext) -> Plan:
-    """Every step of the run, rendered once: phase 01 as it ran, then what the later phases will do."""
-    from rollbacklib.phases import (checklists, close, compare_rows, execute, notify, restore_service,
-                                    service_snapshot, validate)
-
-    path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path),
-             migration_state_step(ctx), capture_step(ctx), service_snapshot.snapshot_step(ctx),
-             checklists.checklists_step(ctx), plan_step(ctx)]
-    with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
-        facts = execute.read_live_facts(ctx, admin)
-        steps += execute.plan_steps(ctx, facts, admin)
-        steps += validate.plan_steps(ctx)
-        steps += restore_service.plan_steps(ctx)
-        steps += [compare_rows.compare_rows_step(ctx, admin)]
-    steps += [notify.completed_step(ctx)]
-    steps += close.plan_steps(ctx)
-    ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
-    return Plan(steps)
-
-
-def write_run_plan(ctx: RunContext) -> pd.DataFrame:
-    """The last step of phase 01: the plan the gate approves and the later phases execute."""
-    return dispatch(ctx, plan_step(ctx), _write_plan)
-
-
-def _write_plan(ctx: RunContext, step: Step) -> pd.DataFrame:
-    plan = build_plan(ctx)
-    write_plan(ctx.run_dir, plan)
-    ctx.update(plan_digest=plan.digest)
-    ctx.record(step.name, "info", f"plan {plan.digest[:12]}: {len(plan.steps)} steps, "
-               f"{sum(s.destructive for s in plan.steps)} destructive", digest=plan.digest,
-               statements=plan.statements())
-    return plan_frame(plan.steps)
-
-
 def plan_summary(ctx: RunContext) -> str:
     plan = ctx.plan()
     if plan is None:
         return "No plan yet."
-    return (f"**Plan `{plan.digest[:12]}`** ({len(plan.steps)} steps, {sum(s.destructive for s in plan.steps)} "
+    return (f"**Plan `{plan.digest[:12]}`** (sha256 `{plan.digest}`; strategy `{(plan.strategy or {}).get('chosen')}`; "
+            f"{len(plan.steps)} steps, {sum(s.destructive for s in plan.steps)} "
             f"destructive). The gate in 02_execute approves exactly this plan; `plan.json` holds it whole.")
 
 

@@ -84,6 +84,14 @@ def next_actions(summary: dict, run_dir: Path) -> list[tuple[str, str | None]]:
     if lost.get("total"):
         items.append((f"{lost['total']} row(s) written after the backup were discarded by the restore. Export them "
                       "from the kept database, one file per table:", f"rollback lost-rows {run_dir} --out DIR"))
+    choice = summary.get("strategies") or {}
+    if choice.get("chosen") == "resolve-only":
+        for blocker in (choice.get("situation") or {}).get("blockers") or []:
+            items.append((f"Before the next deploy: {blocker['must_change']} (first: "
+                          f"{', '.join(blocker['first_keys'])}). They are found by:", blocker["query"]))
+        items.append((f"{summary.get('migration_id')} is marked rolled back: the next `prisma migrate deploy` applies "
+                      "it again. Fix the data (above) or the migration first.", None))
+        return items
     items.append((f"Redeploy a release without {summary.get('migration_id')}: the next `prisma migrate deploy` "
                   "would apply it again.", None))
     return items
