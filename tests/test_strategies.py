@@ -145,23 +145,24 @@ def test_drill_migration_fails_ends_rolled_back_losing_nothing(tmp_path, monkeyp
         stop_drill(result.workdir)
 
 
-def test_a_partly_applied_migration_is_compared_and_restored_saying_why(fresh_db, tmp_path, monkeypatch):
-    """Two DROP COLUMNs committed, the NOT NULL failed: the dry run shows the difference and why swap restores; the
-    plan's digest approves the run (until surgical is connected, swap restores, losing what it projected)."""
+def test_a_partly_applied_migration_is_reversed_surgically_losing_nothing(fresh_db, tmp_path, monkeypatch):
+    """Two DROP COLUMNs committed, the NOT NULL failed: the dry run shows the difference, each strategy's loss and
+    recommends surgical; approved by the plan's digest, it brings the columns back and keeps every later write."""
     monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
     backup = stage_incident(fresh_db, load_scenario(SCENARIO), MIGRATION, users=50, backup_dir=tmp_path / "backups",
                             tools=client_tools("embedded"), probes=load_config(CONFIG).all_queries(),
                             say=lambda _line: None, failing="partly")
     incident = Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports")
     before = server_snapshot(incident)
-    result = runner.invoke(app, incident.run_args("--backup", str(backup), "--dry-run", "--run-id", "partly"))
+    with psycopg.connect(fresh_db) as conn:
+        written_since = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+    args = ("--backup", str(backup), "--run-id", "partly", "--strategy", "auto")
+    result = runner.invoke(app, incident.run_args(*args, "--dry-run"))
     assert result.exit_code == 0, result.output
-    assert server_snapshot(incident) == before  # the dry run changed nothing
+    assert server_snapshot(incident) == before  # the dry run changed nothing (the scratch schema read is dropped)
     plan = json.loads(next(incident.reports.rglob("plan.json")).read_text())
-    assert plan["strategy"]["chosen"] == "swap"
-    assert "surgical not available" in plan["strategy"]["reason"]
+    assert plan["strategy"]["chosen"] == "surgical" == plan["strategy"]["recommended"]
     assert "failed part way (2 of 3 changes of its migration.sql applied" in plan["strategy"]["reason"]
-    assert "surgical not available" in result.output
     choice = json.loads(next(incident.reports.rglob("state.json")).read_text())["strategy"]
     state = choice["situation"]
     assert [e["status"] for e in state["effects"]] == ["applied", "applied", "not applied"]
@@ -169,19 +170,24 @@ def test_a_partly_applied_migration_is_compared_and_restored_saying_why(fresh_db
         ("users.emailVerified", "missing live (in the backup)"), ("users.passwordHash", "missing live (in the backup)")]
     swap = next(a for a in choice["assessments"] if a["name"] == "swap")
     assert swap["rows_lost"] == 9 and swap["updates_lost"] == 0  # 5 users and 4 workflows written after the backup
+    surgical = next(a for a in choice["assessments"] if a["name"] == "surgical")
+    assert surgical["applies"] and surgical["rows_lost"] == 0
     assert "live vs backup: column users.passwordHash: missing live" in result.output
+    assert "surgical-reverse-ddl" in [s["name"] for s in plan["steps"]]
 
-    # approved by the digest of the plan as it stands now: swap restores, and compare-rows counts what it projected
-    done = runner.invoke(app, incident.run_args("--backup", str(backup), "--run-id", "partly", "--approve",
-                                                plan["digest"]))
+    # approved by the digest of the plan as it stands now: the columns come back, nothing written since is lost
+    done = runner.invoke(app, incident.run_args(*args, "--approve", plan["digest"]))
     assert done.exit_code == 0, done.output
     run = json.loads(next(incident.reports.rglob("run.json")).read_text())
-    assert run["approval"]["how"] == "--approve DIGEST given to the runner"
-    assert run["approval"]["plan_digest"] == plan["digest"] and run["strategy"] == "swap"
-    assert (run["rows_lost"]["inserted"], run["rows_lost"]["updated"], run["rows_lost"]["deleted"]) == (9, 0, 0)
-    with psycopg.connect(fresh_db) as conn:  # the dropped columns are back, the NULL authorizerIds too
+    assert run["approval"]["plan_digest"] == plan["digest"] and run["strategy"] == "surgical"
+    assert run["rows_lost"]["total"] == 0
+    with psycopg.connect(fresh_db) as conn:
         assert db.column_info(conn, "users", "passwordHash") is not None
-        assert migration_state(applied_migrations(conn), MIGRATION) == "absent"
+        assert db.column_info(conn, "users", "emailVerified") is not None
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == written_since  # every user kept
+        assert conn.execute("SELECT count(*) FROM users WHERE id LIKE 'user_post_%'").fetchone()[0] == 5
+        assert conn.execute('SELECT count(*) FROM users WHERE "passwordHash" IS NOT NULL').fetchone()[0] > 0
+        assert migration_state(applied_migrations(conn), MIGRATION) == "rolled-back"
 
 
 def test_what_a_restore_would_discard_is_projected_from_the_live_database_and_the_manifest(incident):

@@ -258,7 +258,8 @@ def run_drill(*, config_path: str | None = None, users: int | None = None, repor
         started = time.time()
         result = run_phases(migration_id=drill.migration, environment=drill.environment, config_path=run_config,
                             reports_dir=reports_dir, run_id=run_id, approve=drill.migration, backup=str(staged.backup),
-                            progress=progress, on_event=on_event, strategy=strategy)
+                            progress=progress, on_event=on_event,
+                            strategy=strategy or ("auto" if failing else ""))  # a failed migration: the recommended one
         measured = apps.finish(started, time.time(), say) if apps else None
         rolled_back = _rolled_back(staged.url, config.migration(drill.migration))
         return DrillResult(result, staged.folder, staged.url, staged.server if keep else None, timer.seconds,

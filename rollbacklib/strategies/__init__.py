@@ -30,6 +30,7 @@ from rollbacklib.errors import ConfigError
 
 MODULES = {
     "resolve-only": "rollbacklib.strategies.resolve_only",
+    "surgical": "rollbacklib.strategies.surgical",
     "swap": "rollbacklib.strategies.swap",
 }
 AUTO = "auto"
@@ -68,6 +69,15 @@ class Strategy(Protocol):
     def assess(self, ctx, situation) -> Assessment: ...
 
     def plan_steps(self, ctx, admin) -> list: ...
+
+
+def assess(strategy: Strategy, ctx, situation, wanted: str) -> Assessment:
+    """``strategy`` judged now; a ``costly`` one (it writes to the server to find out) only when it may be chosen."""
+    if getattr(strategy, "costly", False) and wanted not in (AUTO, strategy.name):
+        return Assessment(strategy.name, False, f"not assessed: strategy {wanted} was asked for (assessing "
+                          f"{strategy.name} reads the backup's schema into a scratch database; --strategy auto "
+                          "compares every strategy)", "not assessed")
+    return strategy.assess(ctx, situation)
 
 
 def names() -> list[str]:

@@ -42,9 +42,9 @@ def choose_strategy(ctx, requested: str = "") -> pd.DataFrame:
 def _choose(ctx, step: Step, requested: str) -> pd.DataFrame:
     with db.connect(ctx.url, step=step.name) as conn:
         situation = read_situation(ctx, conn)
-    assessments = [strategies.get(name).assess(ctx, situation) for name in strategies.names()]
-    best = strategies.recommend(assessments)
     wanted = (requested or ctx.env.strategy or strategies.AUTO).strip()
+    assessments = [strategies.assess(strategies.get(name), ctx, situation, wanted) for name in strategies.names()]
+    best = strategies.recommend(assessments)
     reason = _reason(situation, best)
     if wanted != strategies.AUTO:
         strategies.get(wanted)  # a name that is not registered is bad config (exit 2)

@@ -8,6 +8,7 @@ with the plan, not part of the digest).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,10 @@ def build_plan(ctx) -> Plan:
         later = strategies.get(name).plan_steps(ctx, admin, facts)
     closing = [i for i, s in enumerate(later) if s.name == StepName.CLOSE]
     at = closing[0] if closing else len(later)  # every strategy tells people it completed, right before its close
-    steps += [*later[:at], notify.completed_step(ctx), *later[at:]]
+    told = notify.completed_step(ctx)
+    if closing:  # it needs what the strategy's close needs (swap: health; resolve-only: its validation)
+        told = replace(told, requires=later[at].requires)
+    steps += [*later[:at], told, *later[at:]]
     ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)
 

@@ -85,6 +85,15 @@ def _compare(ctx: RunContext, step: Step, backup: Path, migration_sql: Path | No
     return sp.changes_frame(plan)
 
 
+def compute(ctx: RunContext) -> sp.SurgicalPlan:
+    """The reversal computed now into ``surgical.json`` (journaled under the step asking: ``strategy``).
+
+    ``RefusedError`` when a change cannot be reversed (``surgical.json`` still names it)."""
+    step = Step(StepName.STRATEGY, Phase.PREPARE, ctx.database, "")
+    _compare(ctx, step, _backup(ctx, None), _migration_sql(ctx, None))
+    return sp.read(ctx.run_dir)
+
+
 def plan_steps(ctx: RunContext, admin=None) -> list[Step]:
     """The surgical steps of this run (for ``build_plan``), from the run's ``surgical.json``."""
     return sp.plan_steps(sp.read(ctx.run_dir), live=ctx.database, admin_conn=admin)
@@ -246,12 +255,25 @@ def _verify(ctx: RunContext, step: Step) -> dict:
     before = json.loads((ctx.run_dir / BEFORE_FILE).read_text())
     result = verify_plan(ctx.url, plan, before, _settings(plan).services)
     atomic_write_json(ctx.run_dir / VERIFY_FILE, result)
-    ctx.record(step.name, "info", "verified" if result["ok"] else "; ".join(result["problems"]), **result)
+    ctx.record(step.name, "info", "verified" if result["ok"] else "; ".join(result["problems"]),
+               **{**result, "rows_lost": _rows_lost(result)})
     if not result["ok"]:
         raise ValidationFailed("The surgical reversal does not verify: " + "; ".join(result["problems"]),
                                next_action=f"keep the side database {plan.side} (do not run 05_close); compare by "
                                "hand, escalate.", step=step.name, found=result["problems"], escalate="L3")
     return result
+
+
+def _rows_lost(result: dict) -> dict:
+    """The verification's count in the shape of ``rowdiff.totals`` (what ``run.json``'s ``rows_lost`` holds)."""
+    from rollbacklib.postgres.rowdiff import TableDiff, totals
+
+    lost = totals([TableDiff(t["table"], updated=t["values_differ"], kept_rows=t.get("matched"),
+                             restored_rows=t.get("backup_rows"), note="surgical: backfilled values against the backup's")
+                   for t in result["tables"] if "values_differ" in t], [])
+    lost["basis"] = ("surgical: nothing was restored over the live database; the backfilled values were compared with "
+                     "the backup's, and every row and kept column with before the reversal")
+    return lost
 
 
 def _drop_side(ctx: RunContext, step: Step) -> dict:
