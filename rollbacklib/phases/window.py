@@ -33,6 +33,7 @@ from rollbacklib.journal import utc_now
 from rollbacklib.live import describe_way_back, kept_name, restored_name
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.client import redact_url
+from rollbacklib.phases import sequences
 from rollbacklib.run import RunContext
 from rollbacklib.state import Blocked
 from rollbacklib.steps import Action, Phase, Step, StepName, sql_actions
@@ -74,6 +75,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              requires=(StepName.TERMINATE,),
              precondition=f"{live} is the original, blocked, with no session; the validated copy is there, closed",
              postcondition=f"the original is named {kept}", undo=(db.rename_statement(kept, live).as_string(admin),)),
+        sequences.plan_step(ctx, admin),
         Step(StepName.SWAP_PROMOTE, PHASE, restored,
              f"check the copy's identity from the maintenance database, then it takes the name {live}, still "
              "closed, with the live database's comment",
