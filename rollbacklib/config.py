@@ -76,6 +76,8 @@ class Environment(_Strict):
     client_binaries: str | None = None
     restore_keep_owners: bool | None = None
     strategy: Literal["swap"] | None = None
+    in_place_safety_copy: Literal["auto", "required", "never"] | None = None  # strategy in-place
+    salvage: bool | None = None  # swap: carry the rows written after the backup into the restored database
     service_platform: str | None = None
     services: list[Service] = []
     platform: PlatformSettings | None = None
@@ -174,6 +176,8 @@ class Defaults(_Strict):
     client_binaries: str = "embedded"
     restore_keep_owners: bool = True
     strategy: Literal["swap"] = "swap"
+    in_place_safety_copy: Literal["auto", "required", "never"] = "auto"
+    salvage: bool = False
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
 
@@ -239,6 +243,8 @@ class ResolvedEnvironment:
         self.restore_keep_owners = (config.defaults.restore_keep_owners if env.restore_keep_owners is None
                                     else env.restore_keep_owners)
         self.strategy = env.strategy or config.defaults.strategy
+        self.in_place_safety_copy = env.in_place_safety_copy or config.defaults.in_place_safety_copy
+        self.salvage = config.defaults.salvage if env.salvage is None else env.salvage
         self.service_platform = (env.platform.kind if env.platform
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform

@@ -165,3 +165,95 @@ def test_room_for_a_safety_copy_is_read_from_the_server(fresh_db, pg_server):
     with psycopg.connect(pg_server.url(), autocommit=True) as admin:
         room = in_place.room_for_copy(admin, database_name(fresh_db), 1.2)
     assert room.needed > 0 and room.fits is True and str(room.free) != "None"
+
+
+# --- the steps, on a staged incident: phase 01 as it runs, then the in-place window ---------------
+
+from conftest import MIGRATION, before_the_migration  # noqa: E402
+
+from rollbacklib.phases import execute, in_place as steps  # noqa: E402
+from rollbacklib.pipeline import run_phases  # noqa: E402
+from rollbacklib.run import open_run, record_approval  # noqa: E402
+from rollbacklib.steps import Phase, Plan, StepName, read_plan, write_plan  # noqa: E402
+
+
+def _in_place_run(incident, run_id: str, backup):
+    """Phase 01 done; its plan's later phases replaced by the in-place window (what the strategy seam renders);
+    approved."""
+    result = run_phases(migration_id=MIGRATION, environment="drill", config_path=str(incident.config),
+                        reports_dir=str(incident.reports), run_id=run_id, backup=str(backup), phases=(Phase.PREPARE,))
+    assert result.summary["phases"][0]["status"] == "succeeded", result.summary["error"]
+    ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=str(incident.config), run_id=run_id,
+                   reports_dir=str(incident.reports), phase=Phase.EXECUTE)
+    with db.connect(ctx.admin_url) as admin:
+        plan = Plan(read_plan(ctx.run_dir).for_phase(Phase.PREPARE)
+                    + steps.plan_steps(ctx, execute.read_live_facts(ctx, admin), admin))
+    write_plan(ctx.run_dir, plan)
+    ctx.update(plan_digest=plan.digest)
+    record_approval(ctx.run_dir, MIGRATION, "test", plan.digest)
+    ctx.record(StepName.GATE, "info", "approved", approval={"plan_digest": plan.digest, "migration_id": MIGRATION})
+    return ctx, plan
+
+
+def test_the_in_place_steps_restore_validate_and_keep_a_safety_copy(incident):
+    before = _as_it_is(incident.url)
+    ctx, plan = _in_place_run(incident, "inplace", incident.backup)
+    restore = plan.step(StepName.RESTORE_IN_PLACE)
+    command = next(a for a in restore.actions if a.kind == "command")
+    assert {"--clean", "--if-exists", "--single-transaction", "--exit-on-error"} <= set(command.argv)
+    assert plan.step(StepName.SAFETY_COPY).actions[0].text.startswith("CREATE DATABASE ")
+
+    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy, steps.restore_in_place,
+                steps.validate_in_place, steps.reopen, steps.health):
+        act(ctx)
+
+    with psycopg.connect(incident.url) as conn:
+        names = [r[0] for r in conn.execute("SELECT migration_name FROM _prisma_migrations")]
+        columns = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
+                                              "WHERE table_name = 'users'")]
+    assert MIGRATION not in names and "passwordHash" in columns
+    safety = steps.safety_name(incident.database, "inplace")
+    statements = [s.as_string(None) for s in db.private_connection_statements(safety)]
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        with db.private_connection(admin, incident.url, safety, statements) as conn:
+            kept = {"fingerprint": db.schema_fingerprint(db.schema_catalog(conn))}
+    assert kept["fingerprint"] == before["fingerprint"]  # the database as it was before the restore
+    states = {e["step"]: e["status"] for e in ctx.journal.events() if e["status"] in ("ok", "failed")}
+    assert all(states[s.name] == "ok" for s in plan.for_phase(Phase.EXECUTE))
+
+
+def test_the_in_place_step_with_a_failing_last_statement_changes_nothing(incident, tmp_path):
+    scratch = incident.database + "_scratch"
+    role = f"ghost_{incident.database}"
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{scratch}"')
+    subprocess.run([TOOLS.path("pg_restore"), "--exit-on-error", f"--dbname={scratch}", str(incident.backup)],
+                   check=True, capture_output=True, env=_env(incident.url))
+    scratch_url = incident.url.replace(f"/{incident.database}?", f"/{scratch}?")
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}"')
+        conn.execute(f'GRANT SELECT ON users TO "{role}"')
+    backup = tmp_path / "grant_fails.dump"
+    _dump(scratch_url, backup, "-Fc")
+    before_the_migration(backup)
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute(f'REVOKE ALL ON users FROM "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')
+    before = _as_it_is(incident.url)
+    ctx, plan = _in_place_run(incident, "inplace-fails", backup)
+    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy):
+        act(ctx)
+
+    with pytest.raises(StepError) as err:
+        steps.restore_in_place(ctx)
+
+    assert "is exactly as it was" in err.value.message and f'"{role}" does not exist' in err.value.message
+    assert "ALLOW_CONNECTIONS true" in err.value.next_action  # the way back: reopen it
+    _reopen(incident.admin_url, incident.url)
+    assert _as_it_is(incident.url) == before
+
+
+def _env(url: str) -> dict:
+    from rollbacklib.postgres.client import libpq_env
+
+    return libpq_env(url)
