@@ -204,11 +204,18 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print exactly what would run; change nothing."),
     yes: bool = typer.Option(False, "--yes", help="Pass the confirmation gate without typing the migration ID."),
     run_id: Optional[str] = RunIdOpt,
+    salvage: bool = typer.Option(False, "--salvage", help="Carry the rows written after the backup into the "
+                                 "restored database after the reopen (swap; in the plan, so the gate approves it)."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
+    import os
     from functools import partial
 
+    from rollbacklib.phases.salvage import SALVAGE_ENV
     from rollbacklib.pipeline import run_phases
+
+    if salvage:  # the phases' kernels inherit it; phase 01 renders salvage-carry into the plan
+        os.environ[SALVAGE_ENV] = "1"
 
     execute = partial(run_phases, migration_id=migration, environment=env, config_path=str(config) if config else None,
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,

@@ -356,7 +356,7 @@ def plan_step(ctx: RunContext) -> Step:
 
 def build_plan(ctx: RunContext) -> Plan:
     """Every step of the run, rendered once: phase 01 as it ran, then what the later phases will do."""
-    from rollbacklib.phases import close, compare_rows, execute, restore_service, validate
+    from rollbacklib.phases import close, compare_rows, execute, restore_service, salvage, validate
 
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
     steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
@@ -367,6 +367,7 @@ def build_plan(ctx: RunContext) -> Plan:
         steps += validate.plan_steps(ctx)
         steps += restore_service.plan_steps(ctx)
         steps += [compare_rows.compare_rows_step(ctx, admin)]
+        steps += [salvage.carry_step(ctx, admin)] if salvage.requested(ctx) else []
     steps += close.plan_steps(ctx)
     ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)
