@@ -122,6 +122,7 @@ def test_a_swap_with_salvage_previews_before_the_gate_and_carries_after_the_reop
     done = carried["evidence"]["salvage"]
     assert done["rows_lost"]["total"] == lost["total"] == done["carried"] + done["conflicts"]
     assert done["carried"] == lost["total"], done  # the seed's new users and workflows all fit the old schema
+    assert run["salvage"] == done and run["rows_lost_preview"]["total"] == lost["total"]
     with psycopg.connect(incident.url) as conn:
         users = [r[0] for r in conn.execute("SELECT id FROM users WHERE id LIKE 'user_post_%' ORDER BY id")]
         workflows = conn.execute("SELECT count(*) FROM workflows WHERE id LIKE 'wf_post_%'").fetchone()[0]

@@ -102,3 +102,5 @@ def test_a_swap_sets_the_restored_sequences_between_the_renames(incident, tmp_pa
     assert order.index(StepName.SWAP_KEEP) < order.index(StepName.SEQUENCES) < order.index(StepName.SWAP_PROMOTE)
     run = json.loads(next(incident.reports.rglob("run.json")).read_text())
     assert run["rows_lost"]["tables"]["tickets"]["inserted"] == 7
+    assert {m["sequence"] for m in run["sequences"]} == {"public.audit_id_seq", "public.countdown",
+                                                       "public.tickets_id_seq"}
