@@ -299,18 +299,13 @@ def _validate(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 
 def reopen(ctx: RunContext) -> pd.DataFrame:
-    def reopened(c: RunContext, s: Step) -> Check:
-        live = c.live().named(c.database)
-        found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
-            if live else None
-        return compare(f"{c.database} accepts connections as before", c.previous_settings(), found)
-
     def validated(c: RunContext, s: Step) -> Check:
         return compare("the original, restored and validated", (True, "ok"), (
             _live_is_original(c, s).passed, c.state().steps.get(StepName.VALIDATE_IN_PLACE).status
             if c.state().steps.get(StepName.VALIDATE_IN_PLACE) else None))
 
-    return dispatch(ctx, StepName.REOPEN, window._reopen, postcondition=reopened, precondition=validated)
+    return dispatch(ctx, StepName.REOPEN, window._reopen, postcondition=window.reopened_as_before,
+                    precondition=validated)
 
 
 def health(ctx: RunContext) -> pd.DataFrame:

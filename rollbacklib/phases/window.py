@@ -225,12 +225,6 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
     The kept pre-rollback database stays closed to new connections, so nothing writes to it by
     mistake; the journal and the summary hold the SQL to open it for inspection.
     """
-    def reopened(c: RunContext, s: Step) -> Check:
-        live = c.live().named(c.database)
-        found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
-            if live else None
-        return compare(f"{c.database} accepts connections as before", c.previous_settings(), found)
-
     def the_copy_is_live(c: RunContext, s: Step) -> Check:
         now = c.live()
         copy, live = now.the_copy, now.named(c.database)
@@ -239,7 +233,15 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
             live.oid if live else None, "" if copy and live and copy.oid == live.oid else
             "only the validated copy is reopened by the runbook: " + now.describe())
 
-    return dispatch(ctx, StepName.REOPEN, _reopen, postcondition=reopened, precondition=the_copy_is_live)
+    return dispatch(ctx, StepName.REOPEN, _reopen, postcondition=reopened_as_before, precondition=the_copy_is_live)
+
+
+def reopened_as_before(ctx: RunContext, step: Step) -> Check:
+    """The database with the live name accepts connections with the settings it had before the block."""
+    live = ctx.live().named(ctx.database)
+    found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
+        if live else None
+    return compare(f"{ctx.database} accepts connections as before", ctx.previous_settings(), found)
 
 
 def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:
