@@ -65,8 +65,11 @@ def _plain(value):
 
 # --- before the gate ------------------------------------------------------------------------------
 
-def preview(live: psycopg.Connection, copy: psycopg.Connection, snapshot: Path, out: Path) -> dict:
-    """What the restore would discard if the window opened now: per table counts, a sample, every key in a file."""
+def preview(live: psycopg.Connection, copy: psycopg.Connection | None, snapshot: Path, out: Path) -> dict:
+    """What the restore would discard if the window opened now: per table counts, a sample, every key in a file.
+
+    ``copy``: the restored copy, for the timestamps of the rows deleted after the backup; None once it is
+    closed (a resumed run): those rows are then listed by key alone."""
     measured_at = utc_now()
     lost, keys = _collect(live, snapshot)
     index = _index(snapshot)
@@ -90,6 +93,13 @@ def _write_keys(live, copy, table: str, spec: dict, keys: dict[str, list[tuple]]
     with open(path, "w", encoding="utf-8") as fh:
         for kind in KINDS:
             source = copy if kind == "deleted" else live  # a delete: the row as the backup holds it
+            if source is None:
+                for key in keys[kind]:
+                    record = {"kind": kind, "key": [_plain(v) for v in key]}
+                    fh.write(json.dumps(record, default=str) + "\n")
+                    if sum(r["kind"] == kind for r in sample) < SAMPLE:
+                        sample.append(record)
+                continue
             stamps = _stamps(source, table)
             for row in _rows(source, table, spec["key"], spec["native"], keys[kind]):
                 record = {"kind": kind, "key": [_plain(row[c]) for c in spec["key"]],

@@ -173,7 +173,7 @@ from conftest import MIGRATION, before_the_migration  # noqa: E402
 
 from rollbacklib.phases import execute, in_place as steps  # noqa: E402
 from rollbacklib.pipeline import run_phases  # noqa: E402
-from rollbacklib.run import open_run, record_approval  # noqa: E402
+from rollbacklib.run import open_run  # noqa: E402
 from rollbacklib.steps import Phase, Plan, StepName, read_plan, write_plan  # noqa: E402
 
 
@@ -186,12 +186,12 @@ def _in_place_run(incident, run_id: str, backup):
     ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=str(incident.config), run_id=run_id,
                    reports_dir=str(incident.reports), phase=Phase.EXECUTE)
     with db.connect(ctx.admin_url) as admin:
-        plan = Plan(read_plan(ctx.run_dir).for_phase(Phase.PREPARE)
+        plan = Plan(read_plan(ctx.run_dir).for_phase(Phase.PREPARE) + [steps.gate_step(ctx)]
                     + steps.plan_steps(ctx, execute.read_live_facts(ctx, admin), admin))
     write_plan(ctx.run_dir, plan)
     ctx.update(plan_digest=plan.digest)
-    record_approval(ctx.run_dir, MIGRATION, "test", plan.digest)
-    ctx.record(StepName.GATE, "info", "approved", approval={"plan_digest": plan.digest, "migration_id": MIGRATION})
+    ctx.approve = MIGRATION  # what `approve` / --yes gives the gate
+    assert steps.approve(ctx) == "approved (approve parameter)"
     return ctx, plan
 
 

@@ -72,6 +72,10 @@ def test_the_preview_lists_every_key_the_restore_would_discard_with_its_timestam
              .splitlines()]
     assert sorted((r["kind"], r["key"][0]) for r in items) == [("deleted", 39), ("deleted", 40), ("inserted", 41)]
     assert json.loads((tmp_path / "preview" / "preview.json").read_text())["projection"] is True
+    with psycopg.connect(live_url) as live:  # the copy closed (a resumed run): deletes by key alone
+        again = sv.preview(live, None, snapshot, tmp_path / "again")
+    assert again["total"] == 8 and [r["key"] for r in again["tables"]["items"]["sample"] if r["kind"] == "deleted"] \
+        == [[39], [40]]
 
 
 def test_the_carry_takes_what_the_old_schema_accepts_and_never_overwrites_a_later_write(fresh_db, pg_server,

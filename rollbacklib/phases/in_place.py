@@ -107,6 +107,22 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     ]
 
 
+def gate_step(ctx: RunContext) -> Step:
+    """The gate of an in-place plan: no copy to wait for (the seam puts it, and stop-services, before the window)."""
+    return Step(StepName.GATE, PHASE, ctx.database, "approve this plan: the migration ID typed, or given as approve / "
+                "--yes; the restore then runs INTO the live database",
+                (Action("prompt", ctx.database, f"type {ctx.migration_id} to approve the plan (its digest is in "
+                        "plan.json)"),), requires=(StepName.PLAN,),
+                postcondition="an approval of this plan's digest is journaled")
+
+
+def approve(ctx: RunContext) -> str:
+    """The gate (``phases.execute``'s, which asks or reads ``approve``), without the swap's copy precondition."""
+    from rollbacklib.phases import execute
+
+    return dispatch(ctx, StepName.GATE, execute._gate, postcondition=execute._approved, precondition=_live_is_original)
+
+
 def safety_step(ctx: RunContext, admin, live: str, safety: str) -> Step:
     """Whether the safety copy is taken is decided here, with the figures, so the gate approves it knowingly."""
     mode = safety_mode(ctx)

@@ -87,10 +87,15 @@ def preview(ctx: RunContext) -> pd.DataFrame:
 
 
 def _preview(ctx: RunContext, step: Step) -> pd.DataFrame:
-    copy = restored_name(ctx.database, ctx.run_id)
-    with db.connect(ctx.url, step=step.name) as live, \
-            db.connect(with_database(ctx.url, copy), step=step.name) as restored:
-        found = sv.preview(live, restored, ctx.run_dir / rowdiff.SNAPSHOT_FOLDER, ctx.run_dir / sv.FOLDER / "preview")
+    copy = ctx.live().the_copy
+    folder, out = ctx.run_dir / rowdiff.SNAPSHOT_FOLDER, ctx.run_dir / sv.FOLDER / "preview"
+    with db.connect(ctx.url, step=step.name) as live:
+        if copy is not None and copy.allow_connections:
+            with db.connect(with_database(ctx.url, copy.name), step=step.name) as restored:
+                found = sv.preview(live, restored, folder, out)
+        else:  # closed for good already (a resumed run): never opened again; deleted rows listed by key alone
+            ctx.record(step.name, "info", "the copy is closed: rows deleted after the backup are listed by key only")
+            found = sv.preview(live, None, folder, out)
     carry = requested(ctx)
     ctx.record(step.name, "info", f"projection at {found['measured_at']}: the restore would discard {found['total']} "
                f"row(s) written after the backup ({found['inserted']} inserted, {found['updated']} updated, "
