@@ -10,6 +10,7 @@ kernel of ``02_execute``, only these steps run, each reading or changing the cat
    holding locks); idle sessions are not waited for;
 3. ``terminate``: ends every session left, kept as evidence;
 4. ``swap-keep-live``: the original is renamed to ``<db>__pre_rollback_<run>``;
+   ``sequences``: its sequences, final now, read; the copy's set past them (``rollbacklib.phases.sequences``);
 5. ``swap-promote-copy``: the copy's identity is checked from the maintenance database (oid,
    marker, no session since it was closed), then it takes the live name;
 6. ``reopen-connections``: the copy accepts connections with the original's old settings;
