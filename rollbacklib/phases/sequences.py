@@ -72,9 +72,11 @@ def _may_act(ctx: RunContext, step: Step) -> Check:
     checks.append(compare("the copy is still under its own name", restored_name(ctx.database, ctx.run_id),
                           copy.name if copy else None))
     bad = failed(checks)
+    ctx.record(step.name, "info", "the copy's identity, read from the maintenance database: "
+               + ("holds" if not bad else "does NOT hold"), checks=[c.to_dict() for c in checks])
     return Check("the original's sequences are final and the copy is the validated one", not bad,
                  [c.name for c in checks], [c.to_dict() for c in bad],
-                 "" if not bad else describe_failures(bad) + "\n" + describe_way_back(
+                 "" if not bad else "do not promote the copy: " + describe_failures(bad) + "\n" + describe_way_back(
                      now.way_back(ctx.previous_settings()), ctx.env.maintenance_database))
 
 
