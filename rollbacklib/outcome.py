@@ -209,10 +209,10 @@ def _undone(events: list[dict], status: str) -> str:
 
 
 def failing_checks(events: list[dict]) -> list[dict]:
-    """Every check that failed in the latest check of the copy (02: validate-copy, its identity at sequences and at the
-    promote) and of the validation (03)."""
+    """Every check that failed in the latest check of the copy (02: validate-copy, its identity at the promote) and of
+    the validation (03)."""
     found = []
-    for step in (StepName.VALIDATE_COPY, StepName.SEQUENCES, StepName.SWAP_PROMOTE, StepName.VALIDATION):
+    for step in (StepName.VALIDATE_COPY, StepName.SWAP_PROMOTE, StepName.VALIDATION):
         event = next((e for e in reversed(events) if e["step"] == step and isinstance(e["evidence"].get("checks"), list)),
                      None)
         for check in (event["evidence"]["checks"] if event else []):

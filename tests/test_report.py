@@ -295,9 +295,8 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
     assert data["failedCells"] == [data["errorLinks"][0][1:]]  # the link leads to the highlighted cell
     assert data["openCode"] == 1  # the failed cell's code is shown; every other cell's is folded
     text = data["text"]
-    # the first step between the renames that checks the copy's identity is sequences (then the promote)
-    assert "02_execute / step sequences: RefusedError" in text
-    assert "This cell failed (step sequences)" in text and "RefusedError" in text
+    assert "02_execute / step swap-promote-copy: RefusedError" in text
+    assert "This cell failed (step swap-promote-copy)" in text and "RefusedError" in text
     assert "L3 (DevOps Lead)" in text and "RENAME TO" in text  # the next action: the way back
     assert re.search(r"RTO \(Recovery Time\)\s+< 15 min\s+-\s+– not measured", text)
     live = database_name(incident.url)
@@ -312,7 +311,7 @@ def test_a_failed_runs_report_names_the_failed_step_and_links_its_cell(incident,
         assert f"{check['name']}: expected " in text
     assert "no session opened on the copy since it was closed: expected " in text
     postmortem = (result.run_dir / "postmortem.md").read_text()
-    assert "- Step `sequences` (02_execute) refused: PRODUCTION IS DOWN" in postmortem
+    assert "- Step `swap-promote-copy` (02_execute) refused: PRODUCTION IS DOWN" in postmortem
     assert "do not promote" in postmortem
     impact = postmortem.split("\n## Impact\n", 1)[1].strip().splitlines()
     assert impact[0].startswith("**Production DOWN since ") and f"(live name {live} missing)" in impact[0]

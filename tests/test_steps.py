@@ -156,9 +156,8 @@ def test_a_failure_after_a_change_fails_with_exit_5(incident):
         with psycopg.connect(incident.admin_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{copy}_gone" RENAME TO "{copy}"')
     assert result.exit_code == 5, result.summary
-    # the first step after the keep that needs the copy is sequences (between the renames), then the promote
-    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.SEQUENCES
+    assert result.summary["status"] == "failed" and result.summary["error"]["step"] == StepName.SWAP_PROMOTE
     assert result.summary["error"]["message"].startswith("PRODUCTION IS DOWN")
-    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.SEQUENCES
+    event = next(e for e in read_events(result.run_dir) if e["step"] == StepName.SWAP_PROMOTE
                  and e["status"] in ("failed", "refused"))
     assert event["message"].startswith("PRODUCTION IS DOWN") and event["evidence"]["escalate"] == "L3"

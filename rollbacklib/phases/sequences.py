@@ -10,7 +10,9 @@ two connections and one statement per sequence: milliseconds, whatever the data'
 
 The copy's identity stays checkable: the runbook's own session on it is counted (the copy's
 ``pg_stat_database.sessions`` must move by exactly that one), and the new count replaces
-``sessions_at_close``, so ``swap-promote-copy`` still refuses a copy anyone else touched.
+``sessions_at_close``, so ``swap-promote-copy`` still refuses a copy anyone else touched. A copy
+that is not the validated one (renamed away, opened, changed) is never opened here: nothing is
+set, and ``swap-promote-copy``, the one gate on the copy's identity, refuses it and says why.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rollbacklib.dispatch import dispatch, private_actions, private_session
 from rollbacklib.errors import StepError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import read_events
-from rollbacklib.live import describe_way_back, kept_name, restored_name
+from rollbacklib.live import kept_name, restored_name
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import sequences as sq
 from rollbacklib.postgres.client import with_database
@@ -48,8 +50,9 @@ def plan_step(ctx: RunContext, admin, phase: str = Phase.EXECUTE) -> Step:
                            "setval('<schema>.<sequence>', <the original's last_value>, true); then pg_sequences "
                            "read back"),),
                 destructive=True, requires=(StepName.SWAP_KEEP,),
-                precondition=f"the original is kept as {kept}, blocked, with no session; {copy} is the validated "
-                "copy (oid, marker, no session since closed)",
+                precondition=f"the original is kept as {kept}, blocked, with no session; {copy} is opened only "
+                "when it is the validated copy (oid, marker, no session since closed): else nothing is set and "
+                "the promote refuses it",
                 postcondition=f"every sequence of {copy} is at or past the original's; no other session opened on "
                 "the copy", undo=("none needed: a sequence moved forward only skips ids",))
 
@@ -60,28 +63,33 @@ def carry_sequences(ctx: RunContext) -> pd.DataFrame:
 
 
 def _may_act(ctx: RunContext, step: Step) -> Check:
+    """The original's sequences are final: it is kept, blocked, with no session (the copy is judged in ``_carry``)."""
+    original = ctx.live().original
+    return compare("the original is kept, blocked, with no session: its sequences are final",
+                   {"name": kept_name(ctx.database, ctx.run_id), "closed": True, "sessions": 0},
+                   {"name": original.name, "closed": original.closed, "sessions": original.sessions}
+                   if original else None)
+
+
+def _copy_checks(ctx: RunContext) -> list[Check]:
+    """The copy, still under its own name, is the validated one: oid, marker, closed, no session since closed."""
     now = ctx.live()
-    original, copy = now.original, now.the_copy
-    restored = ctx.state().restored
+    copy, restored = now.the_copy, ctx.state().restored
     checks = now.copy_identity(restored.sessions_at_close if restored else None) if copy else [
         Check("the validated copy is there", False, True, None)]
-    checks.append(compare("the original is kept, blocked, with no session",
-                          {"name": kept_name(ctx.database, ctx.run_id), "closed": True, "sessions": 0},
-                          {"name": original.name, "closed": original.closed, "sessions": original.sessions}
-                          if original else None))
     checks.append(compare("the copy is still under its own name", restored_name(ctx.database, ctx.run_id),
                           copy.name if copy else None))
-    bad = failed(checks)
-    ctx.record(step.name, "info", "the copy's identity, read from the maintenance database: "
-               + ("holds" if not bad else "does NOT hold"), checks=[c.to_dict() for c in checks])
-    return Check("the original's sequences are final and the copy is the validated one", not bad,
-                 [c.name for c in checks], [c.to_dict() for c in bad],
-                 "" if not bad else "do not promote the copy: " + describe_failures(bad) + "\n" + describe_way_back(
-                     now.way_back(ctx.previous_settings()), ctx.env.maintenance_database))
+    return checks
 
 
 def _carry(ctx: RunContext, step: Step) -> pd.DataFrame:
     kept, copy = kept_name(ctx.database, ctx.run_id), restored_name(ctx.database, ctx.run_id)
+    bad = failed(_copy_checks(ctx))
+    if bad:  # never open a copy that is not the validated one; the promote, next, refuses it and says why
+        ctx.record(step.name, "info", "sequences NOT set: the copy is not the validated one, so it is not opened ("
+                   + describe_failures(bad) + "); swap-promote-copy refuses it", identity_failed=[
+                       c.to_dict() for c in bad])
+        return pd.DataFrame([{"sequences": "not set", "why": describe_failures(bad)}])
     started = time.monotonic()
     with private_session(ctx, step, kept) as conn:
         before = sq.read_sequences(conn)
@@ -135,12 +143,17 @@ def _account_own_session(ctx: RunContext, step: Step, copy: str, restored) -> No
 
 
 def _holds(ctx: RunContext, step: Step) -> Check:
-    """Read back: while the copy is closed, nobody opened it since (its values were read back in the session that set
+    """Read back (after a copy found not to be the validated one: holds only while it still is not): while the copy is closed, nobody opened it since (its values were read back in the session that set
     them); once it is open, its ``pg_sequences`` against the original's values journaled by the step."""
     event = next((e for e in reversed(read_events(ctx.run_dir)) if e["step"] == StepName.SEQUENCES
-                  and e["status"] == "info" and "before_rollback" in e["evidence"]), None)
+                  and e["status"] == "info" and ("before_rollback" in e["evidence"]
+                                                 or "identity_failed" in e["evidence"])), None)
     if event is None:
         return Check("the original's sequences were read", False, "journaled", None)
+    if "identity_failed" in event["evidence"]:  # nothing was set: fine while the copy stays refused, not once it holds
+        bad = failed(_copy_checks(ctx))
+        return Check("the copy is not the validated one: nothing to set, the promote refuses it", bool(bad),
+                     "the copy refused", [c.name for c in bad])
     before = sq.from_json(event["evidence"]["before_rollback"])
     now = ctx.live()
     copy, restored = now.the_copy, ctx.state().restored
