@@ -87,15 +87,30 @@ def preview(ctx: RunContext) -> pd.DataFrame:
 
 
 def _preview(ctx: RunContext, step: Step) -> pd.DataFrame:
-    copy = ctx.live().the_copy
+    """A projection, read only: when it cannot be made (the window has begun on a resumed run, any error) it is
+    journaled as not made, with the reason, and does not stop the run: ``compare-rows`` counts after the window."""
+    now = ctx.live()
+    copy, live_db, original = now.the_copy, now.named(ctx.database), now.original
+    serving = bool(live_db and original and live_db.oid == original.oid and live_db.open)
+    if ctx.changes_began() or not serving:
+        why = f"the outage window has begun ({now.describe()})"
+        ctx.record(step.name, "info", f"preview not made: {why}; compare-rows counts the rows after the window",
+                   salvage_preview=None, why=why)
+        return pd.DataFrame([{"preview": f"not made: {why}"}])
     folder, out = ctx.run_dir / rowdiff.SNAPSHOT_FOLDER, ctx.run_dir / sv.FOLDER / "preview"
-    with db.connect(ctx.url, step=step.name) as live:
-        if copy is not None and copy.allow_connections:
-            with db.connect(with_database(ctx.url, copy.name), step=step.name) as restored:
-                found = sv.preview(live, restored, folder, out)
-        else:  # closed for good already (a resumed run): never opened again; deleted rows listed by key alone
-            ctx.record(step.name, "info", "the copy is closed: rows deleted after the backup are listed by key only")
-            found = sv.preview(live, None, folder, out)
+    try:
+        with db.connect(ctx.url, step=step.name) as live:
+            if copy is not None and copy.allow_connections:
+                with db.connect(with_database(ctx.url, copy.name), step=step.name) as restored:
+                    found = sv.preview(live, restored, folder, out)
+            else:  # closed for good already (a resumed run): never opened again; deleted rows listed by key alone
+                ctx.record(step.name, "info", "the copy is closed: rows deleted after the backup are listed by key "
+                           "only")
+                found = sv.preview(live, None, folder, out)
+    except Exception as err:  # noqa: BLE001 - a measurement, read only
+        why = f"{type(err).__name__}: " + (getattr(err, "message", None) or str(err)).splitlines()[0]
+        ctx.record(step.name, "info", f"preview not made: {why}", salvage_preview=None, why=why)
+        return pd.DataFrame([{"preview": f"not made: {why}"}])
     carry = requested(ctx)
     ctx.record(step.name, "info", f"projection at {found['measured_at']}: the restore would discard {found['total']} "
                f"row(s) written after the backup ({found['inserted']} inserted, {found['updated']} updated, "
