@@ -257,3 +257,20 @@ def _env(url: str) -> dict:
     from rollbacklib.postgres.client import libpq_env
 
     return libpq_env(url)
+
+
+def test_a_restore_that_cannot_connect_fails_and_leaves_the_database_closed(fresh_db, pg_server, tmp_path):
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    archive = tmp_path / "good.dump"
+    _dump(fresh_db, archive, "-Fc")
+    name = database_name(fresh_db)
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        for statement in db.block_statements(name):
+            admin.execute(statement)
+        with pytest.raises(StepError) as err:  # a database name the server does not have: pg_restore cannot connect
+            in_place.run(in_place.restore_command(archive, name + "_missing", TOOLS), archive, fresh_db, admin,
+                         name, app_name="rollbacklib-in-place-missing", open_sql=f'ALTER DATABASE "{name}" WITH '
+                         "ALLOW_CONNECTIONS true", close_sql=f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        allow = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
+    assert "pg_restore exited with 1" in err.value.message and allow is False

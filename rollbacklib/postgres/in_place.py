@@ -168,9 +168,11 @@ def run(cmd: list[str], path: Path, url: str, admin: psycopg.Connection, databas
         finally:
             admin.execute(close_sql.encode())
             said(close_sql)
-        evict = evict_statement(database, pid).as_string(admin)
-        evicted = sum(1 for row in admin.execute(evict.encode()).fetchall() if row[0])
-        said(evict)
+        evicted = 0
+        if pid is not None:  # None: the program ended before connecting; its status says why
+            evict = evict_statement(database, pid).as_string(admin)
+            evicted = sum(1 for row in admin.execute(evict.encode()).fetchall() if row[0])
+            said(evict)
         try:
             if plain:
                 feeder = subprocess.Popen(feed_cmd, stdout=subprocess.PIPE, stderr=feed_errors) if feed_cmd else None
