@@ -2,6 +2,7 @@
 
 Exit codes: 0 succeeded, 2 bad usage or config, 3 aborted safely before any change,
 4 refused (a gate or a lock), 5 failed after changes began (a person must act).
+``assess``: 0 no rollback, 10 team decision, 11 roll back now, 2 bad usage.
 ``verify-audit``: 0 the audit trail is intact, 1 something in it was altered, 2 bad usage.
 """
 
@@ -29,6 +30,8 @@ MigrationOpt = typer.Option(..., "--migration", "-m", help="The Prisma migration
 BackupOpt = typer.Option(None, "--backup", help="Backup to restore (default: newest suitable one); "
                          "a relative path is relative to the working directory.")
 RunIdOpt = typer.Option(None, "--run-id", help="Resume or name a run (default: a new one).")
+IntervalOpt = typer.Option(None, "--interval", help="Seconds between samples (default: the environment's or "
+                           "[triggers] interval_seconds).")
 
 
 def _fail(error: RollbackError) -> None:
@@ -177,11 +180,16 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         err.print(f"[bold red]{e['phase']} / {e['step']}[/]: {e['message']}", markup=True, highlight=False)
         if e.get("next_action"):
             err.print(f"Next: {e['next_action']}", markup=False, highlight=False)
+        if e.get("escalate"):
+            err.print(f"Escalate to {e.get('contact') or e['escalate']}.", markup=False, highlight=False)
         from rollbacklib.pipeline import failed_cell
 
         cell = failed_cell(run_dir)
         if cell:
             err.print(f"Failed cell: {cell}", markup=False)
+    for n in summary.get("notifications") or []:
+        if not n["delivered"]:
+            err.print(f"notification {n['channel']} failed ({n['event']}): {n['error']}", markup=False, highlight=False)
     audit = summary.get("audit")
     if audit:
         out.print(f"Audit chain head: {audit['head']} ({audit['events']} events); keep it with the incident and "
@@ -528,6 +536,69 @@ def audit_keygen(
               f"Public key: {public} (give it to whoever verifies: rollback verify-audit RUN_DIR --public-key "
               f"{public})\nTo sign runs: set [audit] signing_key_env = \"ROLLBACK_AUDIT_KEY\" in runbook.toml and "
               f"export ROLLBACK_AUDIT_KEY=\"$(cat {private})\"", highlight=False)
+
+
+@app.command()
+def assess(
+    env: str = EnvOpt,
+    migration: str = MigrationOpt,
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    window: Optional[float] = typer.Option(None, "--window", help="Seconds to sample (default: [triggers] "
+                                           "window_seconds)."),
+    interval: Optional[float] = IntervalOpt,
+    run_id: Optional[str] = RunIdOpt,
+):
+    """Should we roll back? Sample the metrics and the database, evaluate the triggers (notebook 00_assess).
+
+    Exit 0: no rollback; 10: team decision (only manual triggers fired); 11: roll back now (an
+    automatic trigger fired); 2: bad usage or config.
+    """
+    from rollbacklib.phases.assess import run_assessment
+
+    try:
+        result = run_assessment(migration_id=migration, environment=env, config_path=str(config) if config else None,
+                                reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
+                                window_seconds=window or 0, interval_seconds=interval or 0)
+    except RollbackError as error:
+        _fail(error)
+    for line in result.lines:
+        out.print(line, markup=False, highlight=False)
+    out.print(f"Assessment folder: {result.folder}", highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def watch(
+    env: str = EnvOpt,
+    migration: str = MigrationOpt,
+    config: Optional[Path] = ConfigOpt,
+    reports_dir: Optional[Path] = ReportsOpt,
+    interval: Optional[float] = IntervalOpt,
+    yes: bool = typer.Option(False, "--yes", help="Approve, now, the rollback an automatic trigger would start: "
+                             "only with auto_rollback = true in the environment's triggers."),
+    run_id: Optional[str] = RunIdOpt,
+):
+    """Sample on an interval and alert when a trigger fires; with auto_rollback = true and --yes, start the runbook.
+
+    Stops cleanly on Ctrl-C or SIGTERM (exit 0). After a rollback it started: that run's exit code.
+    """
+    from rollbacklib.phases.assess import open_assessment
+    from rollbacklib.watch import watch as do_watch
+
+    try:
+        ctx = open_assessment(migration_id=migration, environment=env, config_path=str(config) if config else "",
+                              reports_dir=str(reports_dir) if reports_dir else "", run_id=run_id or "",
+                              interval_seconds=interval or 0)
+        result = do_watch(ctx, approve=migration if yes else "",
+                          say=lambda line: out.print(line, markup=False, highlight=False))
+    except RollbackError as error:
+        _fail(error)
+    out.print(f"Stopped ({result.stopped_by}) after {result.samples} samples, {len(result.alerts)} alert(s); "
+              f"folder: {result.folder}", highlight=False)
+    if result.run is not None:
+        print_run(result.run.summary, result.run.run_dir, result.run.report, result.run.report_error)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

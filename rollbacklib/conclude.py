@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollbacklib import completion
 from rollbacklib.audit import record_artifact, record_head
 from rollbacklib.journal import JOURNAL_NAME, Journal
 from rollbacklib.summary import write_summary
@@ -39,6 +40,9 @@ def conclude(run_dir: Path, secrets: list[str] = ()) -> Concluded:
     summary = write_summary(run_dir)
     report, report_error = write_report(run_dir, secrets)
     summary["audit"] = record_head(run_dir, "end of the run", secrets=secrets)  # signed, to syslog
+    # then the completion notification, carrying that head: a copy of it outside the run folder (never raising)
+    summary["notifications"] = summary.get("notifications", []) + completion.send(run_dir, summary, summary["audit"],
+                                                                                  secrets)
     return Concluded(summary, report, report_error)
 
 

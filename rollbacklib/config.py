@@ -15,10 +15,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa: F401  (re-exported)
 from rollbacklib.errors import ConfigError
+from rollbacklib.notify.settings import Escalation, NotifySettings
 from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.service_config import ServiceSnapshot, StartOrder
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
+from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
 
 DEFAULT_CONFIG_NAME = "runbook.toml"
 WORKDIR_ENV = "ROLLBACK_WORKDIR"
@@ -56,6 +59,16 @@ class ThresholdOverrides(_Strict):
     restore_jobs: int | None = Field(None, ge=0)
 
 
+class SurgicalSettings(_Strict):
+    """Strategy surgical (README "Strategy: surgical"): ``[defaults.surgical]`` or ``[environments.NAME.surgical]``."""
+
+    services: Literal["up", "drain"] = "up"  # up: serve through it; drain: stop the services around the changes
+    batch_rows: int = Field(5000, gt=0)  # rows per backfill UPDATE (one transaction each)
+    lock_timeout_seconds: float = Field(2, gt=0)  # how long the reverse DDL waits for its locks per attempt
+    attempts: int = Field(5, gt=0)  # tries of the reverse DDL before it gives up (nothing changed)
+    retry_pause_seconds: float = Field(1, ge=0)  # pause after the n-th lock timeout: n times this
+
+
 class Service(_Strict):
     name: str
     replicas: int = Field(1, ge=0)
@@ -83,8 +96,13 @@ class Environment(_Strict):
     platform: PlatformSettings | None = None
     health: HealthCheck | None = None
     smoke_tests: list[SmokeTest] = []
+    start: StartOrder = StartOrder()  # the order services come back in, and whose health is waited for
+    snapshot: ServiceSnapshot = ServiceSnapshot()  # phase 01: last log lines and a metrics snapshot
     release: Release | None = None
+    notify: NotifySettings | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
+    triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
+    surgical: SurgicalSettings | None = None  # the surgical strategy's settings (README "Strategy: surgical")
 
     _check_env = field_validator("database_url_env")(_env_var_name)
 
@@ -96,6 +114,11 @@ class Environment(_Strict):
             raise ValueError(f"service_platform = {self.service_platform!r} but platform.kind = "
                              f"{self.platform.kind!r}: give one, or the same in both")
         self.platform.check_services([s.name for s in self.services])
+        return self
+
+    @model_validator(mode="after")
+    def _start_matches(self) -> "Environment":
+        self.start.check_services([s.name for s in self.services])
         return self
 
     def database_url(self) -> str:
@@ -180,6 +203,7 @@ class Defaults(_Strict):
     salvage: bool = False
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
+    surgical: SurgicalSettings = SurgicalSettings()
 
 
 class Drill(_Strict):
@@ -200,13 +224,23 @@ class Audit(_Strict):
         return None if value is None else _env_var_name(value)
 
 
+class Checklists(_Strict):
+    """Phase 01's checklists: where headless acknowledgements are read, and whether an open item stops the run."""
+
+    acknowledgements_file: Path | None = None  # JSON {"checklist:team:lead-engineer-available": {"by", "at"}}
+    require_acknowledgements: bool = False
+
+
 class Config(_Strict):
     path: Path = Path(DEFAULT_CONFIG_NAME)
     defaults: Defaults = Defaults()
     audit: Audit = Audit()
+    escalation: Escalation = Escalation()
+    checklists: Checklists = Checklists()
     environments: dict[str, Environment]
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
+    triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/trigger_settings.py
 
     def environment(self, name: str) -> "ResolvedEnvironment":
         if name not in self.environments:
@@ -249,8 +283,10 @@ class ResolvedEnvironment:
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform
         self.health, self.smoke_tests = env.health, env.smoke_tests
+        self.start, self.snapshot = env.start, env.snapshot
         self.services = env.services
         self.release = env.release
+        self.surgical = env.surgical or config.defaults.surgical
         merged = config.defaults.thresholds.model_dump()
         merged.update({k: v for k, v in env.thresholds.model_dump().items() if v is not None})
         self.thresholds = Thresholds(**merged)
@@ -290,6 +326,7 @@ def _resolve_paths(config: Config, base: Path, data_base: Path) -> None:
         config.defaults.client_binaries = str(resolve(Path(config.defaults.client_binaries)))
     if config.drill:
         config.drill.scenario = resolve(config.drill.scenario)
+    config.checklists.acknowledgements_file = resolve(config.checklists.acknowledgements_file)
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

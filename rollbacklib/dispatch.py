@@ -14,6 +14,7 @@ import hashlib
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
+from rollbacklib import escalation
 from rollbacklib.checks import Check
 from rollbacklib.errors import OUTCOME_EXIT, ConfigError, RefusedError, RollbackError, StepError
 from rollbacklib.journal import read_events
@@ -44,6 +45,7 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
         _journal_failure(ctx, Step(name, ctx.phase, "", ""), err)
         raise
     ctx.record(step.name, "started", step.summary, target=step.target, destructive=step.destructive)
+    escalation.arm(ctx)  # a step boundary: the run past its time escalates to L2 (and a timer covers a long step)
     try:
         if ctx.dry_run and step.phase != Phase.PREPARE:
             for action in step.actions:
@@ -168,8 +170,10 @@ def _journal_failure(ctx: RunContext, step: Step, err: RollbackError) -> None:
         err.next_action += " The way back, from what the catalog shows now: " + describe_way_back(
             back, ctx.env.maintenance_database)
     ctx.mark_step(step.name, err.outcome)
+    escalation.prepare(ctx, err)  # its level and who that is, in the message, the journal and the report
     evidence = {k: v for k, v in err.to_dict().items() if k not in ("message", "step")}
     ctx.record(step.name, err.outcome, err.message, **evidence, live=now.to_dict(), way_back=back)
+    escalation.on_failure(ctx, step.name, err)  # journaled, and the escalation channel told (never blocking)
 
 
 def close_left_copy(ctx: RunContext, step: str, now=None) -> None:

@@ -61,7 +61,8 @@ class RollbackError(Exception):
             lines.append(f"expected: {self.expected}; found: {self.found}")
         lines.append(f"Next: {self.next_action}")
         if self.escalate:
-            lines.append(f"Escalate to {self.escalate} ({ESCALATION.get(self.escalate, '?')}).")
+            who = getattr(self, "contact", None) or f"{self.escalate} ({ESCALATION.get(self.escalate, '?')})"
+            lines.append(f"Escalate to {who}.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -75,6 +76,7 @@ class RollbackError(Exception):
             "expected": self.expected,
             "found": self.found,
             "escalate": self.escalate,
+            "contact": getattr(self, "contact", None),
         }
 
 

@@ -21,7 +21,8 @@ SLOW_SHARE = 0.5  # a step is slow when it alone takes half its phase's estimate
 PASS, FAIL, INFO, NOT_MEASURED, PEOPLE = "pass", "fail", "info", "not measured", "for people"
 
 # The seed's incident drill (Test 3): each milestone and its target, in seconds from the start.
-# The run knows neither when the team was told nor the status page: those are for people.
+# When the team was told and the status page updated: from the first delivered notification of that kind
+# (``NOTIFIED_BY``); with no notification channel configured, those are for people.
 DRILL_TARGETS = (
     ("team notified", 120, None),
     ("status page updated", 180, None),
@@ -110,13 +111,25 @@ def milestones(events: list[dict]) -> list[dict]:
     start = events[0]["ts"] if events else None
     rows = []
     for name, target, where in DRILL_TARGETS:
-        event = first_event(events, where[1], where[2], where[0]) if where else None
+        event = first_event(events, where[1], where[2], where[0]) if where else _notified(events, name)
         seconds = seconds_between(start, event["ts"]) if event else None
         rows.append({"milestone": name, "target_seconds": target, "at": event["ts"] if event else None,
                      "seconds": seconds,
-                     "status": (PEOPLE if where is None else NOT_MEASURED if seconds is None
+                     "status": (PEOPLE if where is None and event is None else NOT_MEASURED if seconds is None
                                 else PASS if seconds < target else FAIL)})
     return rows
+
+
+# The milestones a delivered notification proves (its kinds); without one they stay for people.
+NOTIFIED_BY = {"team notified": ("slack", "slack-webhook", "email"), "status page updated": ("statuspage",)}
+
+
+def _notified(events: list[dict], milestone: str) -> dict | None:
+    """The first journal event of a notification of ``milestone``'s kinds that was delivered."""
+    kinds = NOTIFIED_BY.get(milestone, ())
+    return next((e for e in events if isinstance(e.get("evidence"), dict)
+                 and (e["evidence"].get("notification") or {}).get("delivered")
+                 and e["evidence"]["notification"].get("kind") in kinds), None)
 
 
 def _metric(key: str, metric: str, target: str, value, unit: str, actual: str, status: str, evidence: str) -> dict:

@@ -19,11 +19,13 @@ from rollbacklib.metrics import first_event, machinery_seconds, measure, seconds
 from rollbacklib.state import RunState, load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command
+from rollbacklib.notify.delivery import outcomes as notification_outcomes
 from rollbacklib.way_back import previous_settings, run_view
 
 ARTIFACT = "artifact"  # a file sealed into the journal (rollbacklib.audit): no step of the run
 HEAD = "head"  # a chain head recorded (and signed) at a phase end (rollbacklib.signing): no step either
-NOT_STEPS = (ARTIFACT, HEAD)
+NOTIFIED = "notified"  # the completion notification, sent after the run's end head (rollbacklib.completion)
+NOT_STEPS = (ARTIFACT, HEAD, NOTIFIED)
 
 #: One word per outcome, everywhere (run.json, the badge, the terminal, the phase table), each with its exit code.
 SUCCEEDED, FAILED, ABORTED, REFUSED = "succeeded", "failed", "aborted", "refused"
@@ -183,7 +185,8 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "kept_database": state.swap.kept if state.swap and first_event(events, StepName.SWAP_KEEP, "changed") else None,
         "open_kept_database": open_database_sql(state.swap.kept) if state.swap and state.swap.completed else None,
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
-                  **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate")}} if error else None,
+                  **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate", "contact")}}
+                 if error else None,
         "way_back": (back := now.way_back(previous_settings(run_dir), even_if_serving=True) if now is not None and status == FAILED else []),
         "way_back_command": psql_command(back, now.admin_url) if back else None,
         "live": now.to_dict() if now is not None else None,
@@ -193,6 +196,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
                            for e in earlier],
     }
     summary["failing_checks"] = failing_checks(events)
+    summary["notifications"] = notification_outcomes(events)  # each channel's outcome; a failed one is reported
     summary |= measure(summary, events, state)
     summary["production"] = production_state(run_dir, events, state, live=live)
     _still_down(summary)

@@ -34,6 +34,7 @@ from rollbacklib.summary import finished_phases, first_error, phase_table, phase
 from rollbacklib.live import Situation
 from rollbacklib.way_back import run_view
 from rollbacklib.postgres.locks import database_lock
+from rollbacklib.triggers.background import start_service_sampling, stop_service_sampling
 
 PREPARE = Phase.PREPARE
 
@@ -171,6 +172,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
         if earlier and not dry_run:
             finished -= _phases_to_redo(run_dir, journal, str(config.path))
         to_run = [p for p in phases if p not in finished]
+        sampling = start_service_sampling(config, environment, run_dir, dry_run=dry_run)  # /metrics only, to 05's end
         try:
             _start_ahead(kernels, folder, to_run[:1])  # alone: the first phase waits for it
             for phase in phases:
@@ -212,6 +214,7 @@ def run_phases(*, migration_id: str, environment: str, config_path: str | None =
                 if not ok:
                     break
         finally:
+            stop_service_sampling(sampling, run_dir, secrets)
             end = conclude(run_dir, secrets)
     return RunResult(run_dir, end.summary, end.report, end.report_error)
 

@@ -93,6 +93,7 @@ class RunState(_Model):
     blocked: Blocked | None = None
     swap: Swap | None = None
     steps: dict[str, StepRecord] = {}
+    notifications: dict[str, dict[str, Any]] = {}  # per channel, what a later send needs (Statuspage's incident id)
 
     def need(self, field: str, produced_by: str):
         """The value of ``field``; AbortedError naming ``produced_by`` when this run has none yet."""

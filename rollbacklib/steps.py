@@ -45,6 +45,7 @@ class StepName(StrEnum):
     VERIFY_BACKUP = "verify-backup"
     MIGRATION_STATE = "migration-state"
     CAPTURE = "capture"
+    SERVICE_SNAPSHOT = "service-snapshot"
     PLAN = "plan"
     CREATE_COPY = "create-copy"
     RESTORE = "restore"
@@ -71,7 +72,21 @@ class StepName(StrEnum):
     REOPEN = "reopen-connections"
     HEALTH = "health"
     START_SERVICES = "start-services"
+    SERVICE_HEALTH = "service-health"
+    SMOKE_TESTS = "smoke-tests"
     CLOSE = "close"
+    # the surgical strategy (rollbacklib/surgical/)
+    SURGICAL_SCHEMA = "surgical-compare-schema"
+    SURGICAL_SIDE = "surgical-side-restore"
+    SURGICAL_DDL = "surgical-reverse-ddl"
+    SURGICAL_BACKFILL = "surgical-backfill"
+    SURGICAL_AFTER_DATA = "surgical-after-data-ddl"
+    SURGICAL_BOOKKEEPING = "surgical-bookkeeping"
+    SURGICAL_VERIFY = "surgical-verify"
+    SURGICAL_DROP_SIDE = "surgical-drop-side"
+    NOTIFY_INITIATED = "notify-initiated"
+    NOTIFY_COMPLETED = "notify-completed"
+    CHECKLISTS = "checklists"
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rollbacklib.journal import GENESIS, JOURNAL_NAME, line_hash
-from rollbacklib.outcome import ARTIFACT, HEAD, compute
+from rollbacklib.outcome import ARTIFACT, HEAD, NOTIFIED, compute
 from rollbacklib.postgres.backup import sha256_of
 from rollbacklib.signing import check as check_signature, key_id
 from rollbacklib.state import load_state
 
 RUN_SUMMARY = "run.json"
-#: After the head, the events a later command writes, each saying why: a seal, a head, a report note.
-LATER_COMMAND_STEPS = {ARTIFACT, HEAD, "report"}
+#: After the head, the events a later command writes, each saying why: a seal, a head, a report note, the
+#: completion notification (which carries the head).
+LATER_COMMAND_STEPS = {ARTIFACT, HEAD, "report", NOTIFIED}
 #: The fields of run.json recomputed from the journal and the state.
 RECOMPUTED = ("status", "exit_code", "changes_made", "rto_seconds", "rpo_seconds", "downtime_seconds",
               "duration_seconds")

@@ -101,8 +101,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     executed = next(incident.reports.rglob("02_execute.ipynb")).read_text()
     assert "RENAME TO" in executed  # the plan is shown in the executed notebook
     assert [s["name"] for s in plan["steps"] if s["phase"] == "01_prepare"] == [
-        "migration", "release", "verify-backup", "migration-state", "capture", "plan"]
-    for step in plan["steps"][6:]:  # ... and in the terminal, every statement after phase 01 verbatim
+        "migration", "release", "verify-backup", "migration-state", "capture", "service-snapshot", "plan"]
+    for step in plan["steps"][7:]:  # ... and in the terminal, every statement after phase 01 verbatim
         assert step["phase"] != "01_prepare"
         for action in step["actions"]:
             if action["kind"] in ("sql", "command"):

@@ -27,6 +27,7 @@ import psycopg
 import websocket
 
 from rollbacklib.audit import artifacts, verify_audit
+from rollbacklib.journal import read_events
 from rollbacklib.lab import free_port
 from rollbacklib.steps import PHASES
 
@@ -126,11 +127,13 @@ def test_a_person_in_jupyterlab_rolls_back_from_01_to_05_and_stopping_the_lab_wr
     try:
         url = wait_for_lab_url(proc, printed, port, output, tmp_path / "jupyter.log")
         person = Operator(f"http://127.0.0.1:{port}", parse_qs(urlsplit(url).query)["token"][0],
-                          answers={"Type the migration ID": MIGRATION})
+                          answers={"Type the migration ID": MIGRATION, "Checklist (": "Lab Operator"})
         for phase in PHASES:
             errors = person.run_notebook(f"{phase}.ipynb")
             assert not errors, (phase, [f"{e.ename}: {e.evalue}" for e in errors])
-        assert len(person.prompts) == 1 and "Swap the restored copy in" in person.prompts[0]  # the gate asked
+        gate = [p for p in person.prompts if "Checklist (" not in p]
+        assert len(gate) == 1 and "Swap the restored copy in" in gate[0]  # the gate asked
+        assert len(person.prompts) > 1  # and 01's checklists asked for each item the evidence does not prove
 
         proc.send_signal(signal.SIGTERM)  # as `kill <pid>` from the printed line
         assert proc.wait(180) == 0
@@ -146,6 +149,9 @@ def test_a_person_in_jupyterlab_rolls_back_from_01_to_05_and_stopping_the_lab_wr
     with psycopg.connect(incident.url) as conn:  # rolled back, by the catalog
         assert conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'users' "
                             "AND column_name = 'passwordHash'").fetchone()
+    typed = [e["evidence"]["acknowledgement"] for e in read_events(run_dir) if "acknowledgement" in e["evidence"]]
+    assert len(typed) == len(person.prompts) - 1 and {(a["acknowledged_by"], a["source"]) for a in typed} == {
+        ("Lab Operator", "typed")}  # each checklist item typed in JupyterLab, journaled with who and when
     state = json.loads((run_dir / "state.json").read_text())
     assert state["backup"]["path"] == str(shelf / incident.backup.name)  # found where `rollback run` looks
     assert state["approval"]["how"] == "typed at the notebook's prompt"

@@ -16,6 +16,8 @@ import psycopg
 from rollbacklib.drill.injection import (Pool, PromptingKernel, Trigger, exclusive_lock, frozen, kill_kernel,
                                          refused_by_hba, restart_server, run_way_back, stop_server_now, swap_plan,
                                          tiny_volume, wait_gone)
+from rollbacklib.drill import service_faults
+from rollbacklib.drill import notify_down
 from rollbacklib.errors import ConfigError
 from rollbacklib.steps import Phase, StepName
 
@@ -403,12 +405,25 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "in plan.json and state.json recomputed; then resume.",
           "The approval in the journal does not match: every destructive step refuses (exit 4).",
           "Treat the run folder as tampered: start a new run from 01.", _plan_swapped, outcome="original-serves"),
-    Fault("health-never-passes", 5, "pg_hba.conf rejects the live name right after the promote: health cannot "
+    Fault("db-health-never-passes", 5, "pg_hba.conf rejects the live name right after the promote: health cannot "
           "connect through the application's URL.", "Health fails after its retries (exit 5), naming the health step; "
           "the validated copy keeps the live name and the original stays kept.",
           "The app cannot connect: fix its access (pg_hba, role, password); the attempts are in the journal.",
           _health_never_passes,
           outcome="swapped-not-serving", judge=_judge_health),
+    Fault("health-never-passes", 5, "The drill's services run (as with --services); the run's environment gives the "
+          "api-gateway a database URL naming a database that does not exist, so the gateway phase 04 starts again "
+          "listens but its /health answers 503 every time.",
+          "start-services waits for the gateway's health with its retries, fails with the seed's escalation (L1) "
+          "naming it, and starts no other service; the database's rollback stands (exit 5).",
+          "Read the gateway's logs, fix its configuration (its database URL), then `rollback resume <run folder>`: "
+          "start-services starts the rest in order.",
+          service_faults.health_never_passes, judge=service_faults.judge_health_never_passes),
+    Fault("notify-down", 0, "Every notification endpoint down on 127.0.0.1: the Slack webhook (also the escalation "
+          "channel) answers HTTP 500, the status page accepts the connection and never answers.",
+          "Each send is retried a bounded few seconds, journaled, then reported; the rollback completes as usual.",
+          "Nothing for the rollback: tell people by hand (the report and the terminal name each failed notification).",
+          notify_down.inject, judge=notify_down.judge),
 ]}
 
 

@@ -33,6 +33,8 @@ from rollbacklib.config import Config, Service, load_config
 from rollbacklib.platform_settings import ProcessSettings
 from rollbacklib.platforms import platform_for
 from rollbacklib.probes import HealthCheck, SmokeTest
+from rollbacklib.trigger_settings import EnvironmentTriggers
+from rollbacklib.service_config import ServiceSnapshot
 
 SCRIPTS = {"api-gateway": "api_gateway.py", "reports-client": "reports_client.py",
            "static-report-server": "static_report_server.py"}
@@ -55,8 +57,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def services_config(config: Config, environment: str, scenario_root: Path, folder: Path) -> tuple[Path, str]:
-    """Write the config with the drill environment on the process platform; return it and the gateway's URL."""
+def services_config(config: Config, environment: str, scenario_root: Path, folder: Path,
+                    adjust: Callable | None = None) -> tuple[Path, str]:
+    """Write the config with the drill environment on the process platform; return it and the gateway's URL.
+
+    ``adjust(env)`` changes the environment before it is written (a fault drill's variant of the services).
+    """
     env = config.environments[environment]
     ports = {name: _free_port() for name in SCRIPTS}
     gateway = f"http://127.0.0.1:{ports['api-gateway']}"
@@ -67,11 +73,15 @@ def services_config(config: Config, environment: str, scenario_root: Path, folde
                     "--database-url-env", env.database_url_env],
         "pid_file": folder / f"{name}.pid", "health_url": f"http://127.0.0.1:{ports[name]}/health",
     } for name, script in SCRIPTS.items()})
+    env.triggers = EnvironmentTriggers(metrics_url=f"{gateway}/metrics", run_interval_seconds=1)  # the service plot
     env.health = HealthCheck(url=f"{gateway}/health", pause_seconds=1, expect_json={"database": "connected"})
+    env.snapshot = ServiceSnapshot(metrics_url=f"{gateway}/metrics")  # phase 01 keeps it, with each service's logs
     env.smoke_tests = [SmokeTest.model_validate(t) for t in (
         {"name": "login", "method": "POST", "url": f"{gateway}/auth/login", "password_env": PASSWORD_ENV,
          "json": {"email": TEST_EMAIL, "password": "{password}"}, "extract": {"access_token": "access_token"}},
         {"name": "protected", "url": f"{gateway}/protected/endpoint", "bearer": "access_token"})]
+    if adjust is not None:
+        adjust(env)
     path = folder / "runbook.toml"
     path.write_text("# The drill's config with its services on the process platform (rollback drill --services).\n"
                     + "".join(f"{_key(k)} = {_toml(v)}\n" for k, v in config.model_dump(
@@ -110,9 +120,9 @@ class DrillServices:
 
     @classmethod
     def start(cls, config: Config, environment: str, scenario_root: Path, folder: Path,
-              say: Callable[[str], None]) -> "DrillServices":
+              say: Callable[[str], None], adjust: Callable | None = None) -> "DrillServices":
         folder.mkdir(parents=True, exist_ok=True)
-        path, gateway = services_config(config, environment, scenario_root, folder)
+        path, gateway = services_config(config, environment, scenario_root, folder, adjust)
         apps = cls(path, environment, gateway, folder)
         for service, evidence in apps.scale(1):
             say(f"  {service.name}: started (pid {evidence.get('pid')}, {evidence['waited_seconds']:.1f} s)")

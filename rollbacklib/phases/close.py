@@ -72,7 +72,7 @@ def show_plots(ctx: RunContext) -> None:
         if fig is not None:  # the text/plain is the image's description (its alt text in the report)
             display({"image/png": base64.b64encode(plots.png(fig)).decode(), "text/plain": plots.ALT[name]}, raw=True)
         elif name == "service":
-            display(Markdown("*Error rate and p95 latency:* no service probes or metrics recorded in this run."))
+            display(Markdown(f"*Error rate and p95 latency:* no plot: {plots.service_absent(run)}."))
 
 
 def finish(ctx: RunContext) -> dict:

@@ -356,11 +356,13 @@ def plan_step(ctx: RunContext) -> Step:
 
 def build_plan(ctx: RunContext) -> Plan:
     """Every step of the run, rendered once: phase 01 as it ran, then what the later phases will do."""
-    from rollbacklib.phases import close, compare_rows, execute, restore_service, salvage, validate
+    from rollbacklib.phases import (checklists, close, compare_rows, execute, notify, restore_service, salvage,
+                                    service_snapshot, validate)
 
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
-    steps = [migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path), migration_state_step(ctx),
-             capture_step(ctx), plan_step(ctx)]
+    steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path),
+             migration_state_step(ctx), capture_step(ctx), service_snapshot.snapshot_step(ctx),
+             checklists.checklists_step(ctx), plan_step(ctx)]
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         steps += execute.plan_steps(ctx, facts, admin)
@@ -368,6 +370,7 @@ def build_plan(ctx: RunContext) -> Plan:
         steps += restore_service.plan_steps(ctx)
         steps += [compare_rows.compare_rows_step(ctx, admin)]
         steps += [salvage.carry_step(ctx, admin)] if salvage.requested(ctx) else []
+    steps += [notify.completed_step(ctx)]
     steps += close.plan_steps(ctx)
     ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)

@@ -1,13 +1,16 @@
-"""Phase 04, restore service: start the apps again (the database was reopened, and answered, in 02's window)."""
+"""Phase 04, restore service: start the apps again (the database was reopened, and answered, in 02's window).
+
+The services come back in order, then their health and the smoke tests: ``rollbacklib.phases.service_probes``.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from rollbacklib.phases import service_probes
 from rollbacklib.platforms import platform_for
 from rollbacklib.run import RunContext
-from rollbacklib.dispatch import dispatch
-from rollbacklib.steps import Action, Phase, Step, StepName
+from rollbacklib.steps import Action, Phase, Step
 
 PHASE = Phase.RESTORE_SERVICE
 
@@ -19,10 +22,8 @@ def service_actions(ctx: RunContext, *, stop: bool) -> list[Action]:
 
 
 def plan_steps(ctx: RunContext) -> list[Step]:
-    starts = tuple(service_actions(ctx, stop=False))
-    return [Step(StepName.START_SERVICES, PHASE, ctx.env.service_platform, "scale the services back",
-                 starts, destructive=any(a.kind == "platform" for a in starts),
-                 requires=(StepName.VALIDATION,), postcondition="the platform reports the configured replicas")]
+    """start-services (in order), service-health, smoke-tests."""
+    return service_probes.plan_steps(ctx)
 
 
 def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
@@ -40,4 +41,12 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
 
 
 def start_services(ctx: RunContext) -> pd.DataFrame:
-    return dispatch(ctx, StepName.START_SERVICES, lambda c, s: scale_services(c, s, stop=False))
+    return service_probes.start_services(ctx)
+
+
+def service_health(ctx: RunContext) -> pd.DataFrame:
+    return service_probes.service_health(ctx)
+
+
+def smoke_tests(ctx: RunContext) -> pd.DataFrame:
+    return service_probes.smoke_tests(ctx)

@@ -13,6 +13,7 @@ import re
 from typing import Callable
 
 from rollbacklib.report import POSTMORTEM_NAME
+from rollbacklib.report import communication as communication_groups
 from rollbacklib.report.evidence import Evidence
 from rollbacklib.metrics import FAIL, PASS, first_event, metric
 from rollbacklib.steps import StepName
@@ -99,11 +100,12 @@ def checklist(run: Evidence) -> list[tuple[str, list[dict]]]:
                       pods] + _people(INFRASTRUCTURE_FOR_PEOPLE)
 
     written = (run.run_dir / POSTMORTEM_NAME).exists()
-    communication = _people(COMMUNICATION_FOR_PEOPLE) + [
+    communication = communication_groups.post_rollback(run.events, COMMUNICATION_FOR_PEOPLE) + [
         _item("Post-mortem draft written", PROVED if written else NOT_REACHED,
               POSTMORTEM_NAME if written else "written at the end of the run")]
     groups = [("Schema & Data", data), ("Application", application), ("Infrastructure", infrastructure),
               ("Communication", communication)]
+    groups += communication_groups.groups(run.events)  # notifications, escalations, the pre-rollback acknowledgements
     failing = [_item(f"{c['step']}: {c['name']}", FAILED, expected_found(c))
                for c in run.summary.get("failing_checks", [])]
     return ([("Failing checks", failing)] if failing else []) + groups

@@ -31,7 +31,8 @@ from rollbacklib.steps import PHASES
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "rollbacklib_report"
 MARK = {"pass": "&#10004;", "fail": "&#10008;", "info": "&#8505;", "not measured": "&#8211;", "for people": "&#9744;",
-        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;"}
+        "pending": "&#8987;", "proved": "&#10004;", "failed": "&#10008;", "not reached": "&#8211;",
+        "acknowledged": "&#9745;"}
 
 
 def e(value) -> str:
@@ -110,7 +111,7 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <h2>&#10008; {e(err['phase'])} / step <code>{e(err['step'])}</code>: {e(err.get('error') or run.summary['status'])}</h2>
   <pre>{e(err['message'])}</pre>
   <p><strong>Next action:</strong> {e(err.get('next_action') or '-')}</p>
-  <p><strong>Escalation:</strong> {e(level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
+  <p><strong>Escalation:</strong> {e(err.get('contact') or level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
   <p><strong>Where:</strong> {where}</p>
 </div>"""
 
@@ -171,6 +172,13 @@ def _checklist(run: Evidence) -> str:
                       "</li>" for i in items)
         out.append(f"<h3>{e(group)}</h3><ul class='rb-checklist'>{lis}</ul>")
     return "".join(out)
+
+
+def _service_plot(run: Evidence, figures: dict[str, bytes]) -> str:
+    """The service's error rate and p95 latency across the whole run, or one line saying why there is none."""
+    if "service" in figures:
+        return f"<h3 id='service'>The service across the run</h3>{_img(figures['service'], plots.ALT['service'])}"
+    return f"<p class='rb-note' id='service'>No service plot: {e(plots.service_absent(run))}.</p>"
 
 
 def _timeline(run: Evidence, figures: dict[str, bytes]) -> str:
@@ -259,6 +267,7 @@ def render(run_dir: Path) -> str:
 {_cards(run)}
 <h2 id="timeline">Timeline</h2>
 {_timeline(run, figures)}
+{_service_plot(run, figures)}
 <h2 id="metrics">Success metrics</h2>
 {_metrics_table(run)}
 {_rows_lost_table(run)}

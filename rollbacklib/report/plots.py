@@ -3,8 +3,8 @@
 The 05_close notebook shows them (so they are in the executed notebook and the report), and
 the report draws the timeline itself too, so a run that stopped before 05_close has one.
 
-Error rate and p95 latency across the incident come with service probes (the platform
-issue): ``service_figure`` is their hook and draws nothing until a run holds probe samples.
+Error rate and p95 latency of the service across the run come from its ``/metrics``, sampled
+beside the run (``rollbacklib.triggers.background``): ``service_figure`` draws them.
 """
 
 from __future__ import annotations
@@ -158,8 +158,18 @@ def rows_lost_figure(run: Evidence) -> Figure | None:
 
 
 def service_figure(run: Evidence) -> Figure | None:
-    """Error rate and p95 latency across the incident: the hook for service probes (none recorded yet)."""
-    return None
+    """Error rate and p95 latency of the service across the run, the outage window shaded, the triggers'
+    thresholds drawn (``rollbacklib.triggers``); None when the run sampled no metrics (``service_absent`` says why)."""
+    from rollbacklib.triggers.background import run_service_figure
+
+    return run_service_figure(run.run_dir, run.events)
+
+
+def service_absent(run: Evidence) -> str | None:
+    """Why the run has no service plot, in one line (None when it has one)."""
+    from rollbacklib.triggers.background import absent_reason
+
+    return absent_reason(run.run_dir, run.events)
 
 
 FIGURES = (("timeline", timeline_figure), ("rows", rows_figure), ("rows_lost", rows_lost_figure),
@@ -167,7 +177,8 @@ FIGURES = (("timeline", timeline_figure), ("rows", rows_figure), ("rows_lost", r
 ALT = {"timeline": "The run's steps on its clock, and the drill's milestones against their targets and the RTO budget",
        "rows": "Rows per table before the migration, at the rollback and after it",
        "rows_lost": "Rows lost per table: inserted, updated and deleted after the backup",
-       "service": "Error rate and p95 latency across the incident"}
+       "service": "The service's error rate and p95 latency across the run (its /metrics), the outage window shaded, "
+                      "the triggers' thresholds drawn"}
 
 
 def all_png(run: Evidence) -> dict[str, bytes]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME
+from rollbacklib.report import communication
 from rollbacklib.report.checklist import expected_found
 from rollbacklib.report.evidence import Evidence
 from rollbacklib.metrics import (BAD, FAIL, NOT_MEASURED, PASS, PHASE_ESTIMATES, SLOW_SHARE, duration,
@@ -67,6 +68,7 @@ def timeline(run: Evidence) -> list[tuple[str | None, str, str]]:
         event = first_event(events, step, status)
         if event:
             rows.append((event["ts"], text, f"journal, step {step}"))
+    rows += communication.timeline_rows(events)  # the notifications delivered and the escalations
     if s.get("error"):
         e = s["error"]
         event = next((x for x in events if x["step"] == e["step"] and x["status"] in BAD), None)
@@ -90,6 +92,7 @@ def went_wrong(run: Evidence) -> list[str]:
                      + "; ".join(line.strip(" -") for line in error["message"].splitlines() if line.strip()))
     for check in run.summary.get("failing_checks", []):
         items.append(f"✘ Check failed in step `{check['step']}`: {_cell(expected_found(check))}")
+    items += communication.failed_lines(run.events)
     for p in run.summary.get("phases", []):
         estimate = PHASE_ESTIMATES.get(p["name"])
         if estimate and p["seconds"] is not None and p["seconds"] > estimate:

@@ -1,0 +1,99 @@
+"""Faults on the service side of the drill: the scenario's apps run (as with ``rollback drill --services``) and
+one of them misbehaves for real.
+
+``health-never-passes``: the gateway reads its database URL from a variable of its own. Before the
+rollback it names the drill's database, and the gateway serves (login fails: the incident). The
+runbook's run is given that variable naming a database that does not exist, as when a service's
+secret is rotated while it is down: the gateway that phase 04 starts again listens on its port (the
+platform sees it back) but its ``/health`` answers 503 ``database: disconnected``, every time.
+``start-services`` waits for the gateway's health with its retries, fails with the seed's escalation
+(L1) and starts nothing after it; the database's rollback itself stands (exit 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+from psycopg.conninfo import make_conninfo
+
+from rollbacklib.steps import StepName
+
+FaultDrill = Any  # rollbacklib.drill.faults.FaultDrill, named without importing the module that runs the faults
+
+GATEWAY = "api-gateway"
+GATEWAY_URL_ENV = "ROLLBACK_DRILL_GATEWAY_DATABASE_URL"
+HEALTH_ATTEMPTS = 5  # the seed's retries, fewer of them: 5 attempts 1 s apart, so the drill takes seconds
+
+
+def _gateway_on_its_own_variable(env) -> None:
+    """The gateway connects through ``GATEWAY_URL_ENV``; the platform counts it back once it listens on its port."""
+    own = env.platform.services[GATEWAY]
+    at = own.command.index("--database-url-env")
+    own.command[at + 1] = GATEWAY_URL_ENV
+    own.port, own.health_url = int(own.health_url.rsplit(":", 1)[1].split("/", 1)[0]), None
+    env.health.attempts = HEALTH_ATTEMPTS
+
+
+def health_never_passes(drill: "FaultDrill") -> int:
+    from rollbacklib.config import load_config
+    from rollbacklib.drill.services import PASSWORD_ENV, DrillServices
+
+    config = load_config(drill.config_path)
+    os.environ.setdefault(PASSWORD_ENV, secrets.token_urlsafe(18))  # the smoke tests' user (never reached here)
+    os.environ[GATEWAY_URL_ENV] = drill.url
+    drill.say(f"  starting the services (process platform); {GATEWAY} connects through ${GATEWAY_URL_ENV}")
+    apps = DrillServices.start(config, drill.staged.environment, config.drill.scenario, drill.staged.folder / "services",
+                               lambda line: drill.say("  " + line), adjust=_gateway_on_its_own_variable)
+    try:
+        gone = make_conninfo(drill.url, dbname=drill.database + "_rotated")
+        drill.say(f"  the run's ${GATEWAY_URL_ENV} names {drill.database}_rotated, a database that does not exist: "
+                  f"the {GATEWAY} phase 04 starts listens, but its /health answers 503")
+        drill.say(f"$ rollback run ... --run-id {drill.run_id} --yes (config {apps.config})")
+        command = drill.command(drill.run_args("--yes", config=apps.config), {**os.environ, GATEWAY_URL_ENV: gone})
+        code = command.run()
+        drill.say(f"  exit {code}")
+        env = load_config(apps.config).environment(drill.staged.environment)
+        from rollbacklib.platforms import platform_for
+
+        platform = platform_for(env)
+        drill.evidence["replicas"] = {s.name: platform.replicas(s) for s in env.services}
+        drill.evidence["health_url"] = env.health.url
+        return code
+    finally:
+        apps.stop()
+        os.environ.pop(GATEWAY_URL_ENV, None)
+
+
+def judge_health_never_passes(drill: "FaultDrill", _code: int) -> None:
+    from rollbacklib.journal import read_events
+    from rollbacklib.summary import RUN_SUMMARY
+
+    replicas = drill.evidence.get("replicas", {})
+    others = {name: n for name, n in replicas.items() if name != GATEWAY}
+    drill.verdict.check(replicas.get(GATEWAY) == 1, f"{GATEWAY} came back (the platform counted it: {replicas})")
+    drill.verdict.check(bool(others) and not any(others.values()),
+                        f"no service after {GATEWAY} was started while it was unhealthy ({others})")
+    summary_path = drill.run_dir / RUN_SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    error = summary.get("error") or {}
+    drill.verdict.check(error.get("step") == StepName.START_SERVICES and error.get("escalate") == "L1",
+                        f"run.json names the step and the seed's escalation (step {error.get('step')!r}, "
+                        f"escalate {error.get('escalate')!r}; expected {StepName.START_SERVICES!r}, 'L1')")
+    drill.verdict.check(summary.get("status") == "failed" and summary.get("exit_code") == 5,
+                        f"run.json says failed, exit 5 (found {summary.get('status')}, {summary.get('exit_code')})")
+    said = f"{GATEWAY} is up on the process platform but its health check never passed"
+    drill.verdict.check(said in drill.last_output and "(L1)" in drill.last_output,
+                        "the terminal says the gateway never became healthy, and to escalate to the on-call engineer (L1)")
+    report = drill.run_dir / "report.html"
+    page = report.read_text() if report.exists() else ""
+    drill.verdict.check(said in page and "<strong>Escalation:</strong> L1 (On-Call Engineer)" in page,
+                        "report.html says it, with the seed's escalation: L1 (On-Call Engineer)")
+    failed = [e for e in read_events(drill.run_dir) if e["step"] == StepName.START_SERVICES and e["status"] == "failed"]
+    tries = failed[-1]["evidence"].get("found") if failed else None
+    drill.verdict.check(isinstance(tries, list) and len(tries) == HEALTH_ATTEMPTS
+                        and all(t.get("status") == 503 for t in tries),
+                        f"the journal holds the {HEALTH_ATTEMPTS} health attempts, each HTTP 503 "
+                        f"({[t.get('status') for t in tries] if isinstance(tries, list) else tries})")
