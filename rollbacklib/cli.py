@@ -229,15 +229,22 @@ def run(
     approve: Optional[str] = typer.Option(None, "--approve", metavar="DIGEST", help="Approve the plan whose sha256 "
                                           "is DIGEST (printed by --dry-run); refused if the plan as it stands now "
                                           "differs. How a protected environment is approved without a terminal."),
+    salvage: bool = typer.Option(False, "--salvage", help="Carry the rows written after the backup into the "
+                                 "restored database after the reopen (swap; in the plan, so the gate approves it)."),
 ):
     """Run the phase notebooks (prepare, execute, validate, restore service, close) with papermill."""
+    import os
     from functools import partial
 
+    from rollbacklib.phases.salvage import SALVAGE_ENV
     from rollbacklib.pipeline import run_phases
 
     if yes and approve:
         _fail(ConfigError("--yes and --approve are two ways to approve: give one.",
                           next_action="use --approve DIGEST (a protected environment accepts only that)."))
+    if salvage:  # the phases' kernels inherit it; phase 01 renders salvage-carry into the plan
+        os.environ[SALVAGE_ENV] = "1"
+
     execute = partial(run_phases, migration_id=migration, environment=env, config_path=str(config) if config else None,
                       reports_dir=str(reports_dir) if reports_dir else None, run_id=run_id,
                       backup=str(backup) if backup else None, strategy=strategy or "")

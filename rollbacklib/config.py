@@ -94,6 +94,8 @@ class Environment(_Strict):
     restore_keep_owners: bool | None = None
     strategy: StrategyName | None = None
     protected: bool = False  # rollback run acts only with --approve DIGEST or the digest typed at the gate
+    in_place_safety_copy: Literal["auto", "required", "never"] | None = None  # strategy in-place
+    salvage: bool | None = None  # swap: carry the rows written after the backup into the restored database
     service_platform: str | None = None
     services: list[Service] = []
     platform: PlatformSettings | None = None
@@ -202,6 +204,8 @@ class Defaults(_Strict):
     client_binaries: str = "embedded"
     restore_keep_owners: bool = True
     strategy: StrategyName = "auto"
+    in_place_safety_copy: Literal["auto", "required", "never"] = "auto"
+    salvage: bool = False
     service_platform: str = "none"
     thresholds: Thresholds = Thresholds()
     surgical: SurgicalSettings = SurgicalSettings()
@@ -279,6 +283,8 @@ class ResolvedEnvironment:
                                     else env.restore_keep_owners)
         self.strategy = env.strategy or config.defaults.strategy
         self.protected = env.protected
+        self.in_place_safety_copy = env.in_place_safety_copy or config.defaults.in_place_safety_copy
+        self.salvage = config.defaults.salvage if env.salvage is None else env.salvage
         self.service_platform = (env.platform.kind if env.platform
                                  else env.service_platform or config.defaults.service_platform)
         self.platform = env.platform

@@ -34,6 +34,9 @@ def what_changes(plan: Plan) -> str:
     parts += [step.summary for step in plan.steps if step.destructive and step.name not in known]  # other strategies'
     services = [a.text for a in names[StepName.STOP_SERVICES].actions] if StepName.STOP_SERVICES in names else []
     parts.append(f"{len(services)} service(s) stopped" if services else "no service stopped (none configured)")
+    if StepName.SALVAGE_CARRY in names:
+        parts.append("after the reopen, the rows written after the backup carried from the kept database into the "
+                     "restored one (salvage; the count is shown before the window)")
     return "; ".join(parts) + "."
 
 

@@ -176,7 +176,17 @@ def measure(summary: dict, events: list[dict], state: RunState) -> dict:
         _errors_after(events),
     ]
     return {"rpo_budget_seconds": rpo_budget, "downtime_seconds": downtime, "rows_lost": rows_lost,
-            "milestones": milestones(events), "metrics": metrics}
+            "milestones": milestones(events), "metrics": metrics, **_salvage_and_sequences(events)}
+
+
+def _salvage_and_sequences(events: list[dict]) -> dict:
+    """The preview before the gate (a projection), the rows carried over after the reopen, the sequences set."""
+    preview = last_evidence(events, StepName.SALVAGE_PREVIEW, "salvage_preview")
+    carried = last_evidence(events, StepName.SALVAGE_CARRY, "salvage")
+    sequences = last_evidence(events, StepName.SEQUENCES, "moves")
+    return {"rows_lost_preview": preview["evidence"]["salvage_preview"] if preview else None,
+            "salvage": carried["evidence"]["salvage"] if carried else None,
+            "sequences": [m for m in sequences["evidence"]["moves"] if m["action"] == "set"] if sequences else None}
 
 
 PENDING = "pending"

@@ -25,7 +25,7 @@ from rollbacklib.checks import Check
 from rollbacklib.dispatch import dispatch
 from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
-from rollbacklib.phases import window
+from rollbacklib.phases import salvage, window
 from rollbacklib.phases.restore_service import scale_services, service_actions
 from rollbacklib.phases.restored_copy import analyze_actions, drop_copy, restore_actions, restore_summary
 from rollbacklib.postgres import database as db
@@ -84,6 +84,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              "follows at the promote)",
              sql_actions(admin, restored, carry), requires=(StepName.BOOKKEEPING,),
              postcondition=f"{restored} has the live database's settings and grants", undo=(drop_restored,)),
+        salvage.preview_step(ctx),
         Step(StepName.CLOSE_COPY, PHASE, restored,
              "close the copy to every session, superusers included, for good: it is never opened again",
              sql_actions(admin, restored, [*db.block_statements(restored), db.terminate_statement(restored)]),

@@ -10,6 +10,7 @@ kernel of ``02_execute``, only these steps run, each reading or changing the cat
    holding locks); idle sessions are not waited for;
 3. ``terminate``: ends every session left, kept as evidence;
 4. ``swap-keep-live``: the original is renamed to ``<db>__pre_rollback_<run>``;
+   ``sequences``: its sequences, final now, read; the copy's set past them (``rollbacklib.phases.sequences``);
 5. ``swap-promote-copy``: the copy's identity is checked from the maintenance database (oid,
    marker, no session since it was closed), then it takes the live name;
 6. ``reopen-connections``: the copy accepts connections with the original's old settings;
@@ -33,6 +34,7 @@ from rollbacklib.journal import utc_now
 from rollbacklib.live import describe_way_back, kept_name, restored_name
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres.client import redact_url
+from rollbacklib.phases import sequences
 from rollbacklib.run import RunContext
 from rollbacklib.state import Blocked
 from rollbacklib.steps import Action, Phase, Step, StepName, sql_actions
@@ -74,6 +76,7 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              requires=(StepName.TERMINATE,),
              precondition=f"{live} is the original, blocked, with no session; the validated copy is there, closed",
              postcondition=f"the original is named {kept}", undo=(db.rename_statement(kept, live).as_string(admin),)),
+        sequences.plan_step(ctx, admin),
         Step(StepName.SWAP_PROMOTE, PHASE, restored,
              f"check the copy's identity from the maintenance database, then it takes the name {live}, still "
              "closed, with the live database's comment",
@@ -223,12 +226,6 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
     The kept pre-rollback database stays closed to new connections, so nothing writes to it by
     mistake; the journal and the summary hold the SQL to open it for inspection.
     """
-    def reopened(c: RunContext, s: Step) -> Check:
-        live = c.live().named(c.database)
-        found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
-            if live else None
-        return compare(f"{c.database} accepts connections as before", c.previous_settings(), found)
-
     def the_copy_is_live(c: RunContext, s: Step) -> Check:
         now = c.live()
         copy, live = now.the_copy, now.named(c.database)
@@ -237,7 +234,15 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
             live.oid if live else None, "" if copy and live and copy.oid == live.oid else
             "only the validated copy is reopened by the runbook: " + now.describe())
 
-    return dispatch(ctx, StepName.REOPEN, _reopen, postcondition=reopened, precondition=the_copy_is_live)
+    return dispatch(ctx, StepName.REOPEN, _reopen, postcondition=reopened_as_before, precondition=the_copy_is_live)
+
+
+def reopened_as_before(ctx: RunContext, step: Step) -> Check:
+    """The database with the live name accepts connections with the settings it had before the block."""
+    live = ctx.live().named(ctx.database)
+    found = {"allow_connections": live.allow_connections, "connection_limit": live.connection_limit} \
+        if live else None
+    return compare(f"{ctx.database} accepts connections as before", ctx.previous_settings(), found)
 
 
 def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:

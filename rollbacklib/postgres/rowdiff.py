@@ -342,8 +342,11 @@ def _read_snapshot(path: Path) -> Iterator[tuple]:
             yield tuple(_decode(v) for v in json.loads(line))
 
 
-def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
-    """The kept database against the copy's hashes in ``folder``: the same answer ``diff_databases`` gives."""
+def diff_against_snapshot(kept: psycopg.Connection, folder: Path,
+                          on_table_key: Callable[[str, str, tuple], None] | None = None) -> dict:
+    """The kept database against the copy's hashes in ``folder``: the same answer ``diff_databases`` gives.
+
+    ``on_table_key(table, kind, key)`` hears of every key that differs (salvage lists and carries them)."""
     index = json.loads((folder / SNAPSHOT_INDEX).read_text())
     kept_tables = set(_tables(kept))
     diffs = []
@@ -367,8 +370,9 @@ def diff_against_snapshot(kept: psycopg.Connection, folder: Path) -> dict:
             if spec["left_out"] else []
         diff.note = "; ".join(notes + ([spec["note"]] if spec.get("note") else []))
         query = rows_query(table, spec["key"], spec["native"], spec["common"])
+        heard = (lambda kind, key, t=table: on_table_key(t, kind, key)) if on_table_key else None
         diffs.append(merge(_stream(kept, query, "rollbacklib_kept"), _read_snapshot(folder / spec["file"]),
-                           len(spec["key"]), diff))
+                           len(spec["key"]), diff, heard))
     for table in sorted(kept_tables - set(index["tables"]) - set(index["skip"])):
         n = _count_rows(kept, table)
         diffs.append(TableDiff(table, db.primary_key_columns(kept, table), inserted=n, kept_rows=n, restored_rows=0,

@@ -56,10 +56,11 @@ class Swap:
         return Assessment(self.name, True, why, **common)
 
     def plan_steps(self, ctx, admin, facts) -> list:
-        from rollbacklib.phases import close, compare_rows, execute, restore_service, validate
+        from rollbacklib.phases import close, compare_rows, execute, restore_service, salvage, validate
 
+        carry = [salvage.carry_step(ctx, admin)] if salvage.requested(ctx) else []
         return [*execute.plan_steps(ctx, facts, admin), *validate.plan_steps(ctx), *restore_service.plan_steps(ctx),
-                compare_rows.compare_rows_step(ctx, admin), *close.plan_steps(ctx)]
+                compare_rows.compare_rows_step(ctx, admin), *carry, *close.plan_steps(ctx)]
 
 
 STRATEGY = Swap()
