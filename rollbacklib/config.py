@@ -20,7 +20,7 @@ from rollbacklib.platform_settings import PlatformSettings
 from rollbacklib.dependencies import Dependency
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.service_config import ServiceSnapshot, StartOrder
-from rollbacklib.staging import StagingCheck
+from rollbacklib.staging import StagingCheck, check_staging_names
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
@@ -251,6 +251,13 @@ class Config(_Strict):
     migrations: dict[str, Migration] = {}
     drill: Drill | None = None
     triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/trigger_settings.py
+
+    @model_validator(mode="after")
+    def _staging_known(self) -> "Config":
+        for name, env in self.environments.items():
+            if env.staging_check is not None:
+                check_staging_names(name, env.staging_check, self.environments)
+        return self
 
     def environment(self, name: str) -> "ResolvedEnvironment":
         if name not in self.environments:

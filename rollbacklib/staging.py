@@ -22,3 +22,17 @@ class StagingCheck(_Strict):
     environment: str
     release: str | None = None  # default: the rolled-back environment's [release] previous
     services: list[str] | None = None  # default: every service of the staging environment
+
+
+def check_staging_names(name: str, check: StagingCheck, environments: dict) -> None:
+    """The staging environment exists, is not the one rolled back, and has the services named."""
+    if check.environment == name:
+        raise ValueError(f"environments.{name}.staging_check names {name!r} itself: name its staging environment")
+    if check.environment not in environments:
+        raise ValueError(f"environments.{name}.staging_check names environment {check.environment!r}, which is not "
+                         f"in this file (known: {', '.join(sorted(environments))})")
+    services = [s.name for s in environments[check.environment].services]
+    unknown = sorted(set(check.services or []) - set(services))
+    if unknown:
+        raise ValueError(f"environments.{name}.staging_check.services names {unknown}, not services of "
+                         f"{check.environment!r} ({services})")

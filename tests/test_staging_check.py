@@ -152,3 +152,17 @@ def test_not_configured_is_journaled_and_nothing_runs(httpserver, secrets_set, t
     messages = [e["message"] for e in read_events(ctx.run_dir) if e["step"] == StepName.STAGING_CHECK]
     assert any(m.startswith("no staging check configured") for m in messages)
     assert not httpserver.log
+
+
+def test_a_staging_check_naming_an_unknown_environment_or_service_is_bad_config(tmp_path):
+    from rollbacklib.config import load_config
+    from rollbacklib.errors import ConfigError
+
+    head = f'[environments.prod]\ndatabase_url_env = "{URL_ENV}"\nbackup_dir = "b"\n'
+    for check, why in (('environment = "stagin"', "'stagin', which is not"), ('environment = "prod"', "itself"),
+                       ('environment = "staging"\nservices = ["nope"]', "['nope']")):
+        path = tmp_path / "runbook.toml"
+        path.write_text(head + f"[environments.prod.staging_check]\n{check}\n[environments.staging]\n"
+                        f'database_url_env = "{URL_ENV}"\nbackup_dir = "b"\nservices = [{{ name = "api-gateway" }}]\n')
+        with pytest.raises(ConfigError, match=why.replace("[", r"\[").replace("]", r"\]")):
+            load_config(path)
