@@ -183,6 +183,10 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         if summary.get("way_back_command"):
             err.print(f"  as one command that stops at the first error: {summary['way_back_command']}",
                       markup=False, highlight=False)
+    if summary.get("rollback_stands"):  # a failure after the database's rollback: no way back (rollback_stands.py)
+        stands = summary["rollback_stands"]
+        err.print(stands["line"], style="bold", markup=False, highlight=False)
+        err.print(stands["services"], markup=False, highlight=False)
     for orphan in summary.get("orphans") or []:
         err.print(f"Left on the server: {orphan['database']} ({'closed' if orphan['closed'] else 'OPEN'}, "
                   f"{'validated' if orphan['validated'] else 'not validated'}); once nobody needs it: "

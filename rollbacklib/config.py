@@ -17,8 +17,10 @@ from rollbacklib.config_base import ENV_VAR_NAME, _env_var_name, _Strict  # noqa
 from rollbacklib.errors import ConfigError
 from rollbacklib.notify.settings import Escalation, NotifySettings
 from rollbacklib.platform_settings import PlatformSettings
+from rollbacklib.dependencies import Dependency
 from rollbacklib.probes import HealthCheck, SmokeTest
 from rollbacklib.service_config import ServiceSnapshot, StartOrder
+from rollbacklib.staging import StagingCheck, check_staging_names
 from rollbacklib.postgres.urls import DatabaseUrl, parse_database_url
 from rollbacklib.resources import default_config
 from rollbacklib.trigger_settings import EnvironmentTriggers, TriggerSettings
@@ -83,6 +85,7 @@ class Release(_Strict):
 
     migrations_dir: Path | None = None
     start_command: str | None = None
+    previous: str | None = None  # the release to go back to (a commit, an image): what the staging check deploys
 
 
 class Environment(_Strict):
@@ -104,6 +107,8 @@ class Environment(_Strict):
     start: StartOrder = StartOrder()  # the order services come back in, and whose health is waited for
     snapshot: ServiceSnapshot = ServiceSnapshot()  # phase 01: last log lines and a metrics snapshot
     release: Release | None = None
+    dependencies: list[Dependency] = []  # rollbacklib/dependencies.py: probed in 01 and 04
+    staging_check: StagingCheck | None = None  # rollbacklib/staging.py: the seed's 3.3, in 02 before the gate
     notify: NotifySettings | None = None
     thresholds: ThresholdOverrides = ThresholdOverrides()
     triggers: EnvironmentTriggers | None = None  # rollbacklib/trigger_settings.py
@@ -247,6 +252,13 @@ class Config(_Strict):
     drill: Drill | None = None
     triggers: TriggerSettings = TriggerSettings()  # when to roll back: rollbacklib/trigger_settings.py
 
+    @model_validator(mode="after")
+    def _staging_known(self) -> "Config":
+        for name, env in self.environments.items():
+            if env.staging_check is not None:
+                check_staging_names(name, env.staging_check, self.environments)
+        return self
+
     def environment(self, name: str) -> "ResolvedEnvironment":
         if name not in self.environments:
             known = ", ".join(sorted(self.environments)) or "none"
@@ -292,6 +304,7 @@ class ResolvedEnvironment:
         self.start, self.snapshot = env.start, env.snapshot
         self.services = env.services
         self.release = env.release
+        self.dependencies, self.staging_check = env.dependencies, env.staging_check
         self.surgical = env.surgical or config.defaults.surgical
         merged = config.defaults.thresholds.model_dump()
         merged.update({k: v for k, v in env.thresholds.model_dump().items() if v is not None})

@@ -19,6 +19,7 @@ from rollbacklib.metrics import first_event, machinery_seconds, measure, seconds
 from rollbacklib.state import RunState, load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command
+from rollbacklib.rollback_stands import database_rollback_stands
 from rollbacklib.notify.delivery import outcomes as notification_outcomes
 from rollbacklib.way_back import previous_settings, run_view
 
@@ -192,7 +193,11 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "error": {"phase": error["phase"], "step": error["step"], "message": error["message"],
                   **{k: error["evidence"].get(k) for k in ("error", "next_action", "escalate", "contact")}}
                  if error else None,
-        "way_back": (back := now.way_back(previous_settings(run_dir), even_if_serving=True) if now is not None and status == FAILED else []),
+        "rollback_stands": (stands := database_rollback_stands(
+            now, error, validation_event["evidence"]["passed"] if validation_event else None,
+            (state.strategy or {}).get("chosen") or first.get("strategy")) if status == FAILED else None),
+        "way_back": (back := now.way_back(previous_settings(run_dir), even_if_serving=True)
+                     if now is not None and status == FAILED and not stands else []),
         "way_back_command": psql_command(back, now.admin_url) if back else None,
         "live": now.to_dict() if now is not None else None,
         "orphans": now.orphans() if now is not None and status != SUCCEEDED else [],

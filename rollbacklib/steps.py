@@ -91,6 +91,10 @@ class StepName(StrEnum):
     NOTIFY_INITIATED = "notify-initiated"
     NOTIFY_COMPLETED = "notify-completed"
     CHECKLISTS = "checklists"
+    # dependency probes (rollbacklib/dependencies.py) and the staging check (rollbacklib/phases/staging_check.py)
+    DEPENDENCIES = "dependencies"
+    DEPENDENCIES_AFTER = "dependencies-after"
+    STAGING_CHECK = "staging-check"
 
 
 @dataclass(frozen=True)

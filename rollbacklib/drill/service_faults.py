@@ -7,7 +7,8 @@ runbook's run is given that variable naming a database that does not exist, as w
 secret is rotated while it is down: the gateway that phase 04 starts again listens on its port (the
 platform sees it back) but its ``/health`` answers 503 ``database: disconnected``, every time.
 ``start-services`` waits for the gateway's health with its retries, fails with the seed's escalation
-(L1) and starts nothing after it; the database's rollback itself stands (exit 5).
+(L1) and starts nothing after it; the database's rollback itself stands (exit 5): run.json, the terminal
+and the report say so and give no database way back (``rollbacklib.rollback_stands``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def judge_health_never_passes(drill: "FaultDrill", _code: int) -> None:
                         f"escalate {error.get('escalate')!r}; expected {StepName.START_SERVICES!r}, 'L1')")
     drill.verdict.check(summary.get("status") == "failed" and summary.get("exit_code") == 5,
                         f"run.json says failed, exit 5 (found {summary.get('status')}, {summary.get('exit_code')})")
+    stands = summary.get("rollback_stands") or {}
+    drill.verdict.check(not summary.get("way_back") and stands.get("database") == drill.database,
+                        f"run.json gives no database way back and says the rollback of {drill.database} stands "
+                        f"(way_back {summary.get('way_back')}, rollback_stands {bool(stands)})")
+    drill.verdict.check("The database rollback stands" in drill.last_output and "The way back" not in drill.last_output,
+                        "the terminal says the database rollback stands, and prints no way back")
     said = f"{GATEWAY} is up on the process platform but its health check never passed"
     drill.verdict.check(said in drill.last_output and "(L1)" in drill.last_output,
                         "the terminal says the gateway never became healthy, and to escalate to the on-call engineer (L1)")

@@ -22,6 +22,7 @@ import pandas as pd
 from rollbacklib.checks import Check
 from rollbacklib.dispatch import checked_before, dispatch
 from rollbacklib.errors import StepError
+from rollbacklib.phases import dependency_probes
 from rollbacklib.platforms import platform_for
 from rollbacklib.probes import HealthCheck, SmokeTest, check_health, run_smoke_tests
 from rollbacklib.run import RunContext
@@ -89,6 +90,7 @@ def plan_steps(ctx: RunContext) -> list[Step]:
         Step(StepName.START_SERVICES, PHASE, ctx.env.service_platform, f"scale the services back, in order ({order})",
              starts, destructive=any(a.kind == "platform" for a in starts), requires=(StepName.VALIDATION,),
              postcondition="the platform reports the configured replicas of every service"),
+        dependency_probes.after_step(ctx),
         Step(StepName.SERVICE_HEALTH, PHASE, health.url if health else "(no health check configured)",
              "the environment's health check, with its retries",
              (Action("http", health.url, describe_health(health)),) if health else (),

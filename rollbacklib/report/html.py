@@ -112,8 +112,14 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <pre>{e(err['message'])}</pre>
   <p><strong>Next action:</strong> {e(err.get('next_action') or '-')}</p>
   <p><strong>Escalation:</strong> {e(err.get('contact') or level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
-  <p><strong>Where:</strong> {where}</p>
+  <p><strong>Where:</strong> {where}</p>{_stands(run.summary.get("rollback_stands"))}
 </div>"""
+
+
+def _stands(stands: dict | None) -> str:
+    """After a failure in 04/05 with the database's rollback good: said, instead of a way back (rollback_stands.py)."""
+    return (f'\n  <p class="rb-stands"><strong>Database:</strong> {e(stands["line"])}</p>'
+            f'\n  <p><strong>Services:</strong> {e(stands["services"])}</p>') if stands else ""
 
 
 def _next_actions(run: Evidence) -> str:

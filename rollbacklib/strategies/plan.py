@@ -15,7 +15,7 @@ import pandas as pd
 
 from rollbacklib import strategies
 from rollbacklib.dispatch import dispatch
-from rollbacklib.phases import checklists, execute, notify, service_snapshot
+from rollbacklib.phases import checklists, dependency_probes, execute, notify, service_snapshot, staging_check
 from rollbacklib.phases.prepare import (capture_step, migration_state_step, migration_step, plan_step, release_step,
                                         verify_backup_step)
 from rollbacklib.postgres import database as db
@@ -29,10 +29,13 @@ def build_plan(ctx) -> Plan:
     name = strategies.chosen(ctx) or ctx.state().need("strategy", "choose_strategy (01_prepare)")["chosen"]
     steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path),
              migration_state_step(ctx), strategy_step(ctx), capture_step(ctx), service_snapshot.snapshot_step(ctx),
+             dependency_probes.before_step(ctx),
              checklists.checklists_step(ctx), plan_step(ctx)]
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         later = strategies.get(name).plan_steps(ctx, admin, facts)
+    gate = next((i for i, s in enumerate(later) if s.name == StepName.GATE), 0)  # the seed's 3.3: staging first
+    later.insert(gate, staging_check.staging_step(ctx))
     closing = [i for i, s in enumerate(later) if s.name == StepName.CLOSE]
     at = closing[0] if closing else len(later)  # every strategy tells people it completed, right before its close
     told = notify.completed_step(ctx)
