@@ -102,8 +102,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(incident):
     assert "RENAME TO" in executed  # the plan is shown in the executed notebook
     assert [s["name"] for s in plan["steps"] if s["phase"] == "01_prepare"] == [
         "notify-initiated", "migration", "release", "verify-backup", "migration-state", "strategy", "capture",
-        "service-snapshot", "checklists", "plan"]
-    for step in plan["steps"][10:]:  # ... and in the terminal, every statement after phase 01 verbatim
+        "service-snapshot", "dependencies", "checklists", "plan"]
+    for step in plan["steps"][11:]:  # ... and in the terminal, every statement after phase 01 verbatim
         assert step["phase"] != "01_prepare"
         for action in step["actions"]:
             if action["kind"] in ("sql", "command"):

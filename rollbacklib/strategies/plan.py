@@ -29,8 +29,7 @@ def build_plan(ctx) -> Plan:
     name = strategies.chosen(ctx) or ctx.state().need("strategy", "choose_strategy (01_prepare)")["chosen"]
     steps = [notify.initiated_step(ctx), migration_step(ctx), release_step(ctx), verify_backup_step(ctx, path),
              migration_state_step(ctx), strategy_step(ctx), capture_step(ctx), service_snapshot.snapshot_step(ctx),
-             dependency_probes.before_step(ctx),
-             checklists.checklists_step(ctx), plan_step(ctx)]
+             dependency_probes.before_step(ctx), checklists.checklists_step(ctx), plan_step(ctx)]
     with db.connect(ctx.admin_url, step=StepName.PLAN) as admin:
         facts = execute.read_live_facts(ctx, admin)
         later = strategies.get(name).plan_steps(ctx, admin, facts)
