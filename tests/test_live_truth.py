@@ -371,3 +371,28 @@ def test_the_copy_is_never_dropped_while_the_live_name_does_not_hold_the_origina
 
     assert result.exit_code == 0, result.output
     _serves_restored_data(incident)
+
+
+# --- a copy closed before its validation is made again, never restored into ---------------------
+
+def test_a_copy_closed_before_its_validation_is_made_again_by_the_resume(incident):
+    """A failure's clean-up closes a copy left behind (dispatch.close_left_copy); a resume then finds it there but
+    closed and never validated: create-copy is done again (its leftover dropped by oid), not skipped into a restore
+    that cannot connect (found by the model-based test)."""
+    from rollbacklib.postgres import database as db
+
+    _kill_when(incident, "closed", StepName.RESTORE, "ran")
+    copy = next(name for name in _databases(incident) if "__restored_" in name)
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        for statement in db.block_statements(copy):
+            admin.execute(statement)
+    assert _databases(incident)[copy] == (False, 0)
+
+    result = runner.invoke(app, ["resume", str(_run_dir(incident, "closed")), "--config", str(incident.config)])
+
+    assert result.exit_code == 0, result.output
+    _serves_restored_data(incident)
+    assert not any("__restored_" in name for name in _databases(incident))
+    dropped = [e for e in read_events(_run_dir(incident, "closed")) if e["step"] == StepName.CREATE_COPY
+               and e["status"] == "ran" and e["message"].startswith("DROP DATABASE")]
+    assert dropped and "unfinished copy" in dropped[0]["evidence"]["why"]

@@ -50,9 +50,24 @@ def _copy_exists(ctx: RunContext, step: Step) -> Check:
                  recorded.oid if recorded else None, copy.name if copy else None)
 
 
+def _copy_usable(ctx: RunContext, step: Step) -> Check:
+    """The copy exists and can be restored into or vouched for: open, or validated (its marker).
+
+    A copy closed before its validation (a failure's clean-up closes a copy left behind) can be
+    neither: create-copy is then done again (its own leftover dropped by oid, a new one made)."""
+    exists = _copy_exists(ctx, step)
+    if not exists.passed:
+        return exists
+    now = ctx.live()
+    if now.the_copy.closed and not now.copy_validated:
+        return Check(f"{now.the_copy.name} is closed and not validated: it is made again", False, "open or validated",
+                     "closed, not validated")
+    return exists
+
+
 def create_copy(ctx: RunContext) -> None:
     """CREATE DATABASE for the copy, with the live database's owner, encoding, locale and tablespace."""
-    return dispatch(ctx, StepName.CREATE_COPY, _create_copy, postcondition=_copy_exists)
+    return dispatch(ctx, StepName.CREATE_COPY, _create_copy, postcondition=_copy_usable)
 
 
 def _create_copy(ctx: RunContext, step: Step) -> None:
