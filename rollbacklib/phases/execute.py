@@ -201,4 +201,13 @@ def _what_changed(ctx: RunContext, dropped: str | None) -> str:
 # --- services ----------------------------------------------------------------------
 
 def stop_services(ctx: RunContext) -> pd.DataFrame:
+    from rollbacklib import strategies
+
+    if strategies.runs_itself(ctx, StepName.STOP_SERVICES):  # surgical, in-place: from the strategy's cell
+        return None
+    return stop_services_step(ctx)
+
+
+def stop_services_step(ctx: RunContext) -> pd.DataFrame:
+    """``stop-services`` itself (a strategy's executor runs this; the notebook cell runs ``stop_services``)."""
     return dispatch(ctx, StepName.STOP_SERVICES, lambda c, s: scale_services(c, s, stop=True))

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol
 from rollbacklib.errors import ConfigError
 
 MODULES = {
+    "in-place": "rollbacklib.strategies.in_place",
     "resolve-only": "rollbacklib.strategies.resolve_only",
     "surgical": "rollbacklib.strategies.surgical",
     "swap": "rollbacklib.strategies.swap",
@@ -107,6 +108,17 @@ def chosen(ctx) -> str | None:
     """The strategy phase 01 chose for this run (``state.json``), or None before it has."""
     choice = ctx.state().strategy
     return choice["chosen"] if choice else None
+
+
+def runs_itself(ctx, name: str) -> bool:
+    """Does the chosen strategy (not ``swap``) run step ``name`` from its generic cell? Then that step's own cell is
+    a journaled no-op: its preconditions are the swap's, and the strategy's executor checks its own."""
+    choice = chosen(ctx)
+    if choice is None or name not in get(choice).executors:
+        return False
+    ctx.record(name, "info", f"{name}: run by strategy {choice}'s cell (the strategy's own steps), not this one",
+               strategy=choice, run_by_strategy=True)
+    return True
 
 
 def run_phase_steps(ctx) -> list:
