@@ -92,7 +92,7 @@ def attempts(events: list[dict]) -> list[list[dict]]:
 
 
 # The steps whose checks are the run's validation: swap's (phase 03) and resolve-only's.
-VALIDATION_STEPS = (StepName.VALIDATION, StepName.RESOLVE_CHECK)
+VALIDATION_STEPS = (StepName.VALIDATION, StepName.RESOLVE_CHECK, StepName.VALIDATE_IN_PLACE, StepName.SURGICAL_VERIFY)
 
 
 def finished_phases(events: list[dict]) -> set[str]:

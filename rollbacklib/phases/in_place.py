@@ -318,7 +318,8 @@ def _validate(ctx: RunContext, step: Step) -> pd.DataFrame:
         checks = against_manifest(conn, manifest) if manifest else []
         names = [r["migration_name"] for r in applied_migrations(conn)]
     checks.append(compare(f"{ctx.migration_id} is not in _prisma_migrations", False, ctx.migration_id in names))
-    ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks])
+    ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks],
+               passed=not failed(checks))
     if failed(checks):
         raise StepError(f"{ctx.database} does not hold the backup after the restore:\n{describe_failures(checks)}",
                         step=step.name, escalate="L3", next_action="keep it blocked; the safety copy "
