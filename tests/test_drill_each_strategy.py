@@ -62,6 +62,7 @@ def test_drill_in_place_restores_into_the_live_database_and_counts_what_it_disca
         checks = {c["name"] for c in run["validation"]["checks"]}
         assert f"{MIGRATION} is not in _prisma_migrations" in checks
         assert run["kept_database"] is None  # nothing renamed: the restore went into the live database
+        assert run["production"]["line"].startswith("Production serving the restored database since")
         live = database_name(result.url)
         reference = _backup_reference(result.url, dump)
         with psycopg.connect(result.url) as conn:
