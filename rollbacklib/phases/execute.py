@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from rollbacklib.checks import Check
-from rollbacklib.dispatch import dispatch
+from rollbacklib.dispatch import dispatch, run_by_strategy_cell
 from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
 from rollbacklib.phases import salvage, window
@@ -201,9 +201,7 @@ def _what_changed(ctx: RunContext, dropped: str | None) -> str:
 # --- services ----------------------------------------------------------------------
 
 def stop_services(ctx: RunContext) -> pd.DataFrame:
-    from rollbacklib import strategies
-
-    if strategies.runs_itself(ctx, StepName.STOP_SERVICES):  # surgical, in-place: from the strategy's cell
+    if run_by_strategy_cell(ctx, StepName.STOP_SERVICES):  # surgical, in-place: from the strategy's cell
         return None
     return stop_services_step(ctx)
 

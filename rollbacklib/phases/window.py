@@ -27,7 +27,7 @@ import time
 import pandas as pd
 
 from rollbacklib.checks import Check, compare, describe_failures, failed
-from rollbacklib.dispatch import dispatch, execute_actions
+from rollbacklib.dispatch import dispatch, execute_actions, run_by_strategy_cell
 from rollbacklib.errors import StepError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import utc_now
@@ -149,16 +149,10 @@ def way_back_now(ctx: RunContext) -> str:
     return describe_way_back(ctx.live().way_back(ctx.previous_settings()), ctx.env.maintenance_database)
 
 
-def _strategy_runs(ctx: RunContext, name: str) -> bool:
-    from rollbacklib import strategies  # the chosen strategy (in-place) runs this step itself, with its own checks
-
-    return strategies.runs_itself(ctx, name)
-
-
 # --- block, drain, terminate ----------------------------------------------------------------------
 
 def block_connections(ctx: RunContext) -> pd.DataFrame:
-    if _strategy_runs(ctx, StepName.BLOCK):
+    if run_by_strategy_cell(ctx, StepName.BLOCK):
         return None
     return dispatch(ctx, StepName.BLOCK, _block, postcondition=original_blocked,
                     precondition=copy_ready_and_original_live)
@@ -178,7 +172,7 @@ def _block(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def drain_connections(ctx: RunContext) -> pd.DataFrame:
     """Wait for sessions doing active work to end on their own; idle ones are left to ``terminate``, at once."""
-    if _strategy_runs(ctx, StepName.DRAIN):
+    if run_by_strategy_cell(ctx, StepName.DRAIN):
         return None
     return dispatch(ctx, StepName.DRAIN, _drain, postcondition=original_blocked, precondition=original_blocked)
 
@@ -209,7 +203,7 @@ def _original_empty(ctx: RunContext, step: Step) -> Check:
 
 def terminate_sessions(ctx: RunContext) -> pd.DataFrame:
     """Terminate every other session left on the live database (never the runbook's own)."""
-    if _strategy_runs(ctx, StepName.TERMINATE):
+    if run_by_strategy_cell(ctx, StepName.TERMINATE):
         return None
     return dispatch(ctx, StepName.TERMINATE, _terminate, postcondition=_original_empty,
                     precondition=lambda c, s: copy_ready_and_original_live(c, s, blocked=True))
@@ -238,7 +232,7 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
     The kept pre-rollback database stays closed to new connections, so nothing writes to it by
     mistake; the journal and the summary hold the SQL to open it for inspection.
     """
-    if _strategy_runs(ctx, StepName.REOPEN):
+    if run_by_strategy_cell(ctx, StepName.REOPEN):
         return None
     def the_copy_is_live(c: RunContext, s: Step) -> Check:
         now = c.live()
@@ -272,7 +266,7 @@ def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def check_database_health(ctx: RunContext, attempts: int = HEALTH_ATTEMPTS, pause: float = 1.0) -> pd.DataFrame:
     """``SELECT 1`` through the application's own URL, with retries; marks the service restored."""
-    if _strategy_runs(ctx, StepName.HEALTH):
+    if run_by_strategy_cell(ctx, StepName.HEALTH):
         return None
     return dispatch(ctx, StepName.HEALTH, lambda c, s: _health(c, s, attempts, pause))
 

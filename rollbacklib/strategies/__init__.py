@@ -110,17 +110,6 @@ def chosen(ctx) -> str | None:
     return choice["chosen"] if choice else None
 
 
-def runs_itself(ctx, name: str) -> bool:
-    """Does the chosen strategy (not ``swap``) run step ``name`` from its generic cell? Then that step's own cell is
-    a journaled no-op: its preconditions are the swap's, and the strategy's executor checks its own."""
-    choice = chosen(ctx)
-    if choice is None or name not in get(choice).executors:
-        return False
-    ctx.record(name, "info", f"{name}: run by strategy {choice}'s cell (the strategy's own steps), not this one",
-               strategy=choice, run_by_strategy=True)
-    return True
-
-
 def run_phase_steps(ctx) -> list:
     """Run, in plan order, this phase's steps that the chosen strategy runs itself (no cell of their own)."""
     from rollbacklib.steps import Phase

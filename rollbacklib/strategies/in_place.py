@@ -13,7 +13,7 @@ Its steps (``rollbacklib.phases.in_place``): the gate, ``stop-services``, ``bloc
 tests (04) and the close (05). Every 02 step runs from the notebook's generic strategy cell,
 with the in-place live preconditions (the live database is the original, by oid; blocked; no
 session); the window's own cells, whose preconditions are the swap's (a validated copy), are
-journaled no-ops for it (``strategies.runs_itself``), so a swap's preconditions never weaken.
+journaled no-ops for it (``dispatch.run_by_strategy_cell``), so a swap's preconditions never weaken.
 """
 
 from __future__ import annotations
