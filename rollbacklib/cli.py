@@ -372,6 +372,19 @@ def resume(
     raise typer.Exit(result.exit_code)
 
 
+def _drill_salvage(other: bool) -> None:
+    """``rollback drill --salvage`` sets what ``rollback run --salvage`` sets (the phases' kernels inherit it)."""
+    import os
+
+    from rollbacklib.phases.salvage import SALVAGE_ENV
+
+    if other:
+        raise ConfigError("--salvage goes with a plain drill (not --fault, --stop or --stage-only).",
+                          next_action="run: rollback drill --salvage (after --stage-only: rollback run ... --salvage)",
+                          step="drill")
+    os.environ[SALVAGE_ENV] = "1"
+
+
 @app.command()
 def drill(
     users: Optional[int] = typer.Option(None, "--users", help="Users to generate (default: the config's drill.users)."),
@@ -393,11 +406,15 @@ def drill(
                                          "scenario's failing_data_sql: Prisma's P3009, the schema unchanged)."),
     partly: bool = typer.Option(False, "--partly", help="With --migration-fails: it fails part way, its statements "
                                 "before the failing one applied (statement by statement, as Prisma's driver adapter)."),
+    salvage: bool = typer.Option(False, "--salvage", help="As `rollback run --salvage`: carry the rows written after "
+                                 "the backup into the restored database after the reopen (swap)."),
 ):
     """The configured scenario end to end on an embedded PostgreSQL: no server install needed."""
     from rollbacklib.drill import run_drill, stage_drill, stop_drill
 
     try:
+        if salvage:
+            _drill_salvage(fault is not None or stop is not None or stage_only)
         if fault is not None:
             from rollbacklib.drill.fault_report import fault_drill_command
 

@@ -108,6 +108,21 @@ def not_in_plan(ctx: RunContext, name: str) -> bool:
     return True
 
 
+CELL_STRATEGY = "swap"  # the strategy whose 02-05 steps each have a notebook cell of their own
+
+
+def run_by_strategy_cell(ctx: RunContext, name: str) -> bool:
+    """A step of the swap's own cells (the window's, ``stop-services``) that another strategy's plan holds is run by
+    that strategy's generic cell (``strategies.run_phase_steps``), with its own live preconditions: its own cell,
+    whose preconditions are the swap's, journals that and does nothing (True)."""
+    plan, choice = ctx.plan(), (ctx.state().strategy or {}).get("chosen")
+    if plan is None or choice in (None, CELL_STRATEGY) or not any(s.name == name for s in plan.steps):
+        return False
+    ctx.record(name, "info", f"{name}: run by strategy {choice}'s cell (the strategy's own steps), not this one",
+               strategy=choice, run_by_strategy=True)
+    return True
+
+
 def checked_before(ctx: RunContext, step: Step) -> Check:
     """The postcondition of a step that only checks: its own check is the evidence; a re-run need not repeat it."""
     return Check(f"{step.name} passed in this run", True)

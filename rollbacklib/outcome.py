@@ -93,7 +93,7 @@ def attempts(events: list[dict]) -> list[list[dict]]:
 
 
 # The steps whose checks are the run's validation: swap's (phase 03) and resolve-only's.
-VALIDATION_STEPS = (StepName.VALIDATION, StepName.RESOLVE_CHECK)
+VALIDATION_STEPS = (StepName.VALIDATION, StepName.RESOLVE_CHECK, StepName.VALIDATE_IN_PLACE, StepName.SURGICAL_VERIFY)
 
 
 def finished_phases(events: list[dict]) -> set[str]:
@@ -256,7 +256,8 @@ def production_state(run_dir: Path, events: list[dict], state: RunState, *, live
     live_name = state.database or (state.swap.live if state.swap else None) or \
         (state.blocked.database if state.blocked else None)
     renamed = first_event(events, StepName.SWAP_KEEP, "changed")
-    promoted = (state.swap is not None and state.swap.completed) or first_event(events, StepName.SWAP_PROMOTE, "ok")
+    promoted = (state.swap is not None and state.swap.completed) or first_event(events, StepName.SWAP_PROMOTE, "ok") \
+        or first_event(events, StepName.RESTORE_IN_PLACE, "ok")  # in-place: the live database itself restored
     blocked_at = state.blocked.at if state.blocked else None
     healthy = state.steps.get(StepName.HEALTH)
     served_at = healthy.at if healthy and healthy.status == "ok" else None

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from rollbacklib.checks import Check
-from rollbacklib.dispatch import dispatch
+from rollbacklib.dispatch import dispatch, run_by_strategy_cell
 from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
 from rollbacklib.phases import salvage, window
@@ -201,4 +201,11 @@ def _what_changed(ctx: RunContext, dropped: str | None) -> str:
 # --- services ----------------------------------------------------------------------
 
 def stop_services(ctx: RunContext) -> pd.DataFrame:
+    if run_by_strategy_cell(ctx, StepName.STOP_SERVICES):  # surgical, in-place: from the strategy's cell
+        return None
+    return stop_services_step(ctx)
+
+
+def stop_services_step(ctx: RunContext) -> pd.DataFrame:
+    """``stop-services`` itself (a strategy's executor runs this; the notebook cell runs ``stop_services``)."""
     return dispatch(ctx, StepName.STOP_SERVICES, lambda c, s: scale_services(c, s, stop=True))

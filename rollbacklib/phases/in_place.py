@@ -97,14 +97,26 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              undo=("a failed restore needs none: nothing was committed; after a committed one, the safety copy "
                    f"{safety} holds the database as it was",)),
         Step(StepName.VALIDATE_IN_PLACE, PHASE, live, "the restored database against the backup's manifest, and the "
-             "migration no longer in _prisma_migrations",
+             "migration no longer in _prisma_migrations; the rows the restore discarded counted against the safety "
+             "copy",
              own + (Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows against the "
-                           "manifest"),), requires=(StepName.RESTORE_IN_PLACE,),
+                           "manifest"),) + _measure_actions(ctx, admin, live, safety),
+             requires=(StepName.RESTORE_IN_PLACE,),
              postcondition="every check passes", undo=(f"the safety copy {safety} holds the database as it was",)),
         replace(w[StepName.REOPEN], precondition=f"{live} is the original (by oid), restored and validated",
                 requires=(StepName.VALIDATE_IN_PLACE,), undo=tuple(a.text for a in w[StepName.BLOCK].actions)),
         w[StepName.HEALTH],
     ]
+
+
+def _measure_actions(ctx: RunContext, admin, live: str, safety: str) -> tuple[Action, ...]:
+    """Reading the safety copy (when one is planned) to count, by key, the rows the restore discarded."""
+    if not safety_step(ctx, admin, live, safety).actions:
+        return ()
+    return private_actions(safety, admin) + (
+        Action("read", safety, f"per table: rows by key in {safety} (the database before the restore) against "
+               f"{live}: keys only in the safety copy (inserted after the backup), only in {live} (deleted), in "
+               "both with different rows (updated)"),)
 
 
 def gate_step(ctx: RunContext) -> Step:
@@ -170,7 +182,8 @@ def block(ctx: RunContext) -> pd.DataFrame:
 
 
 def drain(ctx: RunContext) -> pd.DataFrame:
-    return window.drain_connections(ctx)
+    return dispatch(ctx, StepName.DRAIN, window._drain, postcondition=window.original_blocked,
+                    precondition=window.original_blocked)
 
 
 def terminate(ctx: RunContext) -> pd.DataFrame:
@@ -305,13 +318,36 @@ def _validate(ctx: RunContext, step: Step) -> pd.DataFrame:
         checks = against_manifest(conn, manifest) if manifest else []
         names = [r["migration_name"] for r in applied_migrations(conn)]
     checks.append(compare(f"{ctx.migration_id} is not in _prisma_migrations", False, ctx.migration_id in names))
-    ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks])
+    ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks],
+               passed=not failed(checks))
     if failed(checks):
         raise StepError(f"{ctx.database} does not hold the backup after the restore:\n{describe_failures(checks)}",
                         step=step.name, escalate="L3", next_action="keep it blocked; the safety copy "
                         f"{safety_name(ctx.database, ctx.run_id)} (if the journal says it was taken) holds the "
                         "database as it was before the restore.")
+    _count_discarded(ctx, step)
     return pd.DataFrame([c.to_dict() for c in checks])
+
+
+def _count_discarded(ctx: RunContext, step: Step) -> None:
+    """``rows_lost``: the safety copy (the database before the restore) against the restored one, by key."""
+    from rollbacklib.postgres import rowdiff
+
+    safety = safety_name(ctx.database, ctx.run_id)
+    found = ctx.live().named(safety)
+    if not any(a.target == safety for a in step.actions) or found is None:
+        ctx.record(step.name, "info", "rows lost not measured: no safety copy (the database before the restore is "
+                   "gone)", rows_lost=None)
+        return
+    try:
+        with private_session(ctx, step, safety) as before, private_session(ctx, step, ctx.database) as after:
+            lost = rowdiff.diff_databases(before, after)
+    except Exception as err:  # noqa: BLE001 - a measurement; the validation above is what must hold
+        ctx.record(step.name, "info", f"rows lost not measured: {type(err).__name__}: {str(err).splitlines()[0]}",
+                   rows_lost=None)
+        return
+    ctx.record(step.name, "info", f"{lost['total']} row(s) written after the backup were discarded by the restore "
+               f"(counted against the safety copy {safety})", rows_lost=lost, kept=safety, restored=ctx.database)
 
 
 def reopen(ctx: RunContext) -> pd.DataFrame:
@@ -325,4 +361,4 @@ def reopen(ctx: RunContext) -> pd.DataFrame:
 
 
 def health(ctx: RunContext) -> pd.DataFrame:
-    return window.check_database_health(ctx)
+    return dispatch(ctx, StepName.HEALTH, lambda c, s: window._health(c, s, window.HEALTH_ATTEMPTS, 1.0))

@@ -27,7 +27,7 @@ import time
 import pandas as pd
 
 from rollbacklib.checks import Check, compare, describe_failures, failed
-from rollbacklib.dispatch import dispatch, execute_actions
+from rollbacklib.dispatch import dispatch, execute_actions, run_by_strategy_cell
 from rollbacklib.errors import StepError
 from rollbacklib.files import atomic_write_json
 from rollbacklib.journal import utc_now
@@ -152,6 +152,8 @@ def way_back_now(ctx: RunContext) -> str:
 # --- block, drain, terminate ----------------------------------------------------------------------
 
 def block_connections(ctx: RunContext) -> pd.DataFrame:
+    if run_by_strategy_cell(ctx, StepName.BLOCK):
+        return None
     return dispatch(ctx, StepName.BLOCK, _block, postcondition=original_blocked,
                     precondition=copy_ready_and_original_live)
 
@@ -170,6 +172,8 @@ def _block(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def drain_connections(ctx: RunContext) -> pd.DataFrame:
     """Wait for sessions doing active work to end on their own; idle ones are left to ``terminate``, at once."""
+    if run_by_strategy_cell(ctx, StepName.DRAIN):
+        return None
     return dispatch(ctx, StepName.DRAIN, _drain, postcondition=original_blocked, precondition=original_blocked)
 
 
@@ -199,6 +203,8 @@ def _original_empty(ctx: RunContext, step: Step) -> Check:
 
 def terminate_sessions(ctx: RunContext) -> pd.DataFrame:
     """Terminate every other session left on the live database (never the runbook's own)."""
+    if run_by_strategy_cell(ctx, StepName.TERMINATE):
+        return None
     return dispatch(ctx, StepName.TERMINATE, _terminate, postcondition=_original_empty,
                     precondition=lambda c, s: copy_ready_and_original_live(c, s, blocked=True))
 
@@ -226,6 +232,8 @@ def reopen_connections(ctx: RunContext) -> pd.DataFrame:
     The kept pre-rollback database stays closed to new connections, so nothing writes to it by
     mistake; the journal and the summary hold the SQL to open it for inspection.
     """
+    if run_by_strategy_cell(ctx, StepName.REOPEN):
+        return None
     def the_copy_is_live(c: RunContext, s: Step) -> Check:
         now = c.live()
         copy, live = now.the_copy, now.named(c.database)
@@ -258,6 +266,8 @@ def _reopen(ctx: RunContext, step: Step) -> pd.DataFrame:
 
 def check_database_health(ctx: RunContext, attempts: int = HEALTH_ATTEMPTS, pause: float = 1.0) -> pd.DataFrame:
     """``SELECT 1`` through the application's own URL, with retries; marks the service restored."""
+    if run_by_strategy_cell(ctx, StepName.HEALTH):
+        return None
     return dispatch(ctx, StepName.HEALTH, lambda c, s: _health(c, s, attempts, pause))
 
 

@@ -24,6 +24,7 @@ from rollbacklib.errors import ESCALATION
 from rollbacklib.report import POSTMORTEM_NAME, REPORT_NAME
 from rollbacklib.report.checklist import checklist
 from rollbacklib.report import plots
+from rollbacklib.report.salvage_section import section as salvage_section
 from rollbacklib.report.evidence import Evidence, next_actions
 from rollbacklib.metrics import BAD, duration
 from rollbacklib.steps import PHASES
@@ -277,6 +278,7 @@ def render(run_dir: Path) -> str:
 <h2 id="metrics">Success metrics</h2>
 {_metrics_table(run)}
 {_rows_lost_table(run)}
+{salvage_section(s)}
 {extra_plots}
 <h2 id="checklist">Post-rollback checklist</h2>
 <p class="rb-note">The seed plan's checklist: &#10004; proved by this run (evidence beside it), &#10008; failed,

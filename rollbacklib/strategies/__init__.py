@@ -12,10 +12,13 @@ A strategy is a module holding one object, ``STRATEGY``, with:
 - ``executors``: ``{step name: function(ctx)}`` for its steps that have no notebook cell of their
   own. Each phase notebook has one generic cell, ``strategies.run_phase_steps(ctx)``, that runs
   those, in plan order, through the dispatcher. A cell whose step is not in the plan is a
-  no-op journaled "not in this plan (strategy X)" (``rollbacklib.dispatch``).
+  no-op journaled "not in this plan (strategy X)" (``rollbacklib.dispatch``). A step of the
+  swap's own cells that another strategy's plan holds (``in-place``'s window, ``stop-services``)
+  is run by that generic cell with the strategy's own preconditions, and its own cell defers
+  (``dispatch.run_by_strategy_cell``).
 
 Registered strategies are listed in ``MODULES`` (name -> module), imported when asked for. To
-add one (``surgical``, ``in-place``): write its module with ``STRATEGY``, add one line to
+add one: write its module with ``STRATEGY``, add one line to
 ``MODULES``, and its name to ``rollbacklib.config.StrategyName``. A name configured but not
 registered is refused as bad config, naming the registered ones.
 """
@@ -29,6 +32,7 @@ from typing import Any, Callable, Protocol
 from rollbacklib.errors import ConfigError
 
 MODULES = {
+    "in-place": "rollbacklib.strategies.in_place",
     "resolve-only": "rollbacklib.strategies.resolve_only",
     "surgical": "rollbacklib.strategies.surgical",
     "swap": "rollbacklib.strategies.swap",

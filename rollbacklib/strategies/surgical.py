@@ -23,7 +23,7 @@ def _executors() -> dict:
     from rollbacklib.phases import execute
     from rollbacklib.surgical import execute as run
 
-    return {StepName.STOP_SERVICES: execute.stop_services, StepName.SURGICAL_SIDE: run.restore_side,
+    return {StepName.STOP_SERVICES: execute.stop_services_step, StepName.SURGICAL_SIDE: run.restore_side,
             StepName.SURGICAL_DDL: run.reverse_ddl, StepName.SURGICAL_BACKFILL: run.backfill_values,
             StepName.SURGICAL_AFTER_DATA: run.after_data_ddl, StepName.SURGICAL_BOOKKEEPING: run.fix_bookkeeping,
             StepName.SURGICAL_VERIFY: run.verify_tables, StepName.SURGICAL_DROP_SIDE: run.drop_side}

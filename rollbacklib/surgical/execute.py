@@ -256,12 +256,23 @@ def _verify(ctx: RunContext, step: Step) -> dict:
     result = verify_plan(ctx.url, plan, before, _settings(plan).services)
     atomic_write_json(ctx.run_dir / VERIFY_FILE, result)
     ctx.record(step.name, "info", "verified" if result["ok"] else "; ".join(result["problems"]),
-               **{**result, "rows_lost": _rows_lost(result)})
+               **{**result, "rows_lost": _rows_lost(result)}, passed=result["ok"], checks=_checks(result))
     if not result["ok"]:
         raise ValidationFailed("The surgical reversal does not verify: " + "; ".join(result["problems"]),
                                next_action=f"keep the side database {plan.side} (do not run 05_close); compare by "
                                "hand, escalate.", step=step.name, found=result["problems"], escalate="L3")
     return result
+
+
+def _checks(result: dict) -> list[dict]:
+    """The verification as checks (what ``run.json``'s ``validation`` holds): one per table, then the problems."""
+    from rollbacklib.checks import Check
+
+    checks = [Check(f"{t['table']}: " + ("values restored" if "matched" in t else "rows and kept columns"),
+                    not any(p.startswith(f"{t['table']}:") for p in result["problems"]), found=t).to_dict()
+              for t in result["tables"]]
+    named = {t["table"] for t in result["tables"]}
+    return checks + [Check(p, False).to_dict() for p in result["problems"] if p.split(":")[0] not in named]
 
 
 def _rows_lost(result: dict) -> dict:
