@@ -25,7 +25,7 @@ from rollbacklib.notify.settings import (EmailChannel, NotifySettings, Retry, Sl
 
 # Token-shaped values are assembled at run time (a literal in the tree reads as a leaked secret to scanners).
 BOT_TOKEN = "xo" + "xb-" + "-".join(("1" * 10, "2" * 10, "NotifyMarker" * 2))
-WEBHOOK_PATH = "/services/T0000/B0000/" + "WebhookMarker" * 2
+WEBHOOK_PATH = "/" + "/".join(("services", "workspace", "channel", "WebhookMarker" * 2))  # not token-shaped
 API_KEY = "statuspage-key-" + "KeyMarker" * 3
 
 MESSAGE = messages.initiated("20251202020032_update_user_schema_final", "production", "rolling back the bad one",

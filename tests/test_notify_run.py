@@ -28,7 +28,7 @@ runner = CliRunner()
 
 # Token-shaped values are assembled at run time (a literal in the tree reads as a leaked secret to scanners).
 BOT_TOKEN = "xo" + "xb-" + "-".join(("3" * 10, "4" * 10, "RunTokenMarker" * 2))
-WEBHOOK_SECRET = "/services/T0000/B0000/" + "RunWebhookMarker" * 2
+WEBHOOK_SECRET = "/" + "/".join(("services", "workspace", "channel", "RunWebhookMarker" * 2))  # not token-shaped
 API_KEY = "statuspage-" + "RunKeyMarker" * 3
 MARKERS = ("RunTokenMarker", "RunWebhookMarker", "RunKeyMarker")
 

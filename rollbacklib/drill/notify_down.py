@@ -81,7 +81,7 @@ channel = "team-webhook"
 def inject(drill) -> int:
     """Run the whole rollback with every notification endpoint down; keep what the judge needs."""
     with endpoints_down() as (failing, silent, hits):
-        secret_path = "/services/T0DRILL/B0DRILL/" + "drill" * 6
+        secret_path = "/" + "/".join(("services", "drill-workspace", "drill-channel", "drill" * 6))  # a secret path
         env = {**os.environ, WEBHOOK_ENV: failing + secret_path, STATUSPAGE_KEY_ENV: "drill-statuspage-" + "k" * 24}
         config = drill.derived_config("runbook-notify-down.toml", channels_config(drill.staged.environment, silent))
         drill.say(f"  notification endpoints down: the Slack webhook answers 500 ({failing}), the status page "

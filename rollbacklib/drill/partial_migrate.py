@@ -23,51 +23,17 @@ import psycopg
 from rollbacklib.drill.prisma_migrate import _ensure_migrations_table, _find_migration, _row_by_id
 from rollbacklib.errors import FailedError
 from rollbacklib.prisma import MIGRATIONS_TABLE
-
-_TOKEN = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z0-9_]*\$).*?\1|;", re.S)
-
-
-def split_statements(script: str) -> list[str]:
-    """The statements of ``script``, split at the semicolons outside comments, quotes and dollar quotes."""
-    statements, start = [], 0
-    for match in _TOKEN.finditer(script):
-        if match.group(0) == ";":
-            statements.append(script[start:match.end()])
-            start = match.end()
-    statements.append(script[start:])
-    return [s.strip() for s in statements if _code(s)]
-
+from rollbacklib.sql_script import split_statements, split_top_level, without_comments
 
 _ALTER = re.compile(r'^(ALTER TABLE\s+(?:ONLY\s+)?(?:"(?:[^"]|"")*"|[\w.]+)(?:\."(?:[^"]|"")*")?)\s+(.*?);?\s*$', re.S | re.I)
 
 
 def split_actions(statement: str) -> list[str]:
     """``ALTER TABLE t a1, a2, a3;`` as ``ALTER TABLE t a1;`` ``ALTER TABLE t a2;`` ...; any other statement as is."""
-    body = _TOKEN.sub(lambda m: m.group(0) if m.group(0)[0] in "'\"$;" else "", statement).strip()
-    match = _ALTER.match(body)
+    match = _ALTER.match(without_comments(statement))
     if not match:
         return [statement]
-    head, actions, depth, start, quote = match.group(1), match.group(2), 0, 0, None
-    parts = []
-    for i, ch in enumerate(actions):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(actions[start:i])
-            start = i + 1
-    parts.append(actions[start:])
-    return [f"{head} {p.strip()};" for p in parts if p.strip()]
-
-
-def _code(statement: str) -> bool:
-    """Does ``statement`` hold anything but comments and blanks?"""
-    return bool(_TOKEN.sub(lambda m: m.group(0) if m.group(0)[0] in "'\"$" else "", statement).strip(" \n\t;"))
+    return [f"{match.group(1)} {part};" for part in split_top_level(match.group(2))]
 
 
 def apply_statement_by_statement(url: str, migrations_dir: str | Path, name: str, *, actions: bool = False) -> dict:

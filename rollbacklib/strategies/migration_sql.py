@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from rollbacklib import sql_script
+from rollbacklib.sql_script import split_top_level, without_comments
+
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
 _QUALIFIED = rf"(?:{_IDENT}\s*\.\s*)?{_IDENT}"
 
@@ -37,67 +40,7 @@ def _unquote(name: str) -> str:
 
 def split_statements(script: str) -> list[str]:
     """The script's statements, comments dropped, split on ``;`` outside quotes, dollar quotes and comments."""
-    out, buf, i, n = [], [], 0, len(script)
-    while i < n:
-        c = script[i]
-        if script.startswith("--", i):
-            i = script.find("\n", i)
-            i = n if i < 0 else i
-            continue
-        if script.startswith("/*", i):
-            end = script.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-            continue
-        if c in ("'", '"'):
-            end = i + 1
-            while end < n:
-                if script[end] == c and script[end + 1:end + 2] == c:
-                    end += 2
-                    continue
-                if script[end] == c:
-                    break
-                end += 1
-            buf.append(script[i:end + 1])
-            i = end + 1
-            continue
-        dollar = re.match(r"\$[A-Za-z_]*\$", script[i:])
-        if dollar:
-            tag = dollar.group(0)
-            end = script.find(tag, i + len(tag))
-            end = n if end < 0 else end + len(tag)
-            buf.append(script[i:end])
-            i = end
-            continue
-        if c == ";":
-            out.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(c)
-        i += 1
-    out.append("".join(buf).strip())
-    return [s for s in out if s]
-
-
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, buf, quote = [], 0, [], None
-    for c in text:
-        if quote:
-            buf.append(c)
-            quote = None if c == quote else quote
-            continue
-        if c in ("'", '"'):
-            quote = c
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "," and depth == 0:
-            parts.append("".join(buf).strip())
-            buf = []
-            continue
-        buf.append(c)
-    parts.append("".join(buf).strip())
-    return [p for p in parts if p]
+    return [s for s in map(without_comments, sql_script.split_statements(script)) if s]
 
 
 _ALTER_TABLE = re.compile(rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?({_QUALIFIED})\s+(.*)$", re.S | re.I)
@@ -123,7 +66,7 @@ def intended_effects(script: str) -> list[Effect]:
         alter = _ALTER_TABLE.match(flat)
         if alter:
             table = _unquote(alter.group(1))
-            for sub in _split_top_level(alter.group(2)):
+            for sub in split_top_level(alter.group(2)):
                 kind, name = "other", None
                 for candidate, pattern in _SUB:
                     m = pattern.match(sub)
