@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rollbacklib.errors import ConfigError, RollbackError
+from rollbacklib.errors import EXIT_FAILED, ConfigError, RollbackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Roll back a Prisma-managed PostgreSQL migration, safely, with the evidence to prove it.")
@@ -183,6 +183,13 @@ def print_run(summary: dict, run_dir: Path, report: Path | None = None, report_e
         if summary.get("way_back_command"):
             err.print(f"  as one command that stops at the first error: {summary['way_back_command']}",
                       markup=False, highlight=False)
+    if summary.get("services_way_back"):  # what stop-services scaled down, still down (services_way_back.py)
+        err.print("[bold]Then the services[/]" + (" (after the database's way back)" if summary.get("way_back") else "")
+                  + f": {summary['services_way_back_command']}", highlight=False)
+        for item in summary["services_way_back"]:
+            now = "?" if item["replicas"] is None else item["replicas"]
+            err.print(f"  {item['service']}: {now} -> {item['target']} replica(s): {item['action']}"
+                      + (f" ({item['error']})" if item.get("error") else ""), markup=False, highlight=False)
     if summary.get("rollback_stands"):  # a failure after the database's rollback: no way back (rollback_stands.py)
         stands = summary["rollback_stands"]
         err.print(stands["line"], style="bold", markup=False, highlight=False)
@@ -343,6 +350,44 @@ def lost_rows(
         counts = ", ".join(f"{n} {kind}" for kind, n in table.rows.items()) or "no rows lost"
         out.print(f"{table.table}: {counts}" + (f" -> {table.path}" if table.path else "")
                   + (f" ({table.note})" if table.note else ""), markup=False, highlight=False)
+
+
+@app.command("services-back")
+def services_back(
+    run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),
+    config: Optional[Path] = ConfigOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print each service still down and the call that brings "
+                                 "it back; change nothing."),
+):
+    """The services' way back: what the run's stop-services scaled down, back to the replicas each had.
+
+    Read from the platform now (a service someone started by hand is left alone); refused while the live
+    database does not accept connections (run the database's way back first). Journaled into the run.
+    """
+    from rollbacklib.services_way_back import bring_back
+
+    try:
+        result = bring_back(_run_dir(run_dir), str(config) if config else None, dry_run=dry_run)
+    except RollbackError as error:
+        _fail(error)
+    if not result["pending"]:
+        out.print("No service this run stopped is down now: nothing to bring back.", highlight=False)
+        return
+    for item in result["pending"]:
+        now = "?" if item["replicas"] is None else item["replicas"]
+        out.print(f"{item['service']}: {now} -> {item['target']} replica(s): {item['action']}", markup=False,
+                  highlight=False)
+    if dry_run:
+        out.print("Dry run: nothing was changed.", highlight=False)
+        return
+    for b in result["brought_back"]:
+        out.print(f"{b['service']} back: the {b.get('platform')} platform reports {b.get('replicas')} replica(s)",
+                  markup=False, highlight=False)
+    for item in result["left"]:
+        err.print(f"{item['service']} NOT brought back: {item['error']}; by hand: {item['action']}", markup=False,
+                  highlight=False)
+    if result["left"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

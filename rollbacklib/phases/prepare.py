@@ -77,13 +77,24 @@ def _check_migration(ctx: RunContext, step: Step) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: The databases a run makes beside the live one, by the tag after its name, and what each is.
+LEFTOVERS = {
+    "__restored_": "a restored copy an earlier run left (swap)",
+    "__pre_rollback_": "the database an earlier rollback replaced; kept on purpose",
+    "__safety_": "the database as it was before an earlier in-place restore; kept on purpose",
+    "__side_": "the affected tables from a backup, restored by an earlier surgical run",
+    "__schema_": "a backup's schema, read by an earlier surgical run",
+}
+DROPPABLE = ("__restored_", "__side_", "__schema_")
+
+
 def name_leftovers(ctx: RunContext, step: Step) -> None:
     """What earlier runs left on the server: copies, kept databases, a live database still blocked or renamed away."""
     with db.connect(ctx.admin_url, step=step.name) as admin:
         found = admin.execute(
             "SELECT datname, datallowconn, datconnlimit, pg_size_pretty(pg_database_size(oid)) FROM pg_database "
-            "WHERE datname = %s OR starts_with(datname, %s) OR starts_with(datname, %s) ORDER BY datname",
-            (ctx.database, ctx.database + "__restored_", ctx.database + "__pre_rollback_")).fetchall()
+            "WHERE datname = %s OR EXISTS (SELECT FROM unnest(%s::text[]) AS p WHERE starts_with(datname, p)) "
+            "ORDER BY datname", (ctx.database, [ctx.database + tag for tag in LEFTOVERS])).fetchall()
     live = next((r for r in found if r[0] == ctx.database), None)
     others = [r for r in found if r[0] != ctx.database and not r[0].endswith(f"_{ctx.run_id}")]
     unfinished = _unfinished_runs(ctx)
@@ -103,8 +114,9 @@ def name_leftovers(ctx: RunContext, step: Step) -> None:
             next_action=f"do not start a new rollback over it; {resume}. Nothing was changed by this run.",
             found=[list(r) for r in found], escalate="L2")
     for name, _allow, _limit, size in others:
-        advice = (f"drop it once nobody needs it: {db.drop_database_statement(name).as_string(None)}"
-                  if "__restored_" in name else "the database an earlier rollback replaced; kept on purpose")
+        tag = next(t for t in LEFTOVERS if name.startswith(ctx.database + t))
+        advice = (LEFTOVERS[tag] + ("; drop it once nobody needs it: "
+                                    f"{db.drop_database_statement(name).as_string(None)}" if tag in DROPPABLE else ""))
         ctx.record(step.name, "info", f"left by an earlier run: {name} ({size}); {advice}", database=name, size=size)
 
 

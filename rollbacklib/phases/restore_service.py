@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from rollbacklib.phases import service_probes
+from rollbacklib.services_way_back import SCALED_DOWN, SCALING
 from rollbacklib.platforms import platform_for
 from rollbacklib.run import RunContext
 from rollbacklib.steps import Action, Phase, Step
@@ -30,13 +31,21 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
     """Scale the environment's services to 0 (``stop``) or back to their replicas, and journal it."""
     platform = platform_for(ctx.env)
     wanted = [(s, 0 if stop else s.replicas) for s in ctx.env.services]
-    evidence = [platform.scale(s, replicas) for s, replicas in wanted]
+    evidence = []
+    for service, replicas in wanted:
+        if stop and platform.name != "none":
+            ctx.record(step.name, "info", f"{service.name}: scaling to 0", **{SCALING: service.name})
+        evidence.append(platform.scale(service, replicas))
+        if stop and platform.name != "none":  # each one as it happens: the way back of a stop cut short needs it
+            ctx.record(step.name, "changed", f"{service.name} scaled to 0 (it had {evidence[-1].get('replicas_before')})",
+                       **{SCALED_DOWN: evidence[-1]})
     verb = "stop" if stop else "start"
     if platform.name == "none":
         ctx.record(step.name, "info", f"no service platform configured: {verb} the services by hand",
                    services=[{"name": s.name, "replicas": replicas} for s, replicas in wanted])
     else:
-        ctx.record(step.name, "changed", "services scaled to 0" if stop else "services scaled back", services=evidence)
+        ctx.record(step.name, "info" if stop else "changed", "services scaled to 0" if stop else "services scaled back",
+                   services=evidence)
     return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
 
 

@@ -113,7 +113,7 @@ def _error_box(run: Evidence, failed_cells: dict[str, str]) -> str:
   <pre>{e(err['message'])}</pre>
   <p><strong>Next action:</strong> {e(err.get('next_action') or '-')}</p>
   <p><strong>Escalation:</strong> {e(err.get('contact') or level + ' (' + ESCALATION.get(level, '?') + ')') if level else 'none named'}</p>
-  <p><strong>Where:</strong> {where}</p>{_stands(run.summary.get("rollback_stands"))}
+  <p><strong>Where:</strong> {where}</p>{_stands(run.summary.get("rollback_stands"))}{_services_back(run.summary)}
 </div>"""
 
 
@@ -121,6 +121,17 @@ def _stands(stands: dict | None) -> str:
     """After a failure in 04/05 with the database's rollback good: said, instead of a way back (rollback_stands.py)."""
     return (f'\n  <p class="rb-stands"><strong>Database:</strong> {e(stands["line"])}</p>'
             f'\n  <p><strong>Services:</strong> {e(stands["services"])}</p>') if stands else ""
+
+
+def _services_back(summary: dict) -> str:
+    """What stop-services scaled down that the platform did not report back when run.json was written."""
+    items = summary.get("services_way_back") or []
+    if not items:
+        return ""
+    rows = "".join(f"<li>{e(i['service'])}: {e('?' if i['replicas'] is None else i['replicas'])} &rarr; "
+                   f"{e(i['target'])} replica(s): <code>{e(i['action'])}</code></li>" for i in items)
+    return (f'\n  <p class="rb-services-back"><strong>Services still down</strong> (read from the platform): bring '
+            f'them back after the database, with <code>{e(summary["services_way_back_command"])}</code></p><ul>{rows}</ul>')
 
 
 def _next_actions(run: Evidence) -> str:
