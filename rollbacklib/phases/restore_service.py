@@ -44,8 +44,7 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
         ctx.record(step.name, "info", f"no service platform configured: {verb} the services by hand",
                    services=[{"name": s.name, "replicas": replicas} for s, replicas in wanted])
     else:
-        ctx.record(step.name, "info" if stop else "changed", "services scaled to 0" if stop else "services scaled back",
-                   services=evidence)
+        ctx.record(step.name, "changed", "services scaled to 0" if stop else "services scaled back", services=evidence)
     return pd.DataFrame(evidence or [{"services": "none configured for this environment"}])
 
 
