@@ -160,6 +160,29 @@ def test_slack_carries_the_window_only_when_its_events_list_it():
     assert delivery.channels(settings, "window-closed") == []
 
 
+def test_the_report_measures_the_status_page_from_the_journal():
+    from rollbacklib.report.communication import status_page
+
+    def sent(ts: str, event: str, status: str | None, delivered: bool = True) -> dict:
+        return {"ts": f"2026-12-02T03:{ts}+00:00", "step": f"notify-{event}", "status": "info", "evidence": {
+            delivery.OUTCOME: {"channel": "status", "kind": "statuspage", "event": event, "delivered": delivered,
+                               "attempts": 1, "error": None, "http_status": 200, "seconds": 0.1,
+                               "request": "PATCH https://status.example/v1/pages/p/incidents/i",
+                               "incident_status": status}}}
+
+    events = [{"ts": "2026-12-02T03:00:00+00:00", "step": "attempt", "status": "info", "evidence": {}},
+              sent("00:42", "initiated", "investigating"), sent("05:00", "window-open", None, delivered=False),
+              sent("05:10", "window-open", "identified"), sent("09:00", "window-closed", "monitoring")]
+    rows = status_page(events)
+    assert rows[0]["item"].startswith("Status page first updated 42.0 s after the run's start")
+    assert rows[0]["state"] == "proved"  # under the drill's 3 minutes
+    assert [r["item"] for r in rows[1:]] == ["Status page status: investigating", "Status page status: identified",
+                                             "Status page status: monitoring"]  # the failed attempt is not one
+    assert rows[2]["evidence"].startswith("at 03:05:10 UTC, 310.0 s after the start (window-open)")
+    late = [events[0], sent("04:00", "initiated", "investigating")]
+    assert status_page(late)[0]["state"] == "failed" and status_page(events[:1]) == []
+
+
 def test_a_500_is_retried_with_backoff_and_reported_without_raising(httpserver, monkeypatch):
     monkeypatch.setenv("ROLLBACK_TEST_WEBHOOK", httpserver.url_for(WEBHOOK_PATH))
     httpserver.expect_request(WEBHOOK_PATH, method="POST").respond_with_data("boom", status=500)
