@@ -89,6 +89,8 @@ class StepName(StrEnum):
     SURGICAL_VERIFY = "surgical-verify"
     SURGICAL_DROP_SIDE = "surgical-drop-side"
     NOTIFY_INITIATED = "notify-initiated"
+    NOTIFY_WINDOW_OPEN = "notify-window-open"
+    NOTIFY_WINDOW_CLOSED = "notify-window-closed"
     NOTIFY_COMPLETED = "notify-completed"
     CHECKLISTS = "checklists"
     # dependency probes (rollbacklib/dependencies.py) and the staging check (rollbacklib/phases/staging_check.py)

@@ -85,6 +85,11 @@ def test_drill_in_place_restores_into_the_live_database_and_counts_what_it_disca
         assert "--single-transaction" in text and '"step": "restore-in-place"' in text
         steps = {s["name"]: s for s in _plan(result)}
         assert "swap-keep-live" not in steps and "create-copy" not in steps  # in-place's steps, not the swap's
+        order = list(steps)  # the status page told before the services stop, and once they are back
+        assert order.index("gate") + 1 == order.index("notify-window-open") == order.index("stop-services") - 1
+        assert order.index("smoke-tests") + 1 == order.index("notify-window-closed")
+        done = {e["step"] for e in map(json.loads, text.splitlines()) if e["status"] == "ok"}
+        assert {"notify-window-open", "notify-window-closed"} <= done  # run in 02 and 04, with no channel: by hand
         gate = steps["gate"]["summary"]  # what the prompt shows: the in-place restore, never "Swap the restored copy"
         assert f"INTO {live} in one transaction" in gate and "swap" not in gate.lower()
     finally:

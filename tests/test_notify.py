@@ -109,6 +109,80 @@ def test_statuspage_opens_the_incident_then_resolves_the_same_one(httpserver, mo
     assert API_KEY not in repr(journal.events)
 
 
+def test_statuspage_follows_the_outage_window_identified_then_monitoring(httpserver, monkeypatch):
+    monkeypatch.setenv("ROLLBACK_TEST_STATUSPAGE_KEY", API_KEY)
+    headers = {"Authorization": f"OAuth {API_KEY}", "Content-Type": "application/json"}
+    incident = "/v1/pages/pg123/incidents/inc42"
+    httpserver.expect_ordered_request("/v1/pages/pg123/incidents", method="POST", headers=headers) \
+        .respond_with_json({"id": "inc42", "status": "investigating"}, status=201)
+    httpserver.expect_ordered_request(incident, method="PATCH", headers=headers, json={"incident": {
+        "status": "identified", "body": messages.PUBLIC_WINDOW_OPEN, "component_ids": ["cmp1"],
+        "components": {"cmp1": "partial_outage"}}}).respond_with_json({"id": "inc42", "status": "identified"})
+    httpserver.expect_ordered_request(incident, method="PATCH", headers=headers, json={"incident": {
+        "status": "monitoring", "body": messages.PUBLIC_WINDOW_CLOSED, "component_ids": ["cmp1"],
+        "components": {"cmp1": "operational"}}}).respond_with_json({"id": "inc42", "status": "monitoring"})
+    settings = StatuspageChannel(kind="statuspage", api_key_env="ROLLBACK_TEST_STATUSPAGE_KEY", page_id="pg123",
+                                 base_url=httpserver.url_for("/"), component_ids=["cmp1"],
+                                 window_component_status="partial_outage")
+    assert settings.events == ["initiated", "window-open", "window-closed", "completed"]  # the status page's default
+    store: dict = {}
+    journal = Journal()
+    opened = delivery.send(make_channel("status", settings, store=store), MESSAGE, Retry(), journal,
+                           "notify-initiated")
+    window_open = messages.window_open("m", "production", "r1")
+    window_closed = messages.window_closed("m", "production", "r1")
+    during = delivery.send(make_channel("status", settings, store=dict(store)), window_open, Retry(), journal,
+                           "notify-window-open")
+    after = delivery.send(make_channel("status", settings, store=dict(store)), window_closed, Retry(), journal,
+                          "notify-window-closed")
+    httpserver.check_assertions()
+    assert [o["incident_status"] for o in (opened, during, after)] == ["investigating", "identified", "monitoring"]
+    assert during["request"] == f"PATCH {httpserver.url_for(incident)}" and after["delivered"]
+    assert API_KEY not in repr(journal.events)
+
+
+def test_a_window_update_without_an_incident_is_reported_not_sent(httpserver, monkeypatch):
+    monkeypatch.setenv("ROLLBACK_TEST_STATUSPAGE_KEY", API_KEY)
+    settings = StatuspageChannel(kind="statuspage", api_key_env="ROLLBACK_TEST_STATUSPAGE_KEY", page_id="pg123",
+                                 base_url=httpserver.url_for("/"))
+    outcome = delivery.send(make_channel("status", settings, store={}), messages.window_open("m", "production", "r1"),
+                            Retry(attempts=3), Journal(), "notify-window-open")  # the creation failed: no id kept
+    assert not outcome["delivered"] and outcome["attempts"] == 1 and not httpserver.log
+    assert outcome["error"].startswith("no Statuspage incident was opened by this run")
+
+
+def test_slack_carries_the_window_only_when_its_events_list_it():
+    quiet = SlackBotChannel(kind="slack", token_env="ROLLBACK_TEST_SLACK_TOKEN", channel="#c")
+    loud = SlackBotChannel(kind="slack", token_env="ROLLBACK_TEST_SLACK_TOKEN", channel="#c",
+                           events=["initiated", "window-open", "completed"])
+    settings = NotifySettings(channels={"quiet": quiet, "loud": loud})
+    assert [c.name for c in delivery.channels(settings, "window-open")] == ["loud"]
+    assert delivery.channels(settings, "window-closed") == []
+
+
+def test_the_report_measures_the_status_page_from_the_journal():
+    from rollbacklib.report.communication import status_page
+
+    def sent(ts: str, event: str, status: str | None, delivered: bool = True) -> dict:
+        return {"ts": f"2026-12-02T03:{ts}+00:00", "step": f"notify-{event}", "status": "info", "evidence": {
+            delivery.OUTCOME: {"channel": "status", "kind": "statuspage", "event": event, "delivered": delivered,
+                               "attempts": 1, "error": None, "http_status": 200, "seconds": 0.1,
+                               "request": "PATCH https://status.example/v1/pages/p/incidents/i",
+                               "incident_status": status}}}
+
+    events = [{"ts": "2026-12-02T03:00:00+00:00", "step": "attempt", "status": "info", "evidence": {}},
+              sent("00:42", "initiated", "investigating"), sent("05:00", "window-open", None, delivered=False),
+              sent("05:10", "window-open", "identified"), sent("09:00", "window-closed", "monitoring")]
+    rows = status_page(events)
+    assert rows[0]["item"].startswith("Status page first updated 42.0 s after the run's start")
+    assert rows[0]["state"] == "proved"  # under the drill's 3 minutes
+    assert [r["item"] for r in rows[1:]] == ["Status page status: investigating", "Status page status: identified",
+                                             "Status page status: monitoring"]  # the failed attempt is not one
+    assert rows[2]["evidence"].startswith("at 03:05:10 UTC, 310.0 s after the start (window-open)")
+    late = [events[0], sent("04:00", "initiated", "investigating")]
+    assert status_page(late)[0]["state"] == "failed" and status_page(events[:1]) == []
+
+
 def test_a_500_is_retried_with_backoff_and_reported_without_raising(httpserver, monkeypatch):
     monkeypatch.setenv("ROLLBACK_TEST_WEBHOOK", httpserver.url_for(WEBHOOK_PATH))
     httpserver.expect_request(WEBHOOK_PATH, method="POST").respond_with_data("boom", status=500)

@@ -12,12 +12,14 @@ import time
 
 import pytest
 from typer.testing import CliRunner
+from werkzeug import Request, Response
 
 from rollbacklib import escalation
 from rollbacklib.audit import verify_audit
 from rollbacklib.cli import app
 from rollbacklib.journal import read_events
 from rollbacklib.notify import delivery
+from rollbacklib.phases import notify
 from rollbacklib.pipeline import run_phases
 from rollbacklib.run import open_run
 from rollbacklib.steps import read_plan
@@ -86,6 +88,12 @@ def silent_port():
     silent.close()
 
 
+def _incident_updated(request: Request) -> Response:
+    """Statuspage's answer to an update: the incident with the status it was given."""
+    return Response(json.dumps({"id": "inc7", "status": request.get_json()["incident"]["status"]}), 200,
+                    content_type="application/json")
+
+
 def _secrets(monkeypatch, httpserver):
     monkeypatch.setenv("ROLLBACK_TEST_SLACK_TOKEN", BOT_TOKEN)
     monkeypatch.setenv("ROLLBACK_TEST_WEBHOOK", httpserver.url_for(WEBHOOK_SECRET))
@@ -111,8 +119,7 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
                               headers={"Authorization": f"OAuth {API_KEY}"}).respond_with_json(
         {"id": "inc7", "status": "investigating"}, status=201)
     httpserver.expect_request("/v1/pages/pg1/incidents/inc7", method="PATCH",
-                              headers={"Authorization": f"OAuth {API_KEY}"}).respond_with_json(
-        {"id": "inc7", "status": "resolved"})
+                              headers={"Authorization": f"OAuth {API_KEY}"}).respond_with_handler(_incident_updated)
     acks = tmp_path / "acks.json"
     acks.write_text(json.dumps({"checklist:team:lead-engineer-available": {"by": "Marta", "at": "2025-12-02T03:01:00Z"},
                                 "checklist:communication:support-team-notified": {"by": "Joan"}}))
@@ -129,9 +136,17 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     assert len(team) == 2, sent  # in order: initiated at the start, completed at the close
     assert team[0].startswith(f"🚨 PRODUCTION ROLLBACK INITIATED - Migration {MIGRATION} - Reason: rolling back")
     assert team[1].startswith("✅ ROLLBACK COMPLETED SUCCESSFULLY") and "Audit chain head: " in team[1]
-    status = [(m, p, b["incident"]["status"]) for m, p, b in sent if p.startswith("/v1/pages/")]
-    assert status == [("POST", "/v1/pages/pg1/incidents", "investigating"),
-                      ("PATCH", "/v1/pages/pg1/incidents/inc7", "resolved")]
+    status = [(m, p, b["incident"]["status"], b["incident"]["components"]) for m, p, b in sent
+              if p.startswith("/v1/pages/")]
+    same = "/v1/pages/pg1/incidents/inc7"  # opened, then the same incident updated through the window, resolved
+    assert status == [("POST", "/v1/pages/pg1/incidents", "investigating", {"auth": "major_outage"}),
+                      ("PATCH", same, "identified", {"auth": "major_outage"}),
+                      ("PATCH", same, "monitoring", {"auth": "operational"}),
+                      ("PATCH", same, "resolved", {"auth": "operational"})]
+    events = read_events(result.run_dir)
+    order = [e["step"] for e in events if e["status"] == "ok"]  # the window notices bracket the outage
+    assert order.index("gate") < order.index("notify-window-open") < order.index("stop-services")
+    assert order.index("smoke-tests") < order.index("notify-window-closed") < order.index("notify-completed")
     assert sum(1 for _, p, _ in sent if p == WEBHOOK_SECRET) == 4  # two attempts for each of the two messages
 
     run = json.loads((result.run_dir / "run.json").read_text())
@@ -147,7 +162,6 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     assert milestones["team notified"]["status"] == "pass" and milestones["status page updated"]["status"] == "pass"
 
     # the message carries the head the run ended at, and the folder verifies against it with the sends after it
-    events = read_events(result.run_dir)
     head = team[1].split("Audit chain head: ")[1].split()[0]
     assert head == result.summary["audit"]["head"]  # the one the run printed at its end
     assert verify_audit(result.run_dir, head=head).intact
@@ -172,7 +186,18 @@ def test_notifications_down_or_silent_do_not_stop_the_rollback(incident, tmp_pat
     postmortem = (result.run_dir / "postmortem.md").read_text()
     assert "Notification team (slack) delivered: initiated" in postmortem
     assert "Notification down (slack-webhook, initiated) failed: HTTP 500" in postmortem
+    assert "Status page first updated " in report
+    for status in ("investigating", "identified", "monitoring"):  # resolved is sent after the report is written
+        assert f"Status page status: {status}" in report
     _no_marker_in(result.run_dir)
+
+    # 02's cell run again (as a resume or a person would): done in this run, so the window is not announced twice
+    ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=config, reports_dir=str(incident.reports),
+                   run_id="notified", phase="02_execute")
+    notify.notify_window_open(ctx)
+    assert sum(1 for r, _ in httpserver.log if r.method == "PATCH" and r.get_json()["incident"]["status"]
+               == "identified") == 1
+    assert any(e["step"] == "notify-window-open" and e["status"] == "skipped" for e in read_events(ctx.run_dir))
 
 
 def test_a_failed_step_escalates_with_who_and_the_next_action(incident, tmp_path, httpserver, silent_port,
@@ -248,6 +273,18 @@ def test_the_dry_run_shows_each_request_and_sends_nothing(incident, tmp_path, ht
     assert any(t.startswith(f"PATCH {httpserver.url_for('/v1/pages/pg1/incidents/')}") and '"resolved"' in t
                for t in completed)
     assert all("<the measured RTO>" in t for t in completed if "ROLLBACK COMPLETED" in t)
+    plan = read_plan(result.run_dir)
+    names = [s.name for s in plan.steps]
+    assert names.index("gate") + 1 == names.index("notify-window-open") == names.index("stop-services") - 1
+    assert names.index("smoke-tests") + 1 == names.index("notify-window-closed")
+    for name, status, components in (("notify-window-open", "identified", "major_outage"),
+                                      ("notify-window-closed", "monitoring", "operational")):
+        [shown] = [a.text for a in plan.step(name).actions]  # only the status page carries the window by default
+        request, body = shown.split("\n", 1)
+        where = httpserver.url_for("/v1/pages/pg1/incidents/")
+        assert request == f"PATCH {where}{{incident_id: the one opened at the start}}"
+        update = json.loads(body)["incident"]
+        assert update["status"] == status and update["components"] == {"auth": components}
     _no_marker_in(result.run_dir)
 
 
@@ -260,3 +297,27 @@ def test_the_l2_timer_leaves_a_run_that_has_ended_alone(fresh_db, tmp_path, monk
     time.sleep(0.4)
     assert escalation.check_overdue(ctx, "late") is None
     assert not [e for e in read_events(ctx.run_dir) if "escalation" in e["evidence"]]
+
+
+def test_only_a_plan_that_stops_the_services_announces_the_window(fresh_db, tmp_path, monkeypatch):
+    from rollbacklib.steps import Step
+    from rollbacklib.strategies.plan import with_window_notices
+
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=_config(tmp_path, ""),
+                   reports_dir=str(tmp_path / "r"), run_id="window", phase="01_prepare")
+
+    def names(*steps: str) -> list[str]:
+        return [s.name for s in with_window_notices(ctx, [Step(n, "02_execute", "-", n) for n in steps])]
+
+    # swap, in-place, surgical with the services drained: right after the gate, before the services stop
+    assert names("gate", "stop-services", "block-connections", "start-services", "smoke-tests", "close") == [
+        "gate", "notify-window-open", "stop-services", "block-connections", "start-services", "smoke-tests",
+        "notify-window-closed", "close"]
+    # resolve-only, surgical with the services up: nothing stops, no window to announce
+    assert names("gate", "resolve-rolled-back", "validate-resolved", "close") == [
+        "gate", "resolve-rolled-back", "validate-resolved", "close"]
+    assert names("gate", "surgical-reverse-ddl", "service-health", "smoke-tests", "close") == [
+        "gate", "surgical-reverse-ddl", "service-health", "smoke-tests", "close"]
+    [action] = notify.window_open_step(ctx).actions  # the drill has no channel: the plan says to do it by hand
+    assert action.text.startswith("no notification channel carries 'window-open' in environment 'drill'")

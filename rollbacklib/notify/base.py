@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Message:
-    event: str  # initiated | completed | escalation
+    event: str  # initiated | window-open | window-closed | completed | escalation
     subject: str  # one line: the e-mail's subject
     text: str  # what the team reads (Slack, e-mail)
     public: str = ""  # what the status page says to customers

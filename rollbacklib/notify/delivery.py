@@ -66,7 +66,7 @@ def send(channel: Channel, message: Message, retry: Retry, record: Record, step:
     outcome = {"channel": channel.name, "kind": channel.kind, "event": message.event, "delivered": delivered,
                "attempts": attempt, "error": error or None, "http_status": status,
                "seconds": round(time.monotonic() - started, 3), "request": request.describe(),
-               **{k: v for k, v in answer.items() if k in ("incident_id", "ts")}}
+               **{k: v for k, v in answer.items() if k in ("incident_id", "incident_status", "ts")}}
     text = (f"notification {channel.name} delivered ({message.event})" if delivered
             else f"notification {channel.name} failed: {error} (after {attempt} attempt(s); the run goes on)")
     record(step, "info", text, **{OUTCOME: outcome})

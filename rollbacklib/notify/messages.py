@@ -13,6 +13,9 @@ import socket
 from rollbacklib.notify.base import Message
 
 PUBLIC_INITIATED = "We are investigating issues with the service. A rollback is in progress."
+PUBLIC_WINDOW_OPEN = ("We have identified the issue and are applying the fix now: the service will be briefly "
+                      "unavailable while it is applied.")
+PUBLIC_WINDOW_CLOSED = "The fix has been applied and the service is restored. We are monitoring the results."
 PUBLIC_NOT_RESOLVED = "The rollback did not complete as planned: we are still working on it."
 PUBLIC_RESOLVED = "Rollback completed successfully. All systems operational. We apologize for the inconvenience."
 
@@ -33,6 +36,22 @@ def initiated(migration_id: str, environment: str, reason: str, run_id: str, by:
             f"Environment: {environment} · run {run_id} · started by {by}")
     return Message("initiated", f"Production rollback initiated - {migration_id} ({environment})", text,
                    public=PUBLIC_INITIATED, status="investigating")
+
+
+def window_open(migration_id: str, environment: str, run_id: str) -> Message:
+    """The services are about to stop: the status page says the fix is being applied (``identified``)."""
+    text = (f"⏸️ OUTAGE WINDOW OPENING - Migration {migration_id} - the rollback is being applied; the services "
+            f"stop now and are briefly unavailable\nEnvironment: {environment} · run {run_id}")
+    return Message("window-open", f"Rollback applying, services briefly unavailable - {migration_id} ({environment})",
+                   text, public=PUBLIC_WINDOW_OPEN, status="identified")
+
+
+def window_closed(migration_id: str, environment: str, run_id: str) -> Message:
+    """The services are back and passed their smoke tests: the status page says restored, monitoring."""
+    text = (f"▶️ SERVICE RESTORED - Migration {migration_id} - the services are back and passed their smoke tests; "
+            f"monitoring until the rollback closes\nEnvironment: {environment} · run {run_id}")
+    return Message("window-closed", f"Service restored, monitoring - {migration_id} ({environment})", text,
+                   public=PUBLIC_WINDOW_CLOSED, status="monitoring")
 
 
 def completed(migration_id: str, environment: str, *, duration: str, status: str, next_steps: str, head: str,

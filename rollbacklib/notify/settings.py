@@ -14,8 +14,9 @@ from pydantic import Field, field_validator
 
 from rollbacklib.config_base import _env_var_name, _Strict
 
-EVENTS = ("initiated", "completed", "escalation")
-Event = Literal["initiated", "completed", "escalation"]
+EVENTS = ("initiated", "window-open", "window-closed", "completed", "escalation")
+Event = Literal["initiated", "window-open", "window-closed", "completed", "escalation"]
+ComponentStatus = Literal["operational", "under_maintenance", "degraded_performance", "partial_outage", "major_outage"]
 
 
 def _env(value: str | None) -> str | None:
@@ -54,18 +55,18 @@ class SlackBotChannel(_Strict):
 
 
 class StatuspageChannel(_Strict):
-    """Statuspage REST API v1: the incident opened at the start, updated, resolved at the close."""
+    """Statuspage REST API v1: the incident opened at the start, updated around the outage window, resolved last."""
 
     kind: Literal["statuspage"]
     api_key_env: str
     page_id: str
     base_url: str = "https://api.statuspage.io"
     component_ids: list[str] = []
-    component_status: Literal["operational", "under_maintenance", "degraded_performance", "partial_outage",
-                              "major_outage"] = "major_outage"
+    component_status: ComponentStatus = "major_outage"  # from the start until the window opens
+    window_component_status: ComponentStatus = "major_outage"  # while the services are stopped (window-open)
     impact: Literal["none", "minor", "major", "critical"] = "major"
     incident_name: str = "Database Maintenance - Authentication System"
-    events: list[Event] = ["initiated", "completed"]
+    events: list[Event] = ["initiated", "window-open", "window-closed", "completed"]
 
     _check = field_validator("api_key_env")(_env_var_name)
 

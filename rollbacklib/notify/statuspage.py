@@ -1,10 +1,12 @@
-"""Statuspage REST API v1: the incident opened at the start, updated, and resolved at the close.
+"""Statuspage REST API v1: the incident opened at the start, updated around the outage window, resolved at the close.
 
 ``POST {base_url}/v1/pages/{page_id}/incidents`` with ``{"incident": {name, status, impact_override, body,
-component_ids, components: {id: status}}}`` opens it; its ``id`` is kept in the run's state (``store``), so
-a resumed run updates the same incident with ``PATCH {base_url}/v1/pages/{page_id}/incidents/{incident_id}``
-(``{"incident": {status, body, components}}``); resolving sets the components back to ``operational``.
-Every request carries ``Authorization: OAuth <api key>``.
+component_ids, components: {id: status}}}`` opens it (``investigating``); its ``id`` is kept in the run's state
+(``store``), so every later message, in this kernel or a resumed run's, updates the same incident with ``PATCH
+{base_url}/v1/pages/{page_id}/incidents/{incident_id}`` (``{"incident": {status, body, component_ids,
+components}}``), following Statuspage's lifecycle: ``identified`` as the outage window opens (components
+``window_component_status``), ``monitoring`` once the services are back (``operational``), ``resolved`` at the
+close (``operational``). Every request carries ``Authorization: OAuth <api key>``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import httpx
 from rollbacklib.notify.base import Channel, Message, Request, SendError, http_error, secret
 
 INCIDENT_ID = "incident_id"
+RESTORED_EVENTS = ("window-closed",)  # the services are back: the components are operational again
 
 
 class Statuspage(Channel):
@@ -25,11 +28,17 @@ class Statuspage(Channel):
     def _components(self, status: str) -> dict:
         return {c: status for c in self.settings.component_ids}
 
+    def component_status(self, message: Message) -> str:
+        """What the components show after ``message``: down in the window, operational once restored or resolved."""
+        if message.status == "resolved" or message.event in RESTORED_EVENTS:
+            return "operational"
+        s = self.settings
+        return s.window_component_status if message.event == "window-open" else s.component_status
+
     def request(self, message: Message) -> Request:
         s = self.settings
         incident_id = self.store.get(INCIDENT_ID)
-        resolved = message.status == "resolved"
-        components = self._components("operational" if resolved else s.component_status)
+        components = self._components(self.component_status(message))
         if incident_id is None and message.event == "initiated":
             body = {"name": s.incident_name, "status": message.status or "investigating",
                     "impact_override": s.impact, "body": message.public}
@@ -63,4 +72,5 @@ class Statuspage(Channel):
             if not incident.get("id"):
                 raise SendError("Statuspage created no incident id", answer.status_code)
             self.store[INCIDENT_ID] = incident["id"]
-        return {"http_status": answer.status_code, INCIDENT_ID: incident.get("id"), "status": incident.get("status")}
+        return {"http_status": answer.status_code, INCIDENT_ID: incident.get("id"),
+                "incident_status": incident.get("status")}

@@ -1,4 +1,5 @@
-"""The notification steps: ``notify-initiated`` (phase 01) and ``notify-completed`` (phase 05).
+"""The notification steps: ``notify-initiated`` (01), the outage window's ``notify-window-open`` (02) and
+``notify-window-closed`` (04), and ``notify-completed`` (05).
 
 Each is a ``Step`` in the plan whose actions are the requests it will make (method, URL without secrets, the
 text, with ``<placeholders>`` for what is measured later), so the dry run shows them. Sending never stops the
@@ -85,6 +86,45 @@ def initiated_step(ctx: RunContext) -> Step:
 def notify_initiated(ctx: RunContext) -> pd.DataFrame:
     """Tell the team (and the status page) that the rollback started, and why."""
     return dispatch(ctx, initiated_step(ctx), lambda c, s: _send(c, s, initiated_message(c, messages.started_by())),
+                    postcondition=_notified)
+
+
+# --- the outage window: opening (02, after the gate) and closed (04, after the smoke tests) -----------
+
+def window_open_message(ctx: RunContext) -> Message:
+    return messages.window_open(ctx.migration_id, ctx.env.name, ctx.run_id)
+
+
+def window_closed_message(ctx: RunContext) -> Message:
+    return messages.window_closed(ctx.migration_id, ctx.env.name, ctx.run_id)
+
+
+def window_open_step(ctx: RunContext) -> Step:
+    # Sent before stop-services, never inside the window: a slow or down status page costs its bounded retries
+    # ([notify.retry] max_seconds per channel) before the outage starts, never a second of the outage itself.
+    return Step(StepName.NOTIFY_WINDOW_OPEN, Phase.EXECUTE, "status page (and channels that carry window-open)",
+                "the outage window opens: the status page incident to identified, its components down (never blocks)",
+                _actions(ctx, window_open_message(ctx)), requires=(StepName.GATE,),
+                postcondition="each channel's outcome journaled")
+
+
+def window_closed_step(ctx: RunContext) -> Step:
+    return Step(StepName.NOTIFY_WINDOW_CLOSED, Phase.RESTORE_SERVICE,
+                "status page (and channels that carry window-closed)",
+                "the services are back and passed their smoke tests: the status page incident to monitoring, its "
+                "components operational (never blocks)", _actions(ctx, window_closed_message(ctx)),
+                requires=(StepName.SMOKE_TESTS,), postcondition="each channel's outcome journaled")
+
+
+def notify_window_open(ctx: RunContext) -> pd.DataFrame | None:
+    """Tell the status page (and who asked for it) that the rollback is being applied and the services stop now."""
+    return dispatch(ctx, StepName.NOTIFY_WINDOW_OPEN, lambda c, s: _send(c, s, window_open_message(c)),
+                    postcondition=_notified)
+
+
+def notify_window_closed(ctx: RunContext) -> pd.DataFrame | None:
+    """Tell the status page (and who asked for it) that the service is restored and being monitored."""
+    return dispatch(ctx, StepName.NOTIFY_WINDOW_CLOSED, lambda c, s: _send(c, s, window_closed_message(c)),
                     postcondition=_notified)
 
 

@@ -1,10 +1,11 @@
-"""The report's communication groups: each notification (delivered, or "notification X failed: ..."), each
-escalation (level, who, when, why, next action) and each acknowledgement of the pre-rollback checklists (who,
-when), all read from the journal.
+"""The report's communication groups: each notification (delivered, or "notification X failed: ..."), the status
+page's transitions (when it was first updated, each status it took and when), each escalation (level, who, when,
+why, next action) and each acknowledgement of the pre-rollback checklists (who, when), all read from the journal.
 """
 
 from __future__ import annotations
 
+from rollbacklib.metrics import DRILL_TARGETS, seconds_between
 from rollbacklib.notify.delivery import outcomes
 
 PROVED, FAILED, PEOPLE = "proved", "failed", "for people"
@@ -24,6 +25,30 @@ def notifications(events: list[dict]) -> list[dict]:
         else:
             rows.append(_item(what, FAILED, f"notification {n['channel']} failed: {n['error']} (after "
                                             f"{n['attempts']} attempt(s), {n['seconds']} s; the run went on)"))
+    return rows
+
+
+STATUS_PAGE_TARGET = next(target for name, target, _ in DRILL_TARGETS if name == "status page updated")
+
+
+def status_page(events: list[dict]) -> list[dict]:
+    """How long after the run's start the status page was first updated, then each update it accepted, in order.
+
+    Measured from the journal: the run's first event to each delivered ``statuspage`` notification; the status is
+    the one Statuspage answered with (else the message's event).
+    """
+    accepted = [n for n in outcomes(events) if n["kind"] == "statuspage" and n["delivered"]]
+    if not accepted:
+        return []
+    start = events[0]["ts"]
+    first = seconds_between(start, accepted[0]["at"])
+    rows = [_item(f"Status page first updated {first:.1f} s after the run's start (the drill's target: under "
+                  f"{STATUS_PAGE_TARGET} s)", PROVED if first < STATUS_PAGE_TARGET else FAILED,
+                  f"{accepted[0]['channel']}: {accepted[0]['request']} accepted at {accepted[0]['at'][11:19]} UTC")]
+    for n in accepted:
+        rows.append(_item(f"Status page {n['channel']}: {n.get('incident_status') or n['event']}", PROVED,
+                          f"at {n['at'][11:19]} UTC, {seconds_between(start, n['at']):.1f} s after the start "
+                          f"({n['event']}): {n['request']}"))
     return rows
 
 
@@ -70,6 +95,8 @@ def groups(events: list[dict]) -> list[tuple[str, list[dict]]]:
     found = acknowledgements(events)
     if (rows := notifications(events)):
         found.append(("Notifications", rows))
+    if (rows := status_page(events)):
+        found.append(("Status page", rows))
     if (rows := escalations(events)):
         found.append(("Escalations", rows))
     return found

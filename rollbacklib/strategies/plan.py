@@ -35,6 +35,7 @@ def build_plan(ctx) -> Plan:
         later = strategies.get(name).plan_steps(ctx, admin, facts)
     gate = next((i for i, s in enumerate(later) if s.name == StepName.GATE), 0)  # the seed's 3.3: staging first
     later.insert(gate, staging_check.staging_step(ctx))
+    later = with_window_notices(ctx, later)
     closing = [i for i, s in enumerate(later) if s.name == StepName.CLOSE]
     at = closing[0] if closing else len(later)  # every strategy tells people it completed, right before its close
     told = notify.completed_step(ctx)
@@ -43,6 +44,22 @@ def build_plan(ctx) -> Plan:
     steps += [*later[:at], told, *later[at:]]
     ctx.update(original_oid=facts["oid"], original_settings=facts["settings"])
     return Plan(steps)
+
+
+def with_window_notices(ctx, later: list[Step]) -> list[Step]:
+    """A plan that stops the services (an outage) tells the status page as the window opens and once it has closed.
+
+    ``notify-window-open`` goes right before ``stop-services`` (after the gate: only an approved plan is announced),
+    so its bounded sends come before the outage, never inside it; ``notify-window-closed`` right after
+    ``smoke-tests``, once the services are back and working. A plan with no ``stop-services`` (resolve-only,
+    surgical with the services up) has no window to announce.
+    """
+    names = [s.name for s in later]
+    if StepName.STOP_SERVICES not in names or StepName.SMOKE_TESTS not in names:
+        return later
+    stop, smoke = names.index(StepName.STOP_SERVICES), names.index(StepName.SMOKE_TESTS)
+    return [*later[:stop], notify.window_open_step(ctx), *later[stop:smoke + 1], notify.window_closed_step(ctx),
+            *later[smoke + 1:]]
 
 
 def write_run_plan(ctx) -> pd.DataFrame:
