@@ -25,6 +25,7 @@ import psycopg
 from rollbacklib.config import load_config
 from rollbacklib.drill import StagedDrill, stage_drill
 from rollbacklib.drill.app_session import start_app_session, stop_app_session
+from rollbacklib.drill.services import give_test_user_password
 from rollbacklib.drill.faults_catalog import FAULTS, Fault, get_fault
 from rollbacklib.drill.injection import (Command, FaultUnavailable, Trigger, kill_runner_and_kernel, maintenance_url,
                                          strike_when)
@@ -196,7 +197,7 @@ def run_fault_drill(name: str, *, config_path: str | None = None, users: int | N
     say(f"Fault drill {fault.name}: {fault.injects} The runbook must end with exit {fault.exit_code}.")
     run_dir = run_folder(reports, config.drill.migration, config.drill.environment, run_id)
     staged = stage_drill(config_path=str(config.path), users=users, backup_dir=run_dir / "backup",
-                         keep=keep, say=say)
+                         keep=keep, say=say, after_generate=give_test_user_password if fault.services else None)
     drill = FaultDrill(staged, config.path, reports, run_id, say, users or config.drill.users,
                        migration.expect.columns if migration else [])
     code = None

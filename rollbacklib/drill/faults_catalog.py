@@ -36,6 +36,7 @@ class Fault:
     inject: Callable[["FaultDrill"], int]
     outcome: str = "rolled-back"  # rolled-back | unchanged | original-serves | swapped-not-serving
     judge: Callable[["FaultDrill", int], None] | None = None
+    services: bool = False  # the drill's services run: the test user gets its password before the backup
 
 
 def _kill_at(step: str, *statuses: str, phase: str = "") -> Callable[["FaultDrill"], int]:
@@ -421,6 +422,14 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "Read the gateway's logs, fix its configuration (its database URL), then `rollback resume <run folder>`: "
           "start-services starts the rest in order.",
           service_faults.health_never_passes, judge=service_faults.judge_health_never_passes),
+    Fault("way-back-with-services", 0, f"The drill's services run (as with --services); {_K} after the swap-keep "
+          "rename, the services down; `rollback services-back` tried first; the database's way back run literally "
+          "(psql ON_ERROR_STOP); `rollback services-back`; then resume.",
+          "run.json lists the services the run stopped (services_way_back); services-back refuses while the live "
+          "database refuses connections, then brings each back, read back from the platform: login answers 500 "
+          "again (the incident, on the original); resume then rolls back for good: login 200.",
+          "Run the database's way back, then `rollback services-back <run folder>`, then `rollback resume` when "
+          "ready.", service_faults.way_back_with_services, services=True),
     Fault("notify-down", 0, "Every notification endpoint down on 127.0.0.1: the Slack webhook (also the escalation "
           "channel) answers HTTP 500, the status page accepts the connection and never answers.",
           "Each send is retried a bounded few seconds, journaled, then reported; the rollback completes as usual.",

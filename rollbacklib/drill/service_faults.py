@@ -104,3 +104,61 @@ def judge_health_never_passes(drill: "FaultDrill", _code: int) -> None:
                         and all(t.get("status") == 503 for t in tries),
                         f"the journal holds the {HEALTH_ATTEMPTS} health attempts, each HTTP 503 "
                         f"({[t.get('status') for t in tries] if isinstance(tries, list) else tries})")
+
+
+# --- way-back-with-services ---------------------------------------------------------------------
+
+def way_back_with_services(drill: "FaultDrill") -> int:
+    """Killed mid-window with the services down: the database's way back, then ``rollback services-back``, then
+    the services serve the original again (the incident, login 500); then ``rollback resume`` rolls back for good."""
+    from rollbacklib.config import load_config
+    from rollbacklib.drill.injection import Trigger, run_way_back
+    from rollbacklib.drill.services import PASSWORD_ENV, DrillServices
+    from rollbacklib.platforms import platform_for
+    from rollbacklib.summary import write_summary
+
+    config = load_config(drill.config_path)
+    os.environ.setdefault(PASSWORD_ENV, secrets.token_urlsafe(18))
+    drill.say("  starting the services (process platform), with traffic")
+    apps = DrillServices.start(config, drill.staged.environment, config.drill.scenario, drill.staged.folder / "services",
+                               lambda line: drill.say("  " + line))
+    drill.config_path = apps.config  # the run, the resume and services-back all act on these services
+    try:
+        command, _ = drill.strike(Trigger(StepName.SWAP_KEEP, ("ok",)))
+        command.wait()
+        env = load_config(apps.config).environment(drill.staged.environment)
+        platform = platform_for(env)
+        replicas = lambda: {s.name: platform.replicas(s) for s in env.services}  # noqa: E731
+        drill.verdict.check(not any(replicas().values()), f"the services are down after the kill ({replicas()})")
+        summary = write_summary(drill.run_dir)
+        statements, services = summary.get("way_back") or [], summary.get("services_way_back") or []
+        drill.say("  the way back (run.json): " + " ".join(s.rstrip(";") + ";" for s in statements))
+        drill.say(f"  then: {summary.get('services_way_back_command')} for "
+                  + ", ".join(f"{i['service']} ({i['replicas']} -> {i['target']})" for i in services))
+        drill.verdict.check(sorted(i["service"] for i in services) == sorted(s.name for s in env.services)
+                            and all(i["replicas"] == 0 and i["target"] == 1 for i in services),
+                            "run.json lists every service the run stopped, at 0 now and 1 before")
+        early = drill.command(["services-back", str(drill.run_dir), "--config", str(apps.config)]).run()
+        drill.verdict.check(early == 4 and not any(replicas().values()),
+                            f"services-back before the database's way back is refused and starts nothing (exit {early})")
+        proc = run_way_back(statements, drill.admin_url)
+        drill.verdict.check(proc.returncode == 0, "the database's way back ran to its end under psql ON_ERROR_STOP"
+                            + ("" if proc.returncode == 0 else f": {proc.stderr.strip()}"))
+        back = drill.command(["services-back", str(drill.run_dir), "--config", str(apps.config)]).run()
+        after_way_back = replicas()
+        login = apps.login_status()
+        drill.say(f"  services-back: exit {back}; replicas {after_way_back}; login: HTTP {login}")
+        drill.verdict.check(back == 0 and all(n == 1 for n in after_way_back.values()),
+                            f"services-back brought every service back (exit {back}, {after_way_back})")
+        drill.verdict.check(login == 500, f"the services serve the original again: login answers 500, the incident as "
+                            f"before the run (HTTP {login})")
+        drill.take_reference()
+        code = drill.resume()
+        drill.evidence["login_after_resume"] = apps.login_status()
+        drill.say(f"  login after the resume: HTTP {drill.evidence['login_after_resume']}")
+        drill.verdict.check(drill.evidence["login_after_resume"] == 200 and all(n == 1 for n in replicas().values()),
+                            f"after the resume the services serve the restored database: login answers 200 "
+                            f"({drill.evidence['login_after_resume']}, {replicas()})")
+        return code
+    finally:
+        apps.stop()
