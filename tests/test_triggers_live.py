@@ -56,7 +56,10 @@ def test_the_broken_login_makes_the_error_rate_trigger_fire_on_the_real_gateway(
     assert critical.evidence["held_seconds"] >= 2 and critical.evidence["peak"] == 100.0
     assert sum(s["derived"]["requests"] or 0 for s in series) >= 10  # measured from the gateway's own counters
     assert assessment.recommendation == ROLL_BACK_NOW
-    assert by["memory leak"].status == "not evaluated"  # the gateway exports no process metrics
+    # the gateway exports its process's resident memory (prometheus_client's ProcessCollector): the rule is judged
+    assert by["memory leak"].status != "not evaluated", by["memory leak"]
+    answered = [s["metrics"] for s in series if (s.get("metrics") or {}).get("up")]
+    assert answered and all(m.get("memory_bytes") for m in answered)
 
 
 def _failing_service(httpserver) -> App:

@@ -16,13 +16,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector,
+                               generate_latest)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    """Requests by route, method and status, and a latency histogram by route (its own registry)."""
+    """Requests by route, method and status, a latency histogram by route, the process's memory (its own registry)."""
 
     def __init__(self, service: str):
         self.registry = CollectorRegistry()
@@ -31,6 +32,7 @@ class Metrics:
         self.latency = Histogram("http_request_duration_seconds", "Time to answer an HTTP request",
                                  ["service", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.service = service
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes: the memory trigger's source
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(self.service, route, method, str(status)).inc()
