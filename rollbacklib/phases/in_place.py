@@ -254,9 +254,63 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
     (command,) = [a for a in step.actions if a.kind == "command" and a.target == live]
     open_sql, close_sql = (a.text for a in step.actions[:2])
+    earlier = _earlier_reading(ctx)
     with private_session(ctx, step, live) as conn:
-        before_seqs, before, shapes = sq.read_sequences(conn), _shape(conn), rowdiff.table_shapes(conn)
-    ahead = {"before": before, "sequences_before": sq.to_json(before_seqs), "shapes_before": shapes}
+        now = {"before": _shape(conn), "sequences_before": sq.to_json(sq.read_sequences(conn)),
+               "shapes_before": rowdiff.table_shapes(conn)}
+        committed_earlier = earlier is not None and now["before"] != earlier["before"]
+        if committed_earlier:
+            _holds_the_backup(ctx, step, conn, path)
+    if committed_earlier:  # what was read before that attempt's restore is what the sequences must pass
+        ahead, seconds, evicted = earlier, None, 0
+        ctx.record(step.name, "info", f"{live} already holds the backup: the restore of an earlier attempt of this "
+                   "run committed (its runner stopped before saying so); not restored again", committed_earlier=True,
+                   before=earlier["before"], now=now["before"])
+    else:
+        ahead = now if earlier is None else {**now, "sequences_before": sq.to_json(sq.furthest(
+            sq.from_json(earlier["sequences_before"]), sq.from_json(now["sequences_before"])))}
+        seconds, evicted = _run_restore(ctx, step, path, command, open_sql, close_sql, ahead)
+    before_seqs = sq.from_json(ahead["sequences_before"])
+    with private_session(ctx, step, live) as conn:
+        moves = sq.moves(before_seqs, sq.read_sequences(conn), conn)
+        sq.apply(conn, moves, lambda text: ctx.record(step.name, "changed", text, kind="sql", target=live))
+        checks = sq.verify(conn, before_seqs)
+    atomic_write_json(ctx.run_dir / RECORD, {**ahead, "sequences": [m.to_dict() for m in moves],
+                                             "restore_seconds": seconds, "evicted": evicted})
+    ctx.record(step.name, "info", f"restored into {live}" + (f" in {seconds:.1f} s" if seconds is not None else "")
+               + f" (one transaction, committed); {sum(m.action == 'set' for m in moves)} sequence(s) set past "
+               "their values before", committed=True, seconds=seconds, evicted=evicted,
+               moves=[m.to_dict() for m in moves], checks=[c.to_dict() for c in checks])
+    if failed(checks):
+        raise StepError("Sequences are behind their values before the restore: " + describe_failures(checks),
+                        step=step.name, escalate="L3", next_action="set them by hand (the journal has the values) "
+                        "before reopening the database.")
+    return pd.DataFrame([m.to_dict() for m in moves])
+
+
+def _earlier_reading(ctx: RunContext) -> dict | None:
+    """What an earlier attempt of this run read just before its restore (``RECORD``, written ahead of it), if any."""
+    path = ctx.run_dir / RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _holds_the_backup(ctx: RunContext, step: Step, conn, path: Path) -> None:
+    """The live database changed since an earlier attempt read it, though blocked throughout: only that attempt's
+    one-transaction restore can have done it, and then the database is the backup's. Anything else: a person."""
+    manifest = bk.load_manifest(path)
+    checks = against_manifest(conn, manifest)[:1] if manifest else []
+    if failed(checks):
+        raise StepError(f"{ctx.database} changed since an earlier attempt of this run read it before its restore, "
+                        f"and it does not hold the backup either: {describe_failures(checks)}", step=step.name,
+                        escalate="L3", next_action="keep it blocked and find out who changed it; the safety copy "
+                        f"{safety_name(ctx.database, ctx.run_id)} (if the journal says it was taken) holds it as it "
+                        "was before the restore.")
+
+
+def _run_restore(ctx: RunContext, step: Step, path: Path, command, open_sql: str, close_sql: str,
+                 ahead: dict) -> tuple[float, int]:
+    """The one-transaction restore; what was read before it written ahead (a resume after a kill reads it back)."""
+    live, before = ctx.database, ahead["before"]
     atomic_write_json(ctx.run_dir / RECORD, ahead)
     ctx.record(step.name, "changed", command.text, kind="command", target=live)
     try:
@@ -278,21 +332,7 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
             next_action=("reopen it (the statements below), then deal with the backup: " if same else
                          "keep it blocked; compare it with the safety copy before reopening it. ")
             + window.way_back_now(ctx), step=step.name, escalate="L2" if same else "L3") from None
-    with private_session(ctx, step, live) as conn:
-        moves = sq.moves(before_seqs, sq.read_sequences(conn), conn)
-        sq.apply(conn, moves, lambda text: ctx.record(step.name, "changed", text, kind="sql", target=live))
-        checks = sq.verify(conn, before_seqs)
-    atomic_write_json(ctx.run_dir / RECORD, {**ahead, "sequences": [m.to_dict() for m in moves],
-                                             "restore_seconds": done.seconds, "evicted": done.evicted})
-    ctx.record(step.name, "info", f"restored into {live} in {done.seconds:.1f} s (one transaction, committed); "
-               f"{sum(m.action == 'set' for m in moves)} sequence(s) set past their values before", committed=True,
-               seconds=done.seconds, evicted=done.evicted, moves=[m.to_dict() for m in moves],
-               checks=[c.to_dict() for c in checks])
-    if failed(checks):
-        raise StepError("Sequences are behind their values before the restore: " + describe_failures(checks),
-                        step=step.name, escalate="L3", next_action="set them by hand (the journal has the values) "
-                        "before reopening the database.")
-    return pd.DataFrame([m.to_dict() for m in moves])
+    return done.seconds, done.evicted
 
 
 def _committed(ctx: RunContext, step: Step) -> Check:
