@@ -176,3 +176,82 @@ def test_in_place_killed_after_its_restore_committed_is_finished_by_resume_witho
     found = [e for e in read_events(run_dir) if e["step"] == StepName.RESTORE_IN_PLACE and e["status"] == "info"
              and e["evidence"].get("committed_earlier")]
     assert found, "the resume did not say that it found the restore already committed"
+
+
+# --- surgical: killed between two batches of its backfill ----------------------------------------------------------
+
+BATCH_ROWS = 2  # many small batches (one transaction each), so the kill lands between two of them
+
+
+class _BetweenBatches(Trigger):
+    """The journal shows the backfill part way: some batches committed, not all."""
+
+    def __init__(self):
+        super().__init__(StepName.SURGICAL_BACKFILL, ("info",))
+
+    def describe(self) -> str:
+        return f"when the journal shows {self.step} part way through its batches"
+
+    def hit(self, events: list[dict], _runner_pid: int) -> dict | None:
+        return next((e for e in events if e["step"] == StepName.SURGICAL_BACKFILL and e["status"] == "info"
+                     and 0 < (e["evidence"].get("done") or 0) < (e["evidence"].get("total") or 0)), None)
+
+
+@pytest.mark.faults
+def test_surgical_killed_between_backfill_batches_is_finished_by_resume_losing_nothing(fresh_db, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv(DRILL_URL_ENV, fresh_db)
+    backup = stage_incident(fresh_db, load_scenario(SCENARIO), MIGRATION, users=300, backup_dir=tmp_path / "backups",
+                            tools=client_tools("embedded"), probes=load_config(CONFIG).all_queries(),
+                            say=lambda _line: None, failing="partly")
+    config = tmp_path / "runbook.toml"
+    config.write_text(CONFIG.read_text().replace('"scenarios/', f'"{CONFIG_HOME}/scenarios/')
+                      + f"\n[environments.drill.surgical]\nbatch_rows = {BATCH_ROWS}\n")
+    incident = Incident(fresh_db, database_name(fresh_db), backup, tmp_path / "reports", config=config)
+    with psycopg.connect(fresh_db) as conn:
+        users_before = {r[0]: r[1:] for r in conn.execute('SELECT id, email, "authorizerId" FROM users')}
+    run_id = "killed-backfill"
+    command = Command(incident.run_args("--backup", str(backup), "--yes", "--run-id", run_id, "--strategy",
+                                        "surgical"), say=lambda _line: None).start()
+    run_dir = incident.reports.resolve() / MIGRATION / "drill" / run_id
+    strike_when(command, run_dir / "journal.jsonl", _BetweenBatches(), kill_runner_and_kernel, timeout=300)
+
+    with psycopg.connect(fresh_db) as conn:  # surgical serves throughout: what the kill left, read as the app reads
+        assert db.column_info(conn, "users", "passwordHash") is not None  # the reverse DDL had committed
+        filled = conn.execute('SELECT count(*) FROM users WHERE "passwordHash" IS NOT NULL').fetchone()[0]
+        backup_users = conn.execute("SELECT count(*) FROM users WHERE id NOT LIKE 'user_post_%'").fetchone()[0]
+    assert 0 < filled < backup_users, "the kill did not land between two batches of the backfill"
+
+    result = runner.invoke(app, ["resume", str(run_dir), "--config", str(config)])
+
+    assert result.exit_code == 0, result.output
+    reference = _backup_users(fresh_db, backup, tmp_path)
+    with psycopg.connect(fresh_db) as conn:
+        users_after = {r[0]: r[1:] for r in conn.execute(
+            'SELECT id, email, "authorizerId", "passwordHash", "emailVerified" FROM users')}
+        assert migration_state(applied_migrations(conn), MIGRATION) == "rolled-back"
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE %s",
+                            (database_name(fresh_db) + "%side%",)).fetchone()[0] == 0  # the side copy dropped
+    assert set(users_after) == set(users_before)  # every user kept, none duplicated (the key is the primary key)
+    assert {k: v[:2] for k, v in users_after.items()} == users_before  # nothing else touched
+    assert {k: v[2:] for k, v in users_after.items() if k in reference} == reference  # every value back
+    later = [v[2:] for k, v in users_after.items() if k not in reference]
+    assert len(later) == 5 and all(password is None for password, _verified in later)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "succeeded" and run["attempts"] == 2 and run["rows_lost"]["total"] == 0, run.get("error")
+
+
+def _backup_users(url: str, backup, tmp_path) -> dict:
+    """passwordHash and emailVerified per user as the backup holds them (restored into a scratch database)."""
+    import subprocess
+
+    from rollbacklib.postgres.client import libpq_env, with_database
+
+    scratch = database_name(url) + "_reference"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{scratch}"')
+    reference = with_database(url, scratch)
+    subprocess.run([client_tools("embedded").path("pg_restore"), "--no-owner", "--exit-on-error",
+                    f"--dbname={scratch}", str(backup)], check=True, env=libpq_env(reference), capture_output=True)
+    with psycopg.connect(reference) as conn:
+        return {r[0]: r[1:] for r in conn.execute('SELECT id, "passwordHash", "emailVerified" FROM users')}
