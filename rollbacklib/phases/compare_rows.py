@@ -150,9 +150,9 @@ def _why_not_comparable(ctx, step: Step, name: str, kept: Database | None, index
         return ""
     if kept is None:
         return f"no safety copy {name} (not taken, or not the one this run took: see the journal of safety-copy)"
-    hashed = next((e["evidence"].get("rows_index_sha256") for e in reversed(read_events(ctx.run_dir))
-                   if e["step"] == StepName.VALIDATE_IN_PLACE and e["status"] == "info"
-                   and "rows_index_sha256" in e["evidence"]), None)
+    last = next((e["evidence"] for e in reversed(read_events(ctx.run_dir))
+                 if e["step"] == StepName.VALIDATE_IN_PLACE and "rows_hashed" in e["evidence"]), {})
+    hashed = last.get("rows_index_sha256") if last.get("rows_hashed") else None
     if hashed is None or not index.exists():
         return "the restored database's row hashes were not taken at validate-in-place (see its journal)"
     if hashlib.sha256(index.read_bytes()).hexdigest() != hashed:

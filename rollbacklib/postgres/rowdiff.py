@@ -339,6 +339,7 @@ def snapshot(restored: psycopg.Connection, live: dict, folder: Path, skip: tuple
     sha256 of every file (the copy's validation digest covers them).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / SNAPSHOT_INDEX).unlink(missing_ok=True)  # an attempt cut short leaves no index to be read
     live_tables, restored_tables = set(live), set(_tables(restored))
     index = {"tables": {}, "skip": list(skip),
              "left_out": sorted(t for t in live_tables | restored_tables if t in skip)}
