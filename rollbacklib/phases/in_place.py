@@ -53,9 +53,10 @@ from rollbacklib.steps import Action, Phase, Step, StepName
 from rollbacklib.validation import against_manifest
 
 PHASE = Phase.EXECUTE
-RECORD = "in_place.json"  # in the run folder: what was read before, the safety copy, the sequences
-HASH_ACTION = ("per table: SELECT key, md5(row) ORDER BY key through a cursor into copy_rows/ (over the columns the "
-               "database had before the restore, read by restore-in-place): the restored side of compare-rows")
+RECORD = "in_place.json"  # in the run folder: what was read before the restore (written ahead of it), the sequences
+HASH_ACTION = ("per table: SELECT the JSON line [key..., md5(row)] ORDER BY key through a cursor, gzipped into "
+               "copy_rows/ (over the columns the database had before the restore, read by restore-in-place): the "
+               "restored side of compare-rows")
 
 
 def safety_mode(ctx: RunContext) -> str:

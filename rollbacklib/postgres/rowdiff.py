@@ -155,7 +155,8 @@ def rows_query(table: str, key: list[str], native: list[bool], columns: list[str
 
 
 def _json_key(column: str, native: bool, type_: str) -> sql.Composable:
-    """A key value as ``_encode`` writes it, made by the server: a number, ``{"u": uuid}``, or ``{"b": hex}``."""
+    """A key value in a snapshot line, made by the server: a number, ``{"u": uuid}``, or ``{"b": hex}`` (the
+    UTF-8 bytes of its text, as ``rows_query`` orders it); ``_decode`` reads it back."""
     ident = sql.Identifier(column)
     if native and type_ == "uuid":
         return sql.SQL("{} || {}::text || {}").format(sql.Literal('{"u":"'), ident, sql.Literal('"}'))
@@ -167,7 +168,7 @@ def _json_key(column: str, native: bool, type_: str) -> sql.Composable:
 
 def lines_query(table: str, key: list[str], native: list[bool], key_types: list[str], columns: list[str],
                 casts: dict[str, str] | None = None) -> sql.Composable:
-    """``rows_query``'s stream with each row already its JSON line (``_encode``'s form, made by the server).
+    """``rows_query``'s stream with each row already its JSON line ``[key..., md5]``, made by the server.
 
     Inside in-place's window this runs on the clock: Python only joins the lines it fetches.
     """
@@ -277,24 +278,19 @@ def totals(diffs: list[TableDiff], left_out: list[str]) -> dict:
 
 # --- one side hashed ahead, the other compared later ---------------------------------------------
 #
-# The restored copy is hashed while it is still open to the runbook (before it is closed and
-# checked by identity only); the kept database is compared against that file once it is kept.
-# The columns compared are fixed at hashing time from the live database's schema (which
-# becomes the kept one); a table whose schema changed since is reported as not comparable.
+# The restored side is hashed while it is open to the runbook alone: the swap's copy before it
+# is closed and checked by identity only, in-place's restored live database before the reopen.
+# The kept side (the swap's original, in-place's safety copy) is compared against that file
+# after the window. The columns compared are fixed at hashing time from the kept side's shapes
+# (``table_shapes``, read before it was closed); a table whose schema changed since is reported
+# as not comparable.
 
-SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the copy's row hashes, taken at its validation
+SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the restored side's row hashes
 SNAPSHOT_INDEX = "index.json"
 
 
-def _encode(value: object) -> object:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"b": bytes(value).hex()}
-    if isinstance(value, uuid.UUID):
-        return {"u": str(value)}
-    return value
-
-
 def _decode(value: object) -> object:
+    """A key value of a snapshot line (``_json_key``) as the kept side's stream gives it: int, uuid or bytes."""
     if isinstance(value, dict):
         return bytes.fromhex(value["b"]) if "b" in value else uuid.UUID(value["u"])
     return value
