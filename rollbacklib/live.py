@@ -40,6 +40,11 @@ def kept_name(database: str, run_id: str) -> str:
     return _name(database, f"__pre_rollback_{run_id}")
 
 
+def safety_name(database: str, run_id: str) -> str:
+    """Strategy in-place's safety copy: the live database as it was before the restore, kept closed."""
+    return _name(database, f"__safety_{run_id}")
+
+
 def marker_text(run_id: str, plan_digest: str, validation_digest: str) -> str:
     """The comment a validated copy carries until it goes live: who made it, for which plan, what it held."""
     return f"rollbacklib copy run={run_id} plan={plan_digest} validation={validation_digest}"

@@ -154,8 +154,7 @@ def measure(summary: dict, events: list[dict], state: RunState) -> dict:
     downtime = seconds_between(blocked_at, restored_at)
     lost_event = last_evidence(events, StepName.COMPARE_ROWS, "rows_lost") or \
         last_evidence(events, StepName.RESOLVE_CHECK, "rows_lost") or \
-        last_evidence(events, StepName.SURGICAL_VERIFY, "rows_lost") or \
-        last_evidence(events, StepName.VALIDATE_IN_PLACE, "rows_lost")  # the other strategies measure their own
+        last_evidence(events, StepName.SURGICAL_VERIFY, "rows_lost")  # the other strategies measure their own
     rows_lost = lost_event["evidence"]["rows_lost"] if lost_event else None
 
     metrics = [

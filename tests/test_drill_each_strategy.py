@@ -80,6 +80,15 @@ def test_drill_in_place_restores_into_the_live_database_and_counts_what_it_disca
         with psycopg.connect(result.url) as conn:
             row = conn.execute("SELECT oid, datallowconn FROM pg_database WHERE datname = %s", (safety,)).fetchone()
         assert row is not None and row[0] != oid and row[1] is False  # kept, closed: the way back after a commit
+        # counted after the window: the window hashed the restored side only; the safety copy's one session ever
+        # is compare-rows' private one, after health
+        assert _sessions_ever(result.url, safety) == 1
+        events = [json.loads(line) for line in (result.run.run_dir / "journal.jsonl").read_text().splitlines()]
+        health = max(i for i, e in enumerate(events) if e["step"] == "health" and e["status"] == "ok")
+        on_safety = [i for i, e in enumerate(events) if e["evidence"].get("target") == safety
+                     and e["evidence"].get("kind") == "sql" and e["step"] != "safety-copy"]
+        assert on_safety and min(on_safety) > health and {events[i]["step"] for i in on_safety} == {"compare-rows"}
+        assert next(e for e in events if "rows_lost" in e["evidence"])["step"] == "compare-rows"
         events = result.run.run_dir / "journal.jsonl"
         text = events.read_text()
         assert "--single-transaction" in text and '"step": "restore-in-place"' in text
@@ -94,6 +103,13 @@ def test_drill_in_place_restores_into_the_live_database_and_counts_what_it_disca
         assert f"INTO {live} in one transaction" in gate and "swap" not in gate.lower()
     finally:
         stop_drill(result.workdir)
+
+
+def _sessions_ever(url: str, database: str) -> int | None:
+    from rollbacklib.live import settled_session_count
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        return settled_session_count(admin, database)
 
 
 def _plan(result) -> list[dict]:

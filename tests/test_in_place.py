@@ -169,9 +169,10 @@ def test_room_for_a_safety_copy_is_read_from_the_server(fresh_db, pg_server):
 
 # --- the steps, on a staged incident: phase 01 as it runs, then the in-place window ---------------
 
-from conftest import MIGRATION, before_the_migration  # noqa: E402
+from conftest import CONFIG_HOME, MIGRATION, before_the_migration  # noqa: E402
 
-from rollbacklib.phases import execute, in_place as steps  # noqa: E402
+from rollbacklib.phases import compare_rows, execute, in_place as steps  # noqa: E402
+from rollbacklib.postgres import rowdiff  # noqa: E402
 from rollbacklib.pipeline import run_phases  # noqa: E402
 from rollbacklib.run import open_run  # noqa: E402
 from rollbacklib.steps import Phase, Plan, StepName, read_plan, write_plan  # noqa: E402
@@ -186,8 +187,10 @@ def _in_place_run(incident, run_id: str, backup):
     ctx = open_run(migration_id=MIGRATION, environment="drill", config_path=str(incident.config), run_id=run_id,
                    reports_dir=str(incident.reports), phase=Phase.EXECUTE)
     with db.connect(ctx.admin_url) as admin:
-        plan = Plan(read_plan(ctx.run_dir).for_phase(Phase.PREPARE) + [steps.gate_step(ctx)]
-                    + steps.plan_steps(ctx, execute.read_live_facts(ctx, admin), admin))
+        window = steps.plan_steps(ctx, execute.read_live_facts(ctx, admin), admin)
+        safety = next(s for s in window if s.name == StepName.SAFETY_COPY)
+        plan = Plan(read_plan(ctx.run_dir).for_phase(Phase.PREPARE) + [steps.gate_step(ctx)] + window
+                    + [compare_rows.in_place_step(ctx, admin, safety_planned=bool(safety.actions))])
     write_plan(ctx.run_dir, plan)
     ctx.update(plan_digest=plan.digest)
     ctx.approve = MIGRATION  # what `approve` / --yes gives the gate
@@ -195,17 +198,59 @@ def _in_place_run(incident, run_id: str, backup):
     return ctx, plan
 
 
+# Written after the backup, on top of the scenario's own (5 users and 4 workflows inserted): rows the restore discards.
+LATER_WRITES = """
+UPDATE users SET name = 'renamed after the backup' WHERE id IN (SELECT id FROM users WHERE id NOT LIKE 'user_post_%'
+                                                              ORDER BY id LIMIT 2);
+DELETE FROM workflows WHERE id = (SELECT id FROM workflows WHERE id NOT LIKE 'wf_post_%' ORDER BY id LIMIT 1);
+"""
+
+
+def _sessions_ever(incident, database: str) -> int | None:
+    """pg_stat_database.sessions, once it stops moving: every session ever opened on ``database``."""
+    from rollbacklib.live import settled_session_count
+
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        return settled_session_count(admin, database)
+
+
 def test_the_in_place_steps_restore_validate_and_keep_a_safety_copy(incident):
+    with psycopg.connect(incident.url, autocommit=True) as conn:
+        conn.execute(LATER_WRITES)
     before = _as_it_is(incident.url)
     ctx, plan = _in_place_run(incident, "inplace", incident.backup)
     restore = plan.step(StepName.RESTORE_IN_PLACE)
     command = next(a for a in restore.actions if a.kind == "command")
     assert {"--clean", "--if-exists", "--single-transaction", "--exit-on-error"} <= set(command.argv)
     assert plan.step(StepName.SAFETY_COPY).actions[0].text.startswith("CREATE DATABASE ")
+    safety = steps.safety_name(incident.database, "inplace")
+    validate = plan.step(StepName.VALIDATE_IN_PLACE)  # the window reads the restored side only
+    assert {a.target for a in validate.actions} == {incident.database} and "hashed by key" in validate.summary
+    assert plan.step(StepName.COMPARE_ROWS).target == safety
 
-    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy, steps.restore_in_place,
-                steps.validate_in_place, steps.reopen, steps.health):
+    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy):
         act(ctx)
+    taken = _sessions_ever(incident, safety)
+    for act in (steps.restore_in_place, steps.validate_in_place, steps.reopen, steps.health):
+        act(ctx)
+    # the window never opened the safety copy: the server counted no session on it
+    assert _sessions_ever(incident, safety) == taken == 0
+    with psycopg.connect(incident.url, autocommit=True) as conn:  # production writes again: not the count's business
+        conn.execute("UPDATE users SET name = 'written after the reopen' WHERE id = (SELECT max(id) FROM users)")
+    compare_rows.compare_rows(ctx)
+
+    assert _sessions_ever(incident, safety) == 1  # compare-rows' private session, after health
+    lost = next(e for e in reversed(ctx.journal.events()) if "rows_lost" in e["evidence"])
+    assert lost["step"] == StepName.COMPARE_ROWS and lost["evidence"]["kept"] == safety
+    rows = lost["evidence"]["rows_lost"]
+    assert (rows["total"], rows["inserted"], rows["updated"], rows["deleted"]) == (12, 9, 2, 1)
+    assert {t: (d["inserted"], d["updated"], d["deleted"]) for t, d in rows["tables"].items() if d["lost"]} == {
+        "users": (5, 2, 0), "workflows": (4, 0, 1)}
+    health_at = next(i for i, e in enumerate(ctx.journal.events()) if e["step"] == StepName.HEALTH
+                     and e["status"] == "ok")
+    on_safety = [i for i, e in enumerate(ctx.journal.events()) if e["evidence"].get("target") == safety
+                 and e["evidence"].get("kind") == "sql" and "ALLOW_CONNECTIONS true" in e["message"]]
+    assert on_safety and min(on_safety) > health_at  # its private session is compare-rows', after the window
 
     with psycopg.connect(incident.url) as conn:
         names = [r[0] for r in conn.execute("SELECT migration_name FROM _prisma_migrations")]
@@ -217,9 +262,12 @@ def test_the_in_place_steps_restore_validate_and_keep_a_safety_copy(incident):
     with psycopg.connect(incident.admin_url, autocommit=True) as admin:
         with db.private_connection(admin, incident.url, safety, statements) as conn:
             kept = {"fingerprint": db.schema_fingerprint(db.schema_catalog(conn))}
+            with psycopg.connect(incident.url) as restored:  # the old way, both sides read now: the same answer
+                assert rowdiff.diff_databases(conn, restored)["tables"]["users"]["updated"] == 3
     assert kept["fingerprint"] == before["fingerprint"]  # the database as it was before the restore
     states = {e["step"]: e["status"] for e in ctx.journal.events() if e["status"] in ("ok", "failed")}
     assert all(states[s.name] == "ok" for s in plan.for_phase(Phase.EXECUTE))
+    assert states[StepName.COMPARE_ROWS] == "ok"
 
 
 def test_the_in_place_step_with_a_failing_last_statement_changes_nothing(incident, tmp_path):
@@ -274,3 +322,39 @@ def test_a_restore_that_cannot_connect_fails_and_leaves_the_database_closed(fres
                          "ALLOW_CONNECTIONS true", close_sql=f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         allow = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
     assert "pg_restore exited with 1" in err.value.message and allow is False
+
+
+def test_without_a_safety_copy_the_rows_lost_are_not_measured_and_nothing_is_hashed(incident, tmp_path):
+    text = incident.config.read_text().replace('in_place_safety_copy = "auto"', 'in_place_safety_copy = "never"')
+    incident.config = tmp_path / "runbook.toml"
+    incident.config.write_text(text.replace('"scenarios/', f'"{CONFIG_HOME}/scenarios/'))
+    ctx, plan = _in_place_run(incident, "nosafety", incident.backup)
+    assert not plan.step(StepName.COMPARE_ROWS).actions and "NOT measured" in plan.step(StepName.COMPARE_ROWS).summary
+    assert "hashed" not in plan.step(StepName.VALIDATE_IN_PLACE).summary
+
+    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy, steps.restore_in_place,
+                steps.validate_in_place, steps.reopen, steps.health, compare_rows.compare_rows):
+        act(ctx)
+
+    lost = [e for e in ctx.journal.events() if "rows_lost" in e["evidence"]]
+    assert [(e["step"], e["evidence"]["rows_lost"]) for e in lost] == [(StepName.COMPARE_ROWS, None)]
+    assert "not measured" in lost[0]["message"] and not (ctx.run_dir / rowdiff.SNAPSHOT_FOLDER).exists()
+    with psycopg.connect(incident.admin_url, autocommit=True) as admin:
+        assert admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                             (steps.safety_name(incident.database, "nosafety"),)).fetchone()[0] == 0
+
+
+def test_hashes_not_the_ones_validate_in_place_took_are_not_compared(incident):
+    ctx, plan = _in_place_run(incident, "tampered", incident.backup)
+    for act in (steps.block, steps.drain, steps.terminate, steps.take_safety_copy, steps.restore_in_place,
+                steps.validate_in_place, steps.reopen, steps.health):
+        act(ctx)
+    index = ctx.run_dir / rowdiff.SNAPSHOT_FOLDER / rowdiff.SNAPSHOT_INDEX
+    index.write_text(index.read_text().replace('"rows": ', '"rows":  '))  # edited after it was journaled
+
+    compare_rows.compare_rows(ctx)  # a measurement that cannot be made does not fail the run
+
+    lost = next(e for e in reversed(ctx.journal.events()) if "rows_lost" in e["evidence"])
+    assert lost["evidence"]["rows_lost"] is None and "is not the one validate-in-place wrote" in lost["message"]
+    safety = steps.safety_name(incident.database, "tampered")
+    assert _sessions_ever(incident, safety) == 0  # not opened for a comparison it would not make

@@ -9,9 +9,11 @@ backup's manifest and the databases read by this file's own SQL.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -359,8 +361,8 @@ def test_row_diff_merges_key_ordered_streams_whatever_the_key_type(pg_server, fr
         admin.execute(f'CREATE DATABASE "{database_name(other)}"')
     ddl = ['CREATE TABLE t (k text COLLATE "C", n bigint, v text, PRIMARY KEY (k, n))',
            'CREATE TABLE only_id (id integer PRIMARY KEY, v text)',
-           'CREATE TABLE no_key (v text)']
-    keys = ["a", "B", "_x", "é", "Z", "a b", "ä", "10", "9"]
+           'CREATE TABLE no_key (v text)', 'CREATE TABLE by_uuid (id uuid PRIMARY KEY, v text)']
+    keys = ["a", "B", "_x", "é", "Z", "a b", "ä", "10", "9", "back\\slash", 'quo"te']
     for url, extra in ((fresh_db, "kept"), (other, "restored")):
         with psycopg.connect(url, autocommit=True) as conn:
             for statement in ddl:
@@ -369,28 +371,32 @@ def test_row_diff_merges_key_ordered_streams_whatever_the_key_type(pg_server, fr
                 conn.execute("INSERT INTO t VALUES (%s, %s, 'same')", (k, -i))
             conn.execute("INSERT INTO only_id SELECT g, 'x' FROM generate_series(-50, 50) g")
             conn.execute("INSERT INTO no_key VALUES ('x')")
+            conn.execute("INSERT INTO by_uuid SELECT md5(g::text)::uuid, E'a\\\\b\\t' || g FROM generate_series(1, 20) g")
     with psycopg.connect(fresh_db, autocommit=True) as kept:  # kept: 2 inserted, 1 updated, 1 deleted in t
         kept.execute("INSERT INTO t VALUES ('ü', 3, 'new'), ('a', 7, 'new')")
         kept.execute("UPDATE t SET v = 'changed' WHERE k = 'é'")
         kept.execute("DELETE FROM t WHERE k = 'B'")
         kept.execute("DELETE FROM only_id WHERE id < 0")  # 50 deleted
+        kept.execute("UPDATE by_uuid SET v = 'changed' WHERE id = md5('7')::uuid")  # 1 updated
         kept.execute("CREATE TABLE created_after (id int PRIMARY KEY)")
         kept.execute("INSERT INTO created_after VALUES (1), (2)")
 
     with psycopg.connect(fresh_db) as kept, psycopg.connect(other) as restored:
         lost = rowdiff.diff_databases(kept, restored)
         # the same answer when the restored side is hashed ahead (at its validation) and the kept side later
-        hashed = rowdiff.snapshot(restored, kept, tmp_path / "copy_rows")
-        assert hashed["tables"]["t"]["rows"] == 9
+        hashed = rowdiff.snapshot(restored, rowdiff.table_shapes(kept), tmp_path / "copy_rows")
+        assert hashed["tables"]["t"]["rows"] == 11
         assert rowdiff.diff_against_snapshot(kept, tmp_path / "copy_rows") == lost
 
     t = lost["tables"]["t"]
-    assert (t["inserted"], t["updated"], t["deleted"], t["kept_rows"], t["restored_rows"]) == (2, 1, 1, 10, 9)
+    assert (t["inserted"], t["updated"], t["deleted"], t["kept_rows"], t["restored_rows"]) == (2, 1, 1, 12, 11)
     assert sorted(t["examples"]["inserted"]) == [["a", 7], ["ü", 3]] and t["examples"]["deleted"] == [["B", -1]]
     assert (lost["tables"]["only_id"]["deleted"], lost["tables"]["only_id"]["inserted"]) == (50, 0)
     assert lost["tables"]["created_after"]["inserted"] == 2
     assert lost["not_compared"] == ["no_key"] and lost["tables"]["no_key"]["lost"] is None
-    assert lost["total"] == 4 + 50 + 2
+    assert lost["tables"]["by_uuid"]["updated"] == 1 and lost["tables"]["by_uuid"]["examples"]["updated"] == [
+        [str(uuid.UUID(hashlib.md5(b"7").hexdigest()))]]
+    assert lost["total"] == 4 + 50 + 2 + 1
 
 
 def test_a_migrations_own_type_conversion_is_not_counted_as_lost(pg_server, fresh_db):

@@ -50,7 +50,7 @@ def _databases(fresh_db, pg_server, tmp_path):
     kept_url = with_database(fresh_db, kept)
     snapshot = tmp_path / "copy_rows"
     with psycopg.connect(fresh_db, autocommit=True) as copy, psycopg.connect(kept_url, autocommit=True) as live:
-        rowdiff.snapshot(copy, live, snapshot)
+        rowdiff.snapshot(copy, rowdiff.table_shapes(live), snapshot)
     with psycopg.connect(kept_url, autocommit=True) as conn:
         conn.execute(KEPT_WRITES)
     return fresh_db, kept_url, snapshot

@@ -121,9 +121,10 @@ class Trigger:
 
     def hit(self, events: list[dict], runner_pid: int) -> dict | None:
         if self.program:
-            # The step's own command, journaled as it starts: not phase 01's pg_restore --list, nor the count of
-            # tables the restore step reads before it, nor the step's earlier notes (its precondition).
-            ran = next((i for i, e in enumerate(events) if e["step"] == self.step and e["status"] == "ran"
+            # The step's own command, journaled as it starts ("changed" when it writes into the live database): not
+            # phase 01's pg_restore --list, nor the count of tables the restore step reads before it, nor the
+            # step's earlier notes (its precondition).
+            ran = next((i for i, e in enumerate(events) if e["step"] == self.step and e["status"] in ("ran", "changed")
                         and e["evidence"].get("kind") == "command"), None)
             if ran is None:
                 return None

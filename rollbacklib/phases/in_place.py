@@ -15,7 +15,11 @@ so a failure leaves it exactly as it was. In the outage window, in this order:
    restore runs (the database opened only for its own connection), then every sequence is set
    past the value it had before (no id handed out twice). A failure is judged from the database:
    its schema fingerprint and row counts read again and compared with those read just before;
-4. ``validate-in-place``: the database against the backup's manifest;
+4. ``validate-in-place``: the database against the backup's manifest; then, when a safety copy
+   was taken, the restored database's rows hashed by key (``rowdiff.snapshot``, over the columns
+   the database had before the restore, read by ``restore-in-place``): it must be before the
+   reopen, since writes start after it, and it reads this side only. The safety copy stays
+   closed; ``compare-rows`` (phase 05, after the window) reads it against those hashes;
 5. ``reopen-connections`` and ``health``.
 
 The lead's strategy seam renders these steps (``plan_steps``) into ``plan.json`` in phase 01,
@@ -24,6 +28,8 @@ after the gate and ``stop-services``, and runs the executors below from ``02_exe
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,11 +39,12 @@ from rollbacklib.checks import Check, compare, describe_failures, failed
 from rollbacklib.dispatch import checked_before, dispatch, execute_actions, private_actions, private_session
 from rollbacklib.errors import AbortedError, StepError
 from rollbacklib.files import atomic_write_json
-from rollbacklib.live import _name
+from rollbacklib.live import safety_name
 from rollbacklib.phases import window
 from rollbacklib.postgres import backup as bk
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import in_place as ip
+from rollbacklib.postgres import rowdiff
 from rollbacklib.postgres import sequences as sq
 from rollbacklib.postgres.client import display_command
 from rollbacklib.prisma import applied_migrations
@@ -46,11 +53,10 @@ from rollbacklib.steps import Action, Phase, Step, StepName
 from rollbacklib.validation import against_manifest
 
 PHASE = Phase.EXECUTE
-RECORD = "in_place.json"  # in the run folder: what was read before, the safety copy, the sequences
-
-
-def safety_name(database: str, run_id: str) -> str:
-    return _name(database, f"__safety_{run_id}")
+RECORD = "in_place.json"  # in the run folder: what was read before the restore (written ahead of it), the sequences
+HASH_ACTION = ("per table: SELECT the JSON line [key..., md5(row)] ORDER BY key through a cursor, gzipped into "
+               "copy_rows/ (over the columns the database had before the restore, read by restore-in-place): the "
+               "restored side of compare-rows")
 
 
 def safety_mode(ctx: RunContext) -> str:
@@ -74,11 +80,13 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
     keep = ctx.env.restore_keep_owners
     argv = ip.restore_command(backup, live, ctx.tools, keep)
     feed = ip.decompress_command(backup)
+    safety_copy = safety_step(ctx, admin, live, safety)
+    hashed = bool(safety_copy.actions)  # without a safety copy there is nothing to compare the hashes with
     return [
         replace(w[StepName.BLOCK], precondition=f"{live} is the original (by oid) and serves; no copy is involved"),
         w[StepName.DRAIN],
         replace(w[StepName.TERMINATE], precondition=f"{live} is the original, blocked"),
-        safety_step(ctx, admin, live, safety),
+        safety_copy,
         Step(StepName.RESTORE_IN_PLACE, PHASE, live,
              f"restore {backup.name} INTO {live} in one transaction: a failure leaves it exactly as it was; then "
              "every sequence set past the value it had before",
@@ -97,26 +105,17 @@ def plan_steps(ctx: RunContext, facts: dict, admin) -> list[Step]:
              undo=("a failed restore needs none: nothing was committed; after a committed one, the safety copy "
                    f"{safety} holds the database as it was",)),
         Step(StepName.VALIDATE_IN_PLACE, PHASE, live, "the restored database against the backup's manifest, and the "
-             "migration no longer in _prisma_migrations; the rows the restore discarded counted against the safety "
-             "copy",
+             "migration no longer in _prisma_migrations"
+             + ("; then its rows hashed by key (this database only, before the reopen: compare-rows reads the safety "
+                "copy against them after the window)" if hashed else ""),
              own + (Action("read", live, "schema fingerprint, row counts, _prisma_migrations, first rows against the "
-                           "manifest"),) + _measure_actions(ctx, admin, live, safety),
+                           "manifest"),) + ((Action("read", live, HASH_ACTION),) if hashed else ()),
              requires=(StepName.RESTORE_IN_PLACE,),
              postcondition="every check passes", undo=(f"the safety copy {safety} holds the database as it was",)),
         replace(w[StepName.REOPEN], precondition=f"{live} is the original (by oid), restored and validated",
                 requires=(StepName.VALIDATE_IN_PLACE,), undo=tuple(a.text for a in w[StepName.BLOCK].actions)),
         w[StepName.HEALTH],
     ]
-
-
-def _measure_actions(ctx: RunContext, admin, live: str, safety: str) -> tuple[Action, ...]:
-    """Reading the safety copy (when one is planned) to count, by key, the rows the restore discarded."""
-    if not safety_step(ctx, admin, live, safety).actions:
-        return ()
-    return private_actions(safety, admin) + (
-        Action("read", safety, f"per table: rows by key in {safety} (the database before the restore) against "
-               f"{live}: keys only in the safety copy (inserted after the backup), only in {live} (deleted), in "
-               "both with different rows (updated)"),)
 
 
 def gate_step(ctx: RunContext) -> Step:
@@ -256,8 +255,64 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
     path = Path(ctx.state().need("backup", "verify_backup (01_prepare)").path)
     (command,) = [a for a in step.actions if a.kind == "command" and a.target == live]
     open_sql, close_sql = (a.text for a in step.actions[:2])
+    earlier = _earlier_reading(ctx)
     with private_session(ctx, step, live) as conn:
-        before_seqs, before = sq.read_sequences(conn), _shape(conn)
+        now = {"before": _shape(conn), "sequences_before": sq.to_json(sq.read_sequences(conn)),
+               "shapes_before": rowdiff.table_shapes(conn)}
+        committed_earlier = earlier is not None and now["before"] != earlier["before"]
+        if committed_earlier:
+            _holds_the_backup(ctx, step, conn, path)
+    if committed_earlier:  # what was read before that attempt's restore is what the sequences must pass
+        ahead, seconds, evicted = earlier, None, 0
+        ctx.record(step.name, "info", f"{live} already holds the backup: the restore of an earlier attempt of this "
+                   "run committed (its runner stopped before saying so); not restored again", committed_earlier=True,
+                   before=earlier["before"], now=now["before"])
+    else:
+        ahead = now if earlier is None else {**now, "sequences_before": sq.to_json(sq.furthest(
+            sq.from_json(earlier["sequences_before"]), sq.from_json(now["sequences_before"])))}
+        seconds, evicted = _run_restore(ctx, step, path, command, open_sql, close_sql, ahead)
+    before_seqs = sq.from_json(ahead["sequences_before"])
+    with private_session(ctx, step, live) as conn:
+        moves = sq.moves(before_seqs, sq.read_sequences(conn), conn)
+        sq.apply(conn, moves, lambda text: ctx.record(step.name, "changed", text, kind="sql", target=live))
+        checks = sq.verify(conn, before_seqs)
+    atomic_write_json(ctx.run_dir / RECORD, {**ahead, "sequences": [m.to_dict() for m in moves],
+                                             "restore_seconds": seconds, "evicted": evicted})
+    ctx.record(step.name, "info", f"restored into {live}" + (f" in {seconds:.1f} s" if seconds is not None else "")
+               + f" (one transaction, committed); {sum(m.action == 'set' for m in moves)} sequence(s) set past "
+               "their values before", committed=True, seconds=seconds, evicted=evicted,
+               moves=[m.to_dict() for m in moves], checks=[c.to_dict() for c in checks])
+    if failed(checks):
+        raise StepError("Sequences are behind their values before the restore: " + describe_failures(checks),
+                        step=step.name, escalate="L3", next_action="set them by hand (the journal has the values) "
+                        "before reopening the database.")
+    return pd.DataFrame([m.to_dict() for m in moves])
+
+
+def _earlier_reading(ctx: RunContext) -> dict | None:
+    """What an earlier attempt of this run read just before its restore (``RECORD``, written ahead of it), if any."""
+    path = ctx.run_dir / RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _holds_the_backup(ctx: RunContext, step: Step, conn, path: Path) -> None:
+    """The live database changed since an earlier attempt read it, though blocked throughout: only that attempt's
+    one-transaction restore can have done it, and then the database is the backup's. Anything else: a person."""
+    manifest = bk.load_manifest(path)
+    checks = against_manifest(conn, manifest)[:1] if manifest else []
+    if failed(checks):
+        raise StepError(f"{ctx.database} changed since an earlier attempt of this run read it before its restore, "
+                        f"and it does not hold the backup either: {describe_failures(checks)}", step=step.name,
+                        escalate="L3", next_action="keep it blocked and find out who changed it; the safety copy "
+                        f"{safety_name(ctx.database, ctx.run_id)} (if the journal says it was taken) holds it as it "
+                        "was before the restore.")
+
+
+def _run_restore(ctx: RunContext, step: Step, path: Path, command, open_sql: str, close_sql: str,
+                 ahead: dict) -> tuple[float, int]:
+    """The one-transaction restore; what was read before it written ahead (a resume after a kill reads it back)."""
+    live, before = ctx.database, ahead["before"]
+    atomic_write_json(ctx.run_dir / RECORD, ahead)
     ctx.record(step.name, "changed", command.text, kind="command", target=live)
     try:
         with db.connect(ctx.admin_url, step=step.name) as admin:
@@ -278,22 +333,7 @@ def _restore(ctx: RunContext, step: Step) -> pd.DataFrame:
             next_action=("reopen it (the statements below), then deal with the backup: " if same else
                          "keep it blocked; compare it with the safety copy before reopening it. ")
             + window.way_back_now(ctx), step=step.name, escalate="L2" if same else "L3") from None
-    with private_session(ctx, step, live) as conn:
-        moves = sq.moves(before_seqs, sq.read_sequences(conn), conn)
-        sq.apply(conn, moves, lambda text: ctx.record(step.name, "changed", text, kind="sql", target=live))
-        checks = sq.verify(conn, before_seqs)
-    atomic_write_json(ctx.run_dir / RECORD, {"before": before, "sequences_before": sq.to_json(before_seqs),
-                                             "sequences": [m.to_dict() for m in moves],
-                                             "restore_seconds": done.seconds, "evicted": done.evicted})
-    ctx.record(step.name, "info", f"restored into {live} in {done.seconds:.1f} s (one transaction, committed); "
-               f"{sum(m.action == 'set' for m in moves)} sequence(s) set past their values before", committed=True,
-               seconds=done.seconds, evicted=done.evicted, moves=[m.to_dict() for m in moves],
-               checks=[c.to_dict() for c in checks])
-    if failed(checks):
-        raise StepError("Sequences are behind their values before the restore: " + describe_failures(checks),
-                        step=step.name, escalate="L3", next_action="set them by hand (the journal has the values) "
-                        "before reopening the database.")
-    return pd.DataFrame([m.to_dict() for m in moves])
+    return done.seconds, done.evicted
 
 
 def _committed(ctx: RunContext, step: Step) -> Check:
@@ -317,37 +357,42 @@ def _validate(ctx: RunContext, step: Step) -> pd.DataFrame:
     with private_session(ctx, step, ctx.database) as conn:
         checks = against_manifest(conn, manifest) if manifest else []
         names = [r["migration_name"] for r in applied_migrations(conn)]
-    checks.append(compare(f"{ctx.migration_id} is not in _prisma_migrations", False, ctx.migration_id in names))
-    ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks],
-               passed=not failed(checks))
-    if failed(checks):
-        raise StepError(f"{ctx.database} does not hold the backup after the restore:\n{describe_failures(checks)}",
-                        step=step.name, escalate="L3", next_action="keep it blocked; the safety copy "
-                        f"{safety_name(ctx.database, ctx.run_id)} (if the journal says it was taken) holds the "
-                        "database as it was before the restore.")
-    _count_discarded(ctx, step)
+        checks.append(compare(f"{ctx.migration_id} is not in _prisma_migrations", False, ctx.migration_id in names))
+        ctx.record(step.name, "info", "validation in place", checks=[c.to_dict() for c in checks],
+                   passed=not failed(checks))
+        if failed(checks):
+            raise StepError(f"{ctx.database} does not hold the backup after the restore:\n{describe_failures(checks)}",
+                            step=step.name, escalate="L3", next_action="keep it blocked; the safety copy "
+                            f"{safety_name(ctx.database, ctx.run_id)} (if the journal says it was taken) holds the "
+                            "database as it was before the restore.")
+        if any(a.text == HASH_ACTION for a in step.actions):
+            _hash_restored(ctx, step, conn)
     return pd.DataFrame([c.to_dict() for c in checks])
 
 
-def _count_discarded(ctx: RunContext, step: Step) -> None:
-    """``rows_lost``: the safety copy (the database before the restore) against the restored one, by key."""
-    from rollbacklib.postgres import rowdiff
+def _hash_restored(ctx: RunContext, step: Step, conn) -> None:
+    """The restored database's rows hashed by key before the reopen, for ``compare-rows`` after the window.
 
+    Only this side is read inside the window; the safety copy stays closed until then. A failure is
+    journaled (``compare-rows`` then says "not measured", and why) and does not fail the validation.
+    """
     safety = safety_name(ctx.database, ctx.run_id)
-    found = ctx.live().named(safety)
-    if not any(a.target == safety for a in step.actions) or found is None:
-        ctx.record(step.name, "info", "rows lost not measured: no safety copy (the database before the restore is "
-                   "gone)", rows_lost=None)
+    if ctx.live().named(safety) is None:
+        ctx.record(step.name, "info", f"rows not hashed: no safety copy {safety} to compare them with (see "
+                   "safety-copy)", rows_hashed=False)
         return
+    folder = ctx.run_dir / rowdiff.SNAPSHOT_FOLDER
     try:
-        with private_session(ctx, step, safety) as before, private_session(ctx, step, ctx.database) as after:
-            lost = rowdiff.diff_databases(before, after)
+        shapes = json.loads((ctx.run_dir / RECORD).read_text())["shapes_before"]
+        index = rowdiff.snapshot(conn, shapes, folder)
     except Exception as err:  # noqa: BLE001 - a measurement; the validation above is what must hold
-        ctx.record(step.name, "info", f"rows lost not measured: {type(err).__name__}: {str(err).splitlines()[0]}",
-                   rows_lost=None)
+        ctx.record(step.name, "info", f"rows not hashed: {type(err).__name__}: {str(err).splitlines()[0]}",
+                   rows_hashed=False)
         return
-    ctx.record(step.name, "info", f"{lost['total']} row(s) written after the backup were discarded by the restore "
-               f"(counted against the safety copy {safety})", rows_lost=lost, kept=safety, restored=ctx.database)
+    rows = sum(t.get("rows") or 0 for t in index["tables"].values())
+    ctx.record(step.name, "info", f"{rows:,} rows of the restored {ctx.database} hashed by key into "
+               f"{folder.name}/ for compare-rows", rows_hashed=True, copy_rows=str(folder),
+               rows_index_sha256=hashlib.sha256((folder / rowdiff.SNAPSHOT_INDEX).read_bytes()).hexdigest())
 
 
 def reopen(ctx: RunContext) -> pd.DataFrame:

@@ -283,7 +283,7 @@ def _validate_copy(ctx: RunContext, step: Step) -> pd.DataFrame:
             sample_lost = _sample_lost(ctx, conn)
             if not failed(checks):
                 with db.connect(ctx.url, step=step.name) as live:
-                    hashed = rowdiff.snapshot(conn, live, rows_folder)
+                    hashed = rowdiff.snapshot(conn, rowdiff.table_shapes(live), rows_folder)
     except RollbackError:
         drop_copy(ctx, step.name, "its validation could not be completed")
         raise

@@ -28,6 +28,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import queue
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,19 +136,48 @@ def _key_expr(column: str, native: bool) -> sql.Composable:
     return ident if native else sql.SQL("convert_to({}::text, 'UTF8')").format(ident)
 
 
+def _row_hash(columns: list[str], casts: dict[str, str]) -> sql.Composable:
+    row = sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Identifier(c), sql.SQL(casts[c])) if c in casts
+                             else sql.Identifier(c) for c in columns)
+    return sql.SQL("md5(ROW({})::text)").format(row)
+
+
 def rows_query(table: str, key: list[str], native: list[bool], columns: list[str],
                casts: dict[str, str] | None = None) -> sql.Composable:
     """``SELECT key..., md5(ROW(columns)::text) FROM table ORDER BY key``: one side's stream.
 
     ``casts``: column -> type (as ``format_type`` gives it) to convert that column to before hashing.
     """
-    casts = casts or {}
     keys = sql.SQL(", ").join(_key_expr(c, n) for c, n in zip(key, native))
-    row = sql.SQL(", ").join(sql.SQL("CAST({} AS {})").format(sql.Identifier(c), sql.SQL(casts[c])) if c in casts
-                             else sql.Identifier(c) for c in columns)
     order = sql.SQL(", ").join(sql.Literal(i) for i in range(1, len(key) + 1))
-    return sql.SQL("SELECT {keys}, md5(ROW({row})::text) FROM {table} ORDER BY {order}").format(
-        keys=keys, row=row, table=db._ident(table), order=order)
+    return sql.SQL("SELECT {keys}, {row} FROM {table} ORDER BY {order}").format(
+        keys=keys, row=_row_hash(columns, casts or {}), table=db._ident(table), order=order)
+
+
+def _json_key(column: str, native: bool, type_: str) -> sql.Composable:
+    """A key value in a snapshot line, made by the server: a number, ``{"u": uuid}``, or ``{"b": hex}`` (the
+    UTF-8 bytes of its text, as ``rows_query`` orders it); ``_decode`` reads it back."""
+    ident = sql.Identifier(column)
+    if native and type_ == "uuid":
+        return sql.SQL("{} || {}::text || {}").format(sql.Literal('{"u":"'), ident, sql.Literal('"}'))
+    if native:
+        return sql.SQL("{}::text").format(ident)
+    return sql.SQL("{} || encode({}, 'hex') || {}").format(sql.Literal('{"b":"'), _key_expr(column, False),
+                                                           sql.Literal('"}'))
+
+
+def lines_query(table: str, key: list[str], native: list[bool], key_types: list[str], columns: list[str],
+                casts: dict[str, str] | None = None) -> sql.Composable:
+    """``rows_query``'s stream with each row already its JSON line ``[key..., md5]``, made by the server.
+
+    Inside in-place's window this runs on the clock: Python only joins the lines it fetches.
+    """
+    parts = [_json_key(c, n, t) for c, n, t in zip(key, native, key_types)]
+    parts.append(sql.SQL("{} || {} || {}").format(sql.Literal('"'), _row_hash(columns, casts or {}), sql.Literal('"')))
+    line = sql.SQL("{} || {} || {}").format(sql.Literal("["), sql.SQL(" || ',' || ").join(parts), sql.Literal("]"))
+    order = sql.SQL(", ").join(_key_expr(c, n) for c, n in zip(key, native))
+    return sql.SQL("SELECT {line} FROM {table} ORDER BY {order}").format(line=line, table=db._ident(table),
+                                                                          order=order)
 
 
 def _stream(conn: psycopg.Connection, query: sql.Composable, name: str) -> Iterator[tuple]:
@@ -247,35 +278,40 @@ def totals(diffs: list[TableDiff], left_out: list[str]) -> dict:
 
 # --- one side hashed ahead, the other compared later ---------------------------------------------
 #
-# The restored copy is hashed while it is still open to the runbook (before it is closed and
-# checked by identity only); the kept database is compared against that file once it is kept.
-# The columns compared are fixed at hashing time from the live database's schema (which
-# becomes the kept one); a table whose schema changed since is reported as not comparable.
+# The restored side is hashed while it is open to the runbook alone: the swap's copy before it
+# is closed and checked by identity only, in-place's restored live database before the reopen.
+# The kept side (the swap's original, in-place's safety copy) is compared against that file
+# after the window. The columns compared are fixed at hashing time from the kept side's shapes
+# (``table_shapes``, read before it was closed); a table whose schema changed since is reported
+# as not comparable.
 
-SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the copy's row hashes, taken at its validation
+SNAPSHOT_FOLDER = "copy_rows"  # in the run folder: the restored side's row hashes
 SNAPSHOT_INDEX = "index.json"
 
 
-def _encode(value: object) -> object:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"b": bytes(value).hex()}
-    if isinstance(value, uuid.UUID):
-        return {"u": str(value)}
-    return value
-
-
 def _decode(value: object) -> object:
+    """A key value of a snapshot line (``_json_key``) as the kept side's stream gives it: int, uuid or bytes."""
     if isinstance(value, dict):
         return bytes.fromhex(value["b"]) if "b" in value else uuid.UUID(value["u"])
     return value
 
 
-def _table_spec(restored: psycopg.Connection, live: psycopg.Connection, table: str, in_live: bool) -> dict:
+def table_shapes(conn: psycopg.Connection, skip: tuple[str, ...] = ()) -> dict:
+    """Each user table's primary key and columns (name -> type): what ``snapshot`` fixes the comparison on.
+
+    Read from the side that will be kept, before it is closed; a plain dict, so it can be stored.
+    """
+    return {t: {"key": db.primary_key_columns(conn, t), "columns": _columns(conn, t)}
+            for t in _tables(conn) if t not in skip}
+
+
+def _table_spec(restored: psycopg.Connection, live: dict | None, table: str) -> dict:
+    """``live``: the kept side's shape of ``table`` (``table_shapes``), None when it has no such table."""
     key = db.primary_key_columns(restored, table)
-    if not in_live:
+    if live is None:
         return {"table": table, "key": key, "only": "restored", "rows": _count_rows(restored, table)}
-    live_key = db.primary_key_columns(live, table)
-    ours, theirs = _columns(restored, table), _columns(live, table)
+    live_key, theirs = live["key"], live["columns"]
+    ours = _columns(restored, table)
     spec = {"table": table, "key": key, "live_key": live_key, "live_columns": theirs}
     if not key or live_key != key:
         why = "no primary key" if not key else "the primary key differs between the two databases"
@@ -286,28 +322,33 @@ def _table_spec(restored: psycopg.Connection, live: psycopg.Connection, table: s
     native = [ours[c] in _NATIVE_ORDER and theirs[c] == ours[c] for c in key]
     converted = {c: theirs[c] for c in common if theirs[c] != ours[c]}  # restored value -> the live one's type
     return {**spec, "comparable": True, "common": common, "native": native, "left_out": left_out,
-            "converted": converted}
+            "converted": converted, "restored_columns": ours}
 
 
-def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Path,
-             skip: tuple[str, ...] = BOOKKEEPING) -> dict:
-    """Hash every table of ``restored`` by key, over the columns ``live`` has too, into ``folder``.
+def snapshot(restored: psycopg.Connection, live: dict, folder: Path, skip: tuple[str, ...] = BOOKKEEPING) -> dict:
+    """Hash every table of ``restored`` by key, over the columns the kept side has too, into ``folder``.
+
+    ``live``: the kept side's ``table_shapes`` (the database that is compared with the hashes
+    later), read before that side is closed.
 
     Returns the index written to ``folder/index.json``: each table's spec and file, and the
     sha256 of every file (the copy's validation digest covers them).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    live_tables, restored_tables = set(_tables(live)), set(_tables(restored))
+    (folder / SNAPSHOT_INDEX).unlink(missing_ok=True)  # an attempt cut short leaves no index to be read
+    live_tables, restored_tables = set(live), set(_tables(restored))
     index = {"tables": {}, "skip": list(skip),
              "left_out": sorted(t for t in live_tables | restored_tables if t in skip)}
     for n, table in enumerate(t for t in _tables(restored) if t not in skip):
-        spec = _table_spec(restored, live, table, table in live_tables)
+        spec = _table_spec(restored, live.get(table), table)
         if spec.get("comparable"):
             path = folder / f"{n:04d}.jsonl.gz"
             casts = spec["converted"]
+            ours = spec.pop("restored_columns")
+            types = [ours[c] for c in spec["key"]]
             try:
-                rows, sha = _write_hashes(restored, rows_query(table, spec["key"], spec["native"], spec["common"],
-                                                               casts), path)
+                rows, sha = _write_hashes(restored, lines_query(table, spec["key"], spec["native"], types,
+                                                                spec["common"], casts), path)
                 if casts:
                     spec["note"] = ("the migration's type changes applied to the restored values before comparing ("
                                     + ", ".join(f"{c} to {t}" for c, t in casts.items())
@@ -315,8 +356,8 @@ def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Pat
             except psycopg.Error as err:
                 if not casts:
                     raise
-                rows, sha = _write_hashes(restored, rows_query(table, spec["key"], spec["native"], spec["common"]),
-                                          path)
+                rows, sha = _write_hashes(restored, lines_query(table, spec["key"], spec["native"], types,
+                                                                spec["common"]), path)
                 spec["note"] = (f"the migration's type changes could not be applied ({type(err).__name__}): "
                                 "converted values count as updated")
             spec.update(file=path.name, rows=rows, sha256=sha)
@@ -326,14 +367,54 @@ def snapshot(restored: psycopg.Connection, live: psycopg.Connection, folder: Pat
 
 
 def _write_hashes(conn: psycopg.Connection, query: sql.Composable, path: Path) -> tuple[int, str]:
+    """``lines_query``'s lines gzipped as they are fetched (level 1: the fastest); their count and sha256.
+
+    Fetched through a server-side cursor, many rows a round trip (``COPY TO STDOUT`` would hand
+    them over one message a row, which costs Python more than the server's work). The file is
+    compressed by a thread of its own while the next rows are fetched: zlib lets go of the GIL.
+    """
     digest, rows = hashlib.sha256(), 0
-    with gzip.open(path, "wt", encoding="utf-8") as out:
-        for row in _stream(conn, query, "rollbacklib_snapshot"):
-            line = json.dumps([_encode(v) for v in row], separators=(",", ":")) + "\n"
-            out.write(line)
-            digest.update(line.encode())
-            rows += 1
+    with gzip.open(path, "wb", compresslevel=1) as out, _Writer(out, digest) as writer:
+        with conn.transaction(), conn.cursor(name="rollbacklib_snapshot") as cur:
+            cur.execute(query)
+            while batch := cur.fetchmany(FETCH_ROWS):
+                writer.put(("\n".join(line for (line,) in batch) + "\n").encode())
+                rows += len(batch)
     return rows, digest.hexdigest()
+
+
+class _Writer:
+    """Writes (and digests) the chunks it is given, in order, from a thread of its own."""
+
+    def __init__(self, out, digest):
+        self.out, self.digest = out, digest
+        self.chunks: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while (data := self.chunks.get()) is not None:
+            if self.error is None:
+                try:
+                    self.out.write(data)
+                    self.digest.update(data)
+                except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+                    self.error = err
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.chunks.put(data)
+
+    def __enter__(self) -> "_Writer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.chunks.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 def _read_snapshot(path: Path) -> Iterator[tuple]:

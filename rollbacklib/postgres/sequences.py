@@ -112,6 +112,17 @@ def verify(conn: psycopg.Connection, before: dict[str, Sequence]) -> list[Check]
     return checks
 
 
+def furthest(first: dict[str, Sequence], second: dict[str, Sequence]) -> dict[str, Sequence]:
+    """Per sequence, the reading further along (two readings of the same database: ids handed out in either)."""
+    out = dict(first)
+    for key, seq in second.items():
+        old = out.get(key)
+        if old is None or old.last_value is None or (seq.last_value is not None
+                                                      and _behind(old.last_value, seq.last_value, seq.increment)):
+            out[key] = seq
+    return out
+
+
 def to_json(seqs: dict[str, Sequence]) -> dict[str, dict]:
     return {k: asdict(s) for k, s in seqs.items()}
 

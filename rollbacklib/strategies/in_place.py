@@ -3,17 +3,19 @@
 For platforms that cannot create or rename databases. It undoes any schema change and, like
 the swap, discards every write made after the backup: the same rows, projected from the live
 database against the backup's manifest (``situation.swap_loss``, the swap's projection), and
-counted exactly after the restore (``validate-in-place``: the safety copy against the restored
-database, when the copy was taken). Its time is the restore's, plus the safety copy's (a
-server-side file copy of the live database) when the server has room for one.
+counted exactly after the window (``compare-rows``: the safety copy against the row hashes of
+the restored database that ``validate-in-place`` took before the reopen, when the copy was
+taken). Its time is the restore's, plus the safety copy's (a server-side file copy of the live
+database) when the server has room for one.
 
 Its steps (``rollbacklib.phases.in_place``): the gate, ``stop-services``, ``block-connections``,
 ``drain``, ``terminate``, ``safety-copy``, ``restore-in-place``, ``validate-in-place``,
 ``reopen-connections``, ``health`` (02), then the services back with their health and smoke
-tests (04) and the close (05). Every 02 step runs from the notebook's generic strategy cell,
-with the in-place live preconditions (the live database is the original, by oid; blocked; no
-session); the window's own cells, whose preconditions are the swap's (a validated copy), are
-journaled no-ops for it (``dispatch.run_by_strategy_cell``), so a swap's preconditions never weaken.
+tests (04), ``compare-rows`` and the close (05). Every 02 step runs from the notebook's generic
+strategy cell, with the in-place live preconditions (the live database is the original, by oid;
+blocked; no session); the window's own cells, whose preconditions are the swap's (a validated
+copy), are journaled no-ops for it (``dispatch.run_by_strategy_cell``), so a swap's
+preconditions never weaken. ``compare-rows`` runs from 05's own cell.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class InPlace:
         common = dict(rows_lost=loss["inserted"] + loss["deleted"], updates_lost=loss["updated"],
                       seconds_lost=situation.seconds_since_backup, estimate_seconds=estimate, estimate_basis=basis,
                       discards=discards(situation).replace("after the swap by compare-rows",
-                                                           "after the restore from the safety copy"),
+                                                           "after the window by compare-rows, against the safety copy"),
                       detail={"tables": loss["tables"], "safety_copy": safety})
         if situation.state in ("absent", "rolled-back"):
             return Assessment(self.name, False, f"{situation.migration_id} is {situation.state} in _prisma_migrations: "
@@ -105,7 +107,7 @@ class InPlace:
                 "needed": room.needed, "free": room.free}
 
     def plan_steps(self, ctx, admin, facts) -> list[Step]:
-        from rollbacklib.phases import close, execute, restore_service
+        from rollbacklib.phases import close, compare_rows, execute, restore_service
         from rollbacklib.phases import in_place as ip
 
         live = ctx.database
@@ -124,7 +126,8 @@ class InPlace:
         (closing,) = close.plan_steps(ctx)
         later = [replace(s, requires=tuple(StepName.VALIDATE_IN_PLACE if r == StepName.VALIDATION else r
                                            for r in s.requires)) for s in restore_service.plan_steps(ctx)]
-        return [gate, *stop, *window, *later, closing]
+        rows = compare_rows.in_place_step(ctx, admin, safety_planned=bool(safety.actions))
+        return [gate, *stop, *window, *later, rows, closing]
 
 
 STRATEGY = InPlace()
