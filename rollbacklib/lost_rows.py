@@ -26,7 +26,7 @@ from rollbacklib.errors import ConfigError
 from rollbacklib.journal import read_events
 from rollbacklib.postgres import database as db
 from rollbacklib.postgres import rowdiff
-from rollbacklib.postgres.client import with_database
+from rollbacklib.postgres.client import database_name, with_database
 from rollbacklib.state import load_state
 
 FORMATS = ("csv", "jsonl")
@@ -41,32 +41,80 @@ class Exported:
     note: str = ""
 
 
+def _sides(run_dir: Path, events: list[dict], live: str) -> tuple[str, str, bool]:
+    """The database the restore replaced (kept closed), the restored one, and whether the restored one is live.
+
+    Swap: the kept pre-rollback database and the copy (live once promoted); in-place: the safety copy (the
+    database as it was before the restore) and the live database, restored in place."""
+    from rollbacklib.live import safety_name
+    from rollbacklib.steps import StepName
+
+    state = load_state(run_dir)
+    if state.swap is not None and any(e["step"] == StepName.SWAP_KEEP and e["status"] == "changed" for e in events):
+        return state.swap.kept, (state.swap.live if state.swap.completed else state.swap.restored), state.swap.completed
+    if any(e["step"] == StepName.SAFETY_COPY and e["status"] == "info" and e["evidence"].get("taken") for e in events):
+        return safety_name(live, run_dir.name), live, True
+    raise ConfigError(f"The run in {run_dir} kept no database from before its restore (no swap, no in-place safety "
+                      "copy): the rows the restore discarded cannot be read back.",
+                      next_action="pass the folder of a run that swapped the databases, or of an in-place run that "
+                      "took its safety copy.", step="lost-rows")
+
+
 def export_lost_rows(run_dir: Path, out_dir: Path, fmt: str = "csv", config_path: str | None = None) -> list[Exported]:
-    """Write every row the run's restore discarded into ``out_dir``, one file per table; return what was written."""
-    from rollbacklib.config import load_config
+    """Write every row the run's restore discarded into ``out_dir``, one file per table; return what was written.
+
+    The lost keys are the ones ``compare-rows`` counted: the kept side against the restored side's row hashes
+    taken before production served again (``copy_rows/``), so a row the application wrote since is never listed.
+    A run without those hashes (an older run) is compared with the restored database as it is now, and says so.
+    """
+    from rollbacklib.way_back import run_environment
 
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown format {fmt!r}.", next_action="use --format csv or --format jsonl.",
                           step="lost-rows")
     run_dir = Path(run_dir)
-    state = load_state(run_dir)
-    if state.swap is None or not any(e["step"] == "swap-keep-live" and e["status"] == "changed"
-                                     for e in read_events(run_dir)):
-        raise ConfigError(f"The run in {run_dir} kept no pre-rollback database: the restore discarded no rows.",
-                          next_action="pass the folder of a run that swapped the databases.", step="lost-rows")
-    config_path = config_path or next((e["evidence"].get("config") for e in read_events(run_dir)
-                                       if e["step"] == "phase" and e["evidence"].get("config")), None)
-    env = load_config(config_path).environment(run_dir.parent.name)
+    events = read_events(run_dir)
+    _, env = run_environment(run_dir, config_path, events)
     url = env.parsed_database_url().conninfo
+    kept_name, restored_name, restored_live = _sides(run_dir, events, database_name(url))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    restored_name = state.swap.live if state.swap.completed else state.swap.restored
+    hashes = run_dir / rowdiff.SNAPSHOT_FOLDER
     with db.connect(with_database(url, env.maintenance_database), step="lost-rows") as admin:
-        with _private(admin, url, state.swap.kept) as kept, _restored(admin, url, restored_name,
-                                                                      state.swap.completed) as restored:
+        with _private(admin, url, kept_name) as kept, _restored(admin, url, restored_name, restored_live) as restored:
+            if (hashes / rowdiff.SNAPSHOT_INDEX).exists():
+                return _export_against_hashes(kept, restored, hashes, out_dir, fmt)
             tables = sorted(set(rowdiff._tables(kept)) | set(rowdiff._tables(restored)))
             return [_export_table(kept, restored, table, out_dir, fmt) for table in tables
                     if table not in rowdiff.BOOKKEEPING]
+
+
+def _export_against_hashes(kept: psycopg.Connection, restored: psycopg.Connection, hashes: Path, out_dir: Path,
+                           fmt: str) -> list[Exported]:
+    keys: dict[str, dict[str, list[tuple]]] = {}
+    lost = rowdiff.diff_against_snapshot(
+        kept, hashes, on_table_key=lambda table, kind, key: keys.setdefault(
+            table, {"inserted": [], "updated": [], "deleted": []})[kind].append(key))
+    index = json.loads((hashes / rowdiff.SNAPSHOT_INDEX).read_text())
+    done = []
+    for table, diff in sorted(lost["tables"].items()):
+        exported = Exported(table, note=diff.get("note", ""))
+        spec = index["tables"].get(table)
+        if spec is None and diff.get("inserted"):  # created after the backup: every row of it is lost
+            rows = [("inserted", row) for row in _all_rows(kept, table)]
+            columns = list(rowdiff._columns(kept, table))
+        elif table in keys:
+            found = keys[table]
+            rows = [(kind, row) for kind in ("inserted", "updated")
+                    for row in _rows(kept, table, spec["key"], spec["native"], found[kind])]
+            rows += [("deleted", row) for row in _rows(restored, table, spec["key"], spec["native"], found["deleted"])]
+            columns = list(dict.fromkeys([*rowdiff._columns(kept, table), *rowdiff._columns(restored, table)]))
+        else:
+            rows = []
+        if rows:
+            _write(exported, rows, columns, out_dir, fmt)
+        done.append(exported)
+    return done
 
 
 def _private(admin, url: str, database: str):
@@ -96,9 +144,13 @@ def _export_table(kept: psycopg.Connection, restored: psycopg.Connection, table:
                                                                                   keys[kind])]
         rows += [("deleted", row) for row in _rows(restored, table, diff.key, native, keys["deleted"])]
         columns = list(dict.fromkeys([*rowdiff._columns(kept, table), *rowdiff._columns(restored, table)]))
-    if not rows:
-        return done
-    done.path = out_dir / f"{table}.{fmt}"
+    if rows:
+        _write(done, rows, columns, out_dir, fmt)
+    return done
+
+
+def _write(done: Exported, rows: list[tuple[str, dict]], columns: list[str], out_dir: Path, fmt: str) -> None:
+    done.path = out_dir / f"{done.table}.{fmt}"
     with open(done.path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh) if fmt == "csv" else None
         if writer:
@@ -109,7 +161,6 @@ def _export_table(kept: psycopg.Connection, restored: psycopg.Connection, table:
                 writer.writerow([kind, *(_text(row.get(c)) for c in columns)])
             else:
                 fh.write(json.dumps({"_lost": kind, **{c: row.get(c) for c in columns}}, default=str) + "\n")
-    return done
 
 
 def _text(value) -> str:

@@ -143,13 +143,19 @@ def _budget(value: float | None, budget: float | None) -> str:
     return PASS if budget is None or value < budget else FAIL
 
 
+def restored_at_from(events: list[dict]) -> str | None:
+    """When the database answered again: the journal's ``health`` ok, if the step's latest outcome is ok."""
+    last = next((e for e in reversed(events) if e["step"] == StepName.HEALTH
+                 and e["status"] in ("ok", "failed", "aborted", "refused")), None)
+    return last["ts"] if last is not None and last["status"] == "ok" else None
+
+
 def measure(summary: dict, events: list[dict], state: RunState) -> dict:
     """Everything the seed's success-metrics table asks for, with its evidence."""
     first = next((e["evidence"] for e in events if e["step"] == "phase" and e["status"] == "started"), {})
     rto, rto_budget = summary.get("rto_seconds"), summary.get("rto_budget_seconds")
     rpo, rpo_budget = summary.get("rpo_seconds"), first.get("rpo_budget_seconds")
-    healthy = state.steps.get(StepName.HEALTH)  # the instant the RTO is measured to
-    restored_at = healthy.at if healthy and healthy.status == "ok" else None
+    restored_at = restored_at_from(events)  # the instant the RTO is measured to
     blocked_at = state.blocked.at if state.blocked else None
     downtime = seconds_between(blocked_at, restored_at)
     lost_event = last_evidence(events, StepName.COMPARE_ROWS, "rows_lost") or \

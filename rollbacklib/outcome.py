@@ -15,7 +15,7 @@ from pathlib import Path
 from rollbacklib.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from rollbacklib.journal import changes_made, read_events
 from rollbacklib.postgres.database import open_database_sql
-from rollbacklib.metrics import first_event, machinery_seconds, measure, seconds_between
+from rollbacklib.metrics import first_event, machinery_seconds, measure, restored_at_from, seconds_between
 from rollbacklib.state import RunState, load_state
 from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command
@@ -155,8 +155,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
 
     started_at = events[0]["ts"] if events else None
     finished_at = events[-1]["ts"] if events else None
-    healthy = state.steps.get(StepName.HEALTH)
-    restored_at = healthy.at if healthy and healthy.status == "ok" else None
+    restored_at = restored_at_from(events)
     blocked_at = state.blocked.at if state.blocked else None
     validation_event = next((e for e in reversed(events) if e["step"] in VALIDATION_STEPS and e["status"] == "info"
                              and "checks" in e["evidence"]), None)
@@ -277,8 +276,7 @@ def production_state(run_dir: Path, events: list[dict], state: RunState, *, live
     promoted = (state.swap is not None and state.swap.completed) or first_event(events, StepName.SWAP_PROMOTE, "ok") \
         or first_event(events, StepName.RESTORE_IN_PLACE, "ok")  # in-place: the live database itself restored
     blocked_at = state.blocked.at if state.blocked else None
-    healthy = state.steps.get(StepName.HEALTH)
-    served_at = healthy.at if healthy and healthy.status == "ok" else None
+    served_at = restored_at_from(events)
     catalog = read_catalog(run_dir, events, live_name, state.swap.kept if state.swap else None) if live else None
     checked_at = datetime.now(timezone.utc).isoformat() if catalog is not None else (events[-1]["ts"] if events else None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import gzip
 import subprocess
 
@@ -175,6 +177,7 @@ from rollbacklib.phases import compare_rows, execute, in_place as steps  # noqa:
 from rollbacklib.postgres import rowdiff  # noqa: E402
 from rollbacklib.pipeline import run_phases  # noqa: E402
 from rollbacklib.run import open_run  # noqa: E402
+from rollbacklib.lost_rows import export_lost_rows  # noqa: E402
 from rollbacklib.steps import Phase, Plan, StepName, read_plan, write_plan  # noqa: E402
 
 
@@ -268,6 +271,23 @@ def test_the_in_place_steps_restore_validate_and_keep_a_safety_copy(incident):
     states = {e["step"]: e["status"] for e in ctx.journal.events() if e["status"] in ("ok", "failed")}
     assert all(states[s.name] == "ok" for s in plan.for_phase(Phase.EXECUTE))
     assert states[StepName.COMPARE_ROWS] == "ok"
+
+    # `rollback lost-rows`: exactly the rows compare-rows counted, from the safety copy; the application's writes
+    # since the reopen (a row updated above, a user inserted here) are not among them
+    with psycopg.connect(incident.url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users SELECT (jsonb_populate_record(u, jsonb_build_object('id', 'user_after_reopen', "
+                     "'email', 'after-reopen@example.com', 'authorizerId', NULL))).* FROM users u ORDER BY id LIMIT 1")
+    sessions = _sessions_ever(incident, safety)
+    exported = export_lost_rows(ctx.run_dir, incident.reports.parent / "lost")
+    assert {e.table: e.rows for e in exported if e.rows} == {"users": {"inserted": 5, "updated": 2},
+                                                              "workflows": {"inserted": 4, "deleted": 1}}
+    with open(next(e.path for e in exported if e.table == "users"), newline="") as fh:
+        ids = [row["id"] for row in csv.DictReader(fh)]
+    assert "user_after_reopen" not in ids and len(ids) == 7
+    assert _sessions_ever(incident, safety) == sessions + 1  # the export's private session; closed again
+    with psycopg.connect(incident.admin_url) as admin:
+        assert admin.execute("SELECT datallowconn, datconnlimit FROM pg_database WHERE datname = %s",
+                             (safety,)).fetchone() == (False, 0)
 
 
 def test_the_in_place_step_with_a_failing_last_statement_changes_nothing(incident, tmp_path):
