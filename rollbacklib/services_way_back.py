@@ -106,9 +106,20 @@ def describe(items: list[dict]) -> str:
 
 
 def undo_stop(ctx, err: RollbackError) -> None:
-    """``stop-services`` failed: bring back what it had stopped (the window never opened), and say so in ``err``."""
+    """``stop-services`` failed: bring back what it had stopped, and say so in ``err``.
+
+    Only while the live database serves (the window never opened in this run; a resume whose window had begun
+    leaves them down and says how to bring them back once the database serves)."""
     todo = pending(ctx.env, read_events(ctx.run_dir))
     if not todo:
+        return
+    live = ctx.live().named(ctx.database)
+    if live is None or not live.open:  # a resume past the window's start: the services would meet no database
+        ctx.record(STEP, "info", "the services stay down: the live database does not accept connections",
+                   services_down=todo)
+        err.message += (" The services it stopped stay down: the live database does not accept connections now; "
+                        "bring them back after it serves again.")
+        err.next_action += f" Then: rollback services-back {ctx.run_dir}"
         return
     back, left = _scale_back(ctx.env, todo, ctx.record, STEP)
     said = []

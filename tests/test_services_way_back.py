@@ -195,3 +195,18 @@ def test_a_stop_refused_before_it_acted_brings_nothing_up(setup):
         execute.stop_services(ctx)
     assert railway.updates == [] and railway.replicas[IDS["reports-client"]] == 0
     assert services_way_back(ctx.run_dir, read_events(ctx.run_dir)) == []
+
+
+def test_a_stop_failing_while_the_live_database_refuses_connections_leaves_the_services_down(setup):
+    config, railway, url, reports = setup
+    railway.stuck.add(IDS["reports-client"])
+    ctx = at_stop_services(config, reports)
+    live = database_name(url)
+    with psycopg.connect(url.replace(f"/{live}", "/postgres"), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{live}" ALLOW_CONNECTIONS false')  # as a resume finds it mid-window
+        with pytest.raises(StepError) as failed:
+            execute.stop_services(ctx)
+        assert "stay down" in failed.value.message and "services-back" in failed.value.next_action
+        assert railway.updates == [(IDS["api-gateway"], 0), (IDS["reports-client"], 0)]  # nothing scaled back up
+        assert railway.replicas[IDS["api-gateway"]] == 0
+        admin.execute(f'ALTER DATABASE "{live}" ALLOW_CONNECTIONS true')
