@@ -134,6 +134,8 @@ def test_a_stop_cut_short_brings_back_what_it_had_stopped(setup):
     assert [(e["status"], e["evidence"]["service_back"]["service"]) for e in back] == [("changed", "api-gateway")]
     assert back[0]["evidence"]["service_back"]["replicas"] == 2  # read back from the platform
     assert services_way_back(ctx.run_dir, events) == []  # nothing left down, read from the platform now
+    failure = next(e for e in events if e["step"] == StepName.STOP_SERVICES and e["status"] in ("failed", "aborted"))
+    assert "brought back" in failure["message"] and failure["seq"] > back[0]["seq"]  # run.json's error says it
     with psycopg.connect(url) as conn:  # the database was never touched: it serves
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from rollbacklib.checks import Check
 from rollbacklib.dispatch import dispatch, run_by_strategy_cell
-from rollbacklib.errors import AbortedError, RefusedError, RollbackError
+from rollbacklib.errors import AbortedError, RefusedError
 from rollbacklib.live import kept_name, restored_name
 from rollbacklib.phases import salvage, window
 from rollbacklib.phases.restore_service import scale_services, service_actions
@@ -208,10 +208,4 @@ def stop_services(ctx: RunContext) -> pd.DataFrame:
 
 def stop_services_step(ctx: RunContext) -> pd.DataFrame:
     """``stop-services`` itself (a strategy's executor runs this; the notebook cell runs ``stop_services``)."""
-    from rollbacklib.services_way_back import undo_stop
-
-    try:
-        return dispatch(ctx, StepName.STOP_SERVICES, lambda c, s: scale_services(c, s, stop=True))
-    except RollbackError as err:
-        undo_stop(ctx, err)  # the window never opened: what it had stopped comes back, and the error says so
-        raise
+    return dispatch(ctx, StepName.STOP_SERVICES, lambda c, s: scale_services(c, s, stop=True))

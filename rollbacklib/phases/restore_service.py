@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 
 from rollbacklib.phases import service_probes
-from rollbacklib.services_way_back import SCALED_DOWN, SCALING
+from rollbacklib.errors import RollbackError, StepError
+from rollbacklib.services_way_back import SCALED_DOWN, SCALING, undo_stop
 from rollbacklib.platforms import platform_for
 from rollbacklib.run import RunContext
 from rollbacklib.steps import Action, Phase, Step
@@ -35,7 +36,18 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
     for service, replicas in wanted:
         if stop and platform.name != "none":
             ctx.record(step.name, "info", f"{service.name}: scaling to 0", **{SCALING: service.name})
-        evidence.append(platform.scale(service, replicas))
+        try:
+            evidence.append(platform.scale(service, replicas))
+        except Exception as err:
+            if not stop:
+                raise
+            failure = err if isinstance(err, RollbackError) else StepError(
+                f"{type(err).__name__}: {err}", next_action="read the traceback in the executed notebook; escalate "
+                "to L1.", step=step.name, escalate="L1")
+            undo_stop(ctx, failure)  # a stop cut short undoes itself, and its error (journaled next) says so
+            if failure is err:
+                raise
+            raise failure from err
         if stop and platform.name != "none":  # each one as it happens: the way back of a stop cut short needs it
             ctx.record(step.name, "changed", f"{service.name} scaled to 0 (it had {evidence[-1].get('replicas_before')})",
                        **{SCALED_DOWN: evidence[-1]})
