@@ -352,6 +352,26 @@ def lost_rows(
                   + (f" ({table.note})" if table.note else ""), markup=False, highlight=False)
 
 
+@app.command()
+def status(
+    run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),
+):
+    """Where a run stands now: its outcome, production's state and the way back, read from the live catalog and
+    the platform at this moment. Writes nothing, changes nothing (run.json and the report are left as they are)."""
+    from rollbacklib.outcome import compute
+    from rollbacklib.way_back import run_view
+
+    try:
+        folder = _run_dir(run_dir)
+        now = run_view(folder)
+        if now is not None:
+            out.print(f"Live: {now.describe()}", markup=False, highlight=False)
+        summary = compute(folder)
+    except RollbackError as error:
+        _fail(error)
+    print_run(summary, folder)
+
+
 @app.command("services-back")
 def services_back(
     run_dir: Path = typer.Argument(..., help="A run folder: reports/<migration>/<environment>/<run_id>."),

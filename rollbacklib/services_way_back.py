@@ -147,8 +147,8 @@ def _database_serves(run_dir: Path, config_path: str | None) -> RefusedError | N
     return RefusedError(
         f"The live database does not accept connections now ({seen}): the services would come back against a "
         "database that refuses them. Nothing was changed.",
-        next_action=f"run the database's way back first (run.json's way_back, printed when the run stopped), then "
-        f"rollback services-back {run_dir}.", step=BACK)
+        next_action=f"run the database's way back first (rollback status {run_dir} prints it, read from the catalog "
+        f"now), then rollback services-back {run_dir}.", step=BACK)
 
 
 def bring_back(run_dir: Path, config_path: str | None = None, *, dry_run: bool = False) -> dict:

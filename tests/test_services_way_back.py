@@ -159,8 +159,15 @@ def test_services_still_down_are_listed_and_brought_back_once_the_database_serve
     page = html.write(ctx.run_dir).read_text()
     assert "Services still down" in page and "rollback services-back" in page and railway.token not in page
 
-    # the dry run says what it would do and does nothing
+    # `rollback status`: where the run stands, read now; nothing in the run folder is written
     runner = CliRunner()
+    files = {f: f.read_bytes() for f in ctx.run_dir.rglob("*") if f.is_file()}
+    status = runner.invoke(cli.app, ["status", str(ctx.run_dir)])
+    assert status.exit_code == 0, status.output
+    assert f"rollback services-back {ctx.run_dir}" in status.output and "api-gateway: 0 -> 2 replica(s)" in status.output
+    assert {f: f.read_bytes() for f in ctx.run_dir.rglob("*") if f.is_file()} == files
+
+    # the dry run says what it would do and does nothing
     shown = runner.invoke(cli.app, ["services-back", str(ctx.run_dir), "--dry-run"])
     assert shown.exit_code == 0 and "api-gateway: 0 -> 2" in shown.output and "nothing was changed" in shown.output
     assert railway.replicas[IDS["api-gateway"]] == 0
