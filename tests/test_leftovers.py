@@ -25,10 +25,14 @@ def test_copies_side_and_safety_databases_of_earlier_runs_are_named_with_what_to
     with psycopg.connect(with_database(fresh_db, "postgres"), autocommit=True) as admin:
         for name in [*left.values(), unrelated]:
             admin.execute(f'CREATE DATABASE "{name}"')
-    ctx = open_run(migration_id=MIGRATION, environment="t", config_path=str(config),
-                   reports_dir=str(tmp_path / "reports"), phase=Phase.PREPARE)
-
-    prepare.name_leftovers(ctx, Step("leftovers", Phase.PREPARE, live, "name what earlier runs left"))
+    try:
+        ctx = open_run(migration_id=MIGRATION, environment="t", config_path=str(config),
+                       reports_dir=str(tmp_path / "reports"), phase=Phase.PREPARE)
+        prepare.name_leftovers(ctx, Step("leftovers", Phase.PREPARE, live, "name what earlier runs left"))
+    finally:  # the session's server is shared: other tests look for leftovers of their own
+        with psycopg.connect(with_database(fresh_db, "postgres"), autocommit=True) as admin:
+            for name in [*left.values(), unrelated]:
+                admin.execute(f'DROP DATABASE "{name}"')
 
     named = {e["evidence"]["database"]: e["message"] for e in read_events(ctx.run_dir)
              if e["step"] == "leftovers" and "database" in e["evidence"]}
