@@ -339,6 +339,7 @@ def test_a_server_that_stops_is_said_first_and_a_resume_once_it_is_back_finishes
         assert result.exit_code == 0, result.summary["error"]
         _serves_restored_data(incident)
     finally:
+        stop_server(pgdata)  # the server _pg_ctl_start started again: server.stop() knows only its own process
         server.stop()
 
 
