@@ -41,7 +41,7 @@ runner = CliRunner()
 SLACK_PREFIX = "xo" + "x"
 
 
-@pytest.mark.parametrize("value, what", [
+CREDENTIAL_SHAPED = [
     ("postgresql://app:s3cret@db.internal:5432/prod", "a URL with a password"),
     ("postgres://user:pass@localhost/automation_platform_prod", "a URL with a password"),
     ("https://admin:hunter22@status.example.com/api", "a URL with a password"),
@@ -56,7 +56,12 @@ SLACK_PREFIX = "xo" + "x"
     ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "a long hex string"),
     ("/tmp/backups/Tqc16BGE-WJIpq9c2fvot3Olpfu7UHTlDZzXDiBSsT0.dump", "a long random string"),
     ("P6avR+CjkLbdogP4QOVBEFCJpqSGSgwe4Kh+V2dEzs==", "a long random string"),
-])
+]
+
+
+# ids by what each value is: a test id holding the value would put it in .pytest_cache's node ids
+@pytest.mark.parametrize("value, what", CREDENTIAL_SHAPED,
+                         ids=[f"{n}-{what.replace(' ', '-')}" for n, (_, what) in enumerate(CREDENTIAL_SHAPED)])
 def test_a_value_that_looks_like_a_credential_is_recognised(value, what):
     assert looks_like_credential(value).startswith(what)
 
