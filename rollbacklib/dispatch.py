@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 
 from rollbacklib import escalation
 from rollbacklib.checks import Check
-from rollbacklib.errors import OUTCOME_EXIT, ConfigError, RefusedError, RollbackError, StepError
+from rollbacklib.errors import OUTCOME_EXIT, ConfigError, RefusedError, RollbackError, StepError, unexpected
 from rollbacklib.journal import read_events
 from rollbacklib.run import RunContext
 from rollbacklib.steps import Action, Phase, Step, StepName, canonical, read_plan
@@ -89,8 +89,7 @@ def dispatch(ctx: RunContext, step: Step | str, execute: Callable[[RunContext, S
         _journal_failure(ctx, step, err)
         raise
     except Exception as err:
-        wrapped = StepError(f"{type(err).__name__}: {err}", next_action="read the traceback in the executed "
-                            "notebook; escalate to L1.", step=step.name, escalate="L1")
+        wrapped = unexpected(err, step.name)
         _journal_failure(ctx, step, wrapped)
         raise wrapped from err
     ctx.mark_step(step.name, "ok")

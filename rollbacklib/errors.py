@@ -123,4 +123,12 @@ class StepError(RollbackError):
     outcome = "aborted"
 
 
+def unexpected(err: Exception, step: str) -> RollbackError:
+    """``err`` as the run reports it: a ``RollbackError`` as it is; anything else a ``StepError`` escalating to L1."""
+    if isinstance(err, RollbackError):
+        return err
+    return StepError(f"{type(err).__name__}: {err}", next_action="read the traceback in the executed notebook; "
+                     "escalate to L1.", step=step, escalate="L1")
+
+
 OUTCOME_EXIT = {"aborted": EXIT_ABORTED, "failed": EXIT_FAILED, "refused": EXIT_REFUSED, "bad-usage": EXIT_USAGE}

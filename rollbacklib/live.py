@@ -45,6 +45,12 @@ def safety_name(database: str, run_id: str) -> str:
     return _name(database, f"__safety_{run_id}")
 
 
+def safety_copy_oid(events: list[dict]) -> int | None:
+    """The oid of the safety copy this run took, as ``safety-copy`` journaled it: what to look for in the catalog."""
+    return next((e["evidence"].get("oid") for e in reversed(events) if e["step"] == "safety-copy"
+                 and e["status"] == "info" and e["evidence"].get("taken")), None)
+
+
 def marker_text(run_id: str, plan_digest: str, validation_digest: str) -> str:
     """The comment a validated copy carries until it goes live: who made it, for which plan, what it held."""
     return f"rollbacklib copy run={run_id} plan={plan_digest} validation={validation_digest}"

@@ -41,19 +41,21 @@ class Exported:
     note: str = ""
 
 
-def _sides(run_dir: Path, events: list[dict], live: str) -> tuple[str, str, bool]:
-    """The database the restore replaced (kept closed), the restored one, and whether the restored one is live.
+def _sides(run_dir: Path, events: list[dict], live: str) -> tuple[str, int | None, str, bool]:
+    """The database the restore replaced (kept closed) and the oid it must have, the restored one, and whether the
+    restored one is live.
 
-    Swap: the kept pre-rollback database and the copy (live once promoted); in-place: the safety copy (the
-    database as it was before the restore) and the live database, restored in place."""
-    from rollbacklib.live import safety_name
+    Swap: the kept pre-rollback database (the original, by oid) and the copy (live once promoted); in-place: the
+    safety copy this run took (by the oid it journaled) and the live database, restored in place."""
+    from rollbacklib.live import safety_copy_oid, safety_name
     from rollbacklib.steps import StepName
 
     state = load_state(run_dir)
     if state.swap is not None and any(e["step"] == StepName.SWAP_KEEP and e["status"] == "changed" for e in events):
-        return state.swap.kept, (state.swap.live if state.swap.completed else state.swap.restored), state.swap.completed
-    if any(e["step"] == StepName.SAFETY_COPY and e["status"] == "info" and e["evidence"].get("taken") for e in events):
-        return safety_name(live, run_dir.name), live, True
+        return (state.swap.kept, state.original_oid, state.swap.live if state.swap.completed else state.swap.restored,
+                state.swap.completed)
+    if (taken := safety_copy_oid(events)) is not None:
+        return safety_name(live, run_dir.name), taken, live, True
     raise ConfigError(f"The run in {run_dir} kept no database from before its restore (no swap, no in-place safety "
                       "copy): the rows the restore discarded cannot be read back.",
                       next_action="pass the folder of a run that swapped the databases, or of an in-place run that "
@@ -76,17 +78,27 @@ def export_lost_rows(run_dir: Path, out_dir: Path, fmt: str = "csv", config_path
     events = read_events(run_dir)
     _, env = run_environment(run_dir, config_path, events)
     url = env.parsed_database_url().conninfo
-    kept_name, restored_name, restored_live = _sides(run_dir, events, database_name(url))
+    kept_name, kept_oid, restored_name, restored_live = _sides(run_dir, events, database_name(url))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hashes = run_dir / rowdiff.SNAPSHOT_FOLDER
     with db.connect(with_database(url, env.maintenance_database), step="lost-rows") as admin:
+        found = admin.execute("SELECT oid::bigint FROM pg_database WHERE datname = %s", (kept_name,)).fetchone()
+        if found is None or (kept_oid is not None and found[0] != kept_oid):
+            raise ConfigError(f"{kept_name} is not on the server as this run kept it (oid {kept_oid}, found "
+                              f"{found[0] if found else 'none'}): nothing was read.",
+                              next_action="find out what happened to it (the journal has what the run did); the rows "
+                              "the run counted are in run.json's rows_lost.", step="lost-rows")
         with _private(admin, url, kept_name) as kept, _restored(admin, url, restored_name, restored_live) as restored:
             if (hashes / rowdiff.SNAPSHOT_INDEX).exists():
                 return _export_against_hashes(kept, restored, hashes, out_dir, fmt)
             tables = sorted(set(rowdiff._tables(kept)) | set(rowdiff._tables(restored)))
-            return [_export_table(kept, restored, table, out_dir, fmt) for table in tables
-                    if table not in rowdiff.BOOKKEEPING]
+            exported = [_export_table(kept, restored, table, out_dir, fmt) for table in tables
+                        if table not in rowdiff.BOOKKEEPING]
+    for table in exported:  # compared with the restored database as it is now: said on every table
+        table.note = "; ".join(filter(None, [table.note, "no row hashes from before the reopen: compared with the "
+                                             "restored database as it is now (rows written since show as lost)"]))
+    return exported
 
 
 def _export_against_hashes(kept: psycopg.Connection, restored: psycopg.Connection, hashes: Path, out_dir: Path,

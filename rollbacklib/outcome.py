@@ -21,6 +21,7 @@ from rollbacklib.steps import PHASES, StepName
 from rollbacklib.live import psql_command
 from rollbacklib.rollback_stands import database_rollback_stands
 from rollbacklib.notify.delivery import outcomes as notification_outcomes
+from rollbacklib.services_way_back import still_down
 from rollbacklib.way_back import previous_settings, run_view
 
 ARTIFACT = "artifact"  # a file sealed into the journal (rollbacklib.audit): no step of the run
@@ -198,7 +199,7 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
         "way_back": (back := now.way_back(previous_settings(run_dir), even_if_serving=True)
                      if now is not None and status == FAILED and not stands else []),
         "way_back_command": psql_command(back, now.admin_url) if back else None,
-        "services_way_back": (services_back := services_way_back(run_dir, events)
+        "services_way_back": (services_back := still_down(run_dir, events)
                               if status in (FAILED, ABORTED) and not stands else []),
         "services_way_back_command": f"rollback services-back {run_dir}" if services_back else None,
         "live": now.to_dict() if now is not None else None,
@@ -213,21 +214,6 @@ def compute(run_dir: Path, *, events: list[dict] | None = None, state: RunState 
     summary["production"] = production_state(run_dir, events, state, live=live)
     _still_down(summary)
     return summary
-
-
-def services_way_back(run_dir: Path, events: list[dict]) -> list[dict]:
-    """The services this run stopped that the platform does not report back now (``rollbacklib.services_way_back``)."""
-    from rollbacklib import services_way_back as back
-    from rollbacklib.way_back import run_environment
-
-    if not back.stopped_by_run(events):
-        return []
-    try:
-        _, env = run_environment(run_dir, None, events)
-        return back.pending(env, events)
-    except Exception as err:  # noqa: BLE001 - the summary says it could not look, and what to look at
-        return [{"service": name, "replicas": None, "target": before, "action": "look at it on its platform",
-                 "error": f"{type(err).__name__}: {err}"} for name, before in back.stopped_by_run(events).items()]
 
 
 def _undone(events: list[dict], status: str) -> str:

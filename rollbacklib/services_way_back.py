@@ -81,6 +81,21 @@ def pending(env, events: list[dict]) -> list[dict]:
     return found
 
 
+def still_down(run_dir: Path, events: list[dict]) -> list[dict]:
+    """``pending`` for a run folder (``run.json``'s ``services_way_back``): its environment found from its journal."""
+    from rollbacklib.way_back import run_environment
+
+    before = stopped_by_run(events)
+    if not before:
+        return []
+    try:
+        _, env = run_environment(run_dir, None, events)
+        return pending(env, events)
+    except Exception as err:  # noqa: BLE001 - the summary says it could not look, and what to look at
+        return [{"service": name, "replicas": None, "target": target, "action": "look at it on its platform",
+                 "error": f"{type(err).__name__}: {err}"} for name, target in before.items()]
+
+
 def _scale_back(env, todo: list[dict], record: Record, step: str) -> tuple[list[dict], list[dict]]:
     from rollbacklib.platforms import platform_for
 

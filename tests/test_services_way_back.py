@@ -19,7 +19,6 @@ from werkzeug import Response
 from rollbacklib import cli
 from rollbacklib.errors import RefusedError, StepError
 from rollbacklib.journal import read_events
-from rollbacklib.outcome import services_way_back
 from rollbacklib.phases import execute
 from rollbacklib.phases.restore_service import service_actions
 from rollbacklib.platforms.railway import REDEPLOY, STATE, UPDATE
@@ -27,6 +26,7 @@ from rollbacklib.postgres.client import database_name
 from rollbacklib.run import open_run, record_approval
 from rollbacklib.report import html
 from rollbacklib.services_way_back import bring_back, pending
+from rollbacklib.services_way_back import still_down as services_way_back
 from rollbacklib.steps import Phase, Plan, Step, StepName, write_plan
 from rollbacklib.summary import write_summary
 

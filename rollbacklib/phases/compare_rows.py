@@ -23,7 +23,8 @@ import pandas as pd
 from rollbacklib.checks import Check, compare
 from rollbacklib.dispatch import dispatch, private_actions, private_session
 from rollbacklib.journal import read_events
-from rollbacklib.live import Database, kept_name, restored_name, safety_name, settled_session_count
+from rollbacklib.live import (Database, kept_name, restored_name, safety_copy_oid, safety_name,
+                              settled_session_count)
 from rollbacklib.phases.window import original_blocked
 from rollbacklib.postgres import database as db
 from rollbacklib.steps import Action, Phase, Step, StepName
@@ -80,9 +81,7 @@ def _kept_now(ctx, step: Step) -> tuple[str, Database | None]:
     in-place's safety copy (by name, and only with the oid safety-copy journaled when it took it)."""
     if not _is_safety_copy(ctx, step):
         return ctx.state().need("swap", "swap_keep_live (02_execute)").kept, ctx.live().original
-    found = ctx.live().named(step.target)
-    taken = next((e["evidence"].get("oid") for e in reversed(read_events(ctx.run_dir))
-                  if e["step"] == StepName.SAFETY_COPY and e["status"] == "info" and e["evidence"].get("taken")), None)
+    found, taken = ctx.live().named(step.target), safety_copy_oid(read_events(ctx.run_dir))
     return step.target, found if found is not None and found.oid == taken else None
 
 

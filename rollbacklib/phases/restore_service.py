@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from rollbacklib.phases import service_probes
-from rollbacklib.errors import RollbackError, StepError
+from rollbacklib.errors import unexpected
 from rollbacklib.services_way_back import SCALED_DOWN, SCALING, undo_stop
 from rollbacklib.platforms import platform_for
 from rollbacklib.run import RunContext
@@ -41,9 +41,7 @@ def scale_services(ctx: RunContext, step: Step, *, stop: bool) -> pd.DataFrame:
         except Exception as err:
             if not stop:
                 raise
-            failure = err if isinstance(err, RollbackError) else StepError(
-                f"{type(err).__name__}: {err}", next_action="read the traceback in the executed notebook; escalate "
-                "to L1.", step=step.name, escalate="L1")
+            failure = unexpected(err, step.name)
             undo_stop(ctx, failure)  # a stop cut short undoes itself, and its error (journaled next) says so
             if failure is err:
                 raise
